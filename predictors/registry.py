@@ -1,0 +1,87 @@
+"""Maps predictor names to classes and default parameters.
+
+Built-ins are listed in BUILTINS (one line each, imported lazily so that `bench list` stays fast). Third-party
+predictors plug in through the `pertbench.predictors` entry-point group, or ad hoc as `module:Class`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from benchmark.errors import PertbenchError
+from benchmark.protocol import Predictor
+
+ENTRY_POINT_GROUP = "pertbench.predictors"
+
+
+@dataclass(frozen=True)
+class PredictorSpec:
+    """Where a predictor class lives and the parameters its registered name fixes."""
+
+    target: str  # "module:Class"
+    params: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+BUILTINS: dict[str, PredictorSpec] = {
+    "no_change": PredictorSpec("predictors.baselines:NoChange", {}, "the control cells themselves"),
+    "mean_shift": PredictorSpec("predictors.baselines:MeanShift", {}, "control + mean shift over training contexts"),
+    "additive": PredictorSpec("predictors.baselines:Additive", {}, "control + sum of the single shifts (combos)"),
+    "linear": PredictorSpec("predictors.baselines:Linear", {}, "cross-validated ridge on training pseudobulks"),
+    "cvae_modeA": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)"),
+    "cvae_modeB": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells"),
+}
+
+
+def _plugin_specs() -> dict[str, PredictorSpec]:
+    """Predictors registered by installed packages under the entry-point group."""
+    specs = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        specs[ep.name] = PredictorSpec(ep.value, {}, f"plug-in from {ep.value}")
+    return specs
+
+
+def available_predictors() -> dict[str, PredictorSpec]:
+    """Every registered name: built-ins first, then plug-ins (a plug-in cannot shadow a built-in)."""
+    specs = dict(_plugin_specs())
+    specs.update(BUILTINS)
+    return specs
+
+
+def load_class(target: str) -> type[Predictor]:
+    """Import `module:Class` and check that it follows the predictor protocol."""
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise PertbenchError(f"predictor {target!r} is not of the form module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PertbenchError(f"cannot import module {module_name!r} for predictor {target!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise PertbenchError(f"module {module_name!r} has no class {class_name!r}")
+    if not (callable(getattr(cls, "fit", None)) and callable(getattr(cls, "predict", None))):
+        raise PertbenchError(f"{target} does not implement fit and predict")
+    return cls
+
+
+def make_predictor(name: str, **overrides: Any) -> tuple[str, Predictor]:
+    """Build a predictor from a registered name or `module:Class`; returns (display name, instance)."""
+    specs = available_predictors()
+    if name in specs:
+        spec = specs[name]
+        cls = load_class(spec.target)
+        params = {**spec.params, **overrides}
+    elif ":" in name:
+        cls = load_class(name)
+        params = dict(overrides)
+    else:
+        known = ", ".join(sorted(specs))
+        raise PertbenchError(f"unknown predictor {name!r}; known predictors: {known} (or give module:Class)")
+    try:
+        return name, cls(**params)
+    except TypeError as exc:
+        raise PertbenchError(f"cannot build predictor {name!r} with parameters {params}: {exc}") from exc
