@@ -1,0 +1,37 @@
+# Set-up and the two entry points the README documents: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PREDICTOR ?= mean_shift
+DATASET ?= kang2018
+BIN := $(VENV)/bin
+# Real data sit beside the project in ../shared/data when present; otherwise the loader's own default applies.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)),)
+export PERTBENCH_DATA_DIR ?= $(SHARED_DATA)
+endif
+
+.PHONY: setup run test lint bench leaderboard
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: setup
+	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json
+
+leaderboard: setup
+	bash scripts/reproduce_leaderboard.sh

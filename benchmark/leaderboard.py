@@ -1,0 +1,273 @@
+"""Builds the markdown leaderboard from the MLflow store: one table per dataset and split kind.
+
+For every (dataset, split kind, predictor) the latest finished `bench run` counts. Each metric is shown as the
+mean over (split, seed) scores ± the half-width of a 95% Student-t interval; the best mean per column is bold,
+and marked ≈ when its lead over the runner-up is within noise (the 95% t-interval of their paired
+differences over the same splits and seeds contains 0). Splits share data, so the intervals are a guide.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from benchmark import tracking
+from benchmark.metrics import METRICS
+
+DEFAULT_PATH = Path("leaderboard") / "LEADERBOARD.md"
+
+
+@dataclass
+class Board:
+    """The scores of one (dataset, split kind): per predictor a frame indexed by (split, seed)."""
+
+    dataset: str
+    split_kind: str
+    scores: dict[str, pd.DataFrame]
+    ceiling: pd.DataFrame
+    normalized: dict[str, pd.DataFrame]
+    not_applicable: dict[str, int]
+    commands: dict[str, str]
+    parents: dict[str, str]
+
+
+def collect(uri: str | None = None) -> list[Board]:
+    """Read the latest finished parent run per (dataset, split kind, predictor) and its split runs."""
+    tracking.use_store(uri)
+    client = MlflowClient()
+    experiments = [
+        e for e in client.search_experiments() if e.name.startswith(tracking.EXPERIMENT_PREFIX + "/")
+    ]
+    if not experiments:
+        return []
+    ids = [e.experiment_id for e in experiments]
+    parents = mlflow.search_runs(
+        ids,
+        filter_string="tags.`pertbench.level` = 'parent' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    latest: dict[tuple[str, str, str], object] = {}
+    for run in parents:
+        tags = run.data.tags
+        key = (tags["pertbench.dataset"], tags["pertbench.split_kind"], tags["pertbench.predictor"])
+        latest.setdefault(key, run)
+    boards: dict[tuple[str, str], Board] = {}
+    for (dataset, kind, predictor), parent in sorted(latest.items()):
+        board = boards.setdefault((dataset, kind), Board(dataset, kind, {}, pd.DataFrame(), {}, {}, {}, {}))
+        _add_parent(board, predictor, parent)
+    return list(boards.values())
+
+
+def _add_parent(board: Board, predictor: str, parent) -> None:
+    children = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        output_format="list",
+    )
+    rows, ceilings, norms, n_na = {}, {}, {}, 0
+    for child in children:
+        tags, metrics = child.data.tags, child.data.metrics
+        unit = (
+            tags.get("pertbench.split", "?") + ":" + tags.get("pertbench.context", ""),
+            int(tags.get("pertbench.seed", 0)),
+        )
+        if tags.get("pertbench.status") != "ok":
+            n_na += 1
+            continue
+        rows[unit] = {k: metrics.get(k, np.nan) for k in METRICS}
+        ceilings[unit] = {k: metrics.get(f"ceiling_{k}", np.nan) for k in METRICS}
+        norms[unit] = {k: metrics.get(f"norm_{k}", np.nan) for k in METRICS}
+    board.scores[predictor] = pd.DataFrame.from_dict(rows, orient="index")
+    board.normalized[predictor] = pd.DataFrame.from_dict(norms, orient="index")
+    if ceilings:
+        board.ceiling = pd.concat([board.ceiling, pd.DataFrame.from_dict(ceilings, orient="index")])
+        board.ceiling = board.ceiling[~board.ceiling.index.duplicated(keep="last")]
+    board.not_applicable[predictor] = n_na
+    board.parents[predictor] = parent.info.run_id
+    params = parent.data.params
+    seeds = params.get("seeds", "0")
+    seed_flag = f"--seeds {seeds}" if "," in seeds else f"--seed {seeds}"
+    board.commands[predictor] = (
+        f"bench run --predictor {predictor} --dataset {board.dataset} --split {board.split_kind} {seed_flag}"
+    )
+
+
+def mean_ci(values: pd.Series) -> tuple[float, float, int]:
+    """Mean and 95% Student-t half-width over the finite values (half-width NaN for fewer than 2)."""
+    x = values.to_numpy(dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return float("nan"), float("nan"), 0
+    if len(x) < 2:
+        return float(x.mean()), float("nan"), 1
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(half), len(x)
+
+
+def lead_within_noise(best: pd.Series, runner_up: pd.Series) -> bool:
+    """True when the paired differences' 95% t-interval over shared (split, seed) units contains 0."""
+    paired = pd.concat([best, runner_up], axis=1, join="inner").dropna()
+    if len(paired) < 2:
+        return True
+    diff = paired.iloc[:, 0] - paired.iloc[:, 1]
+    mean, half, _ = mean_ci(diff)
+    return not np.isfinite(half) or abs(mean) <= half
+
+
+def _ranked(board_scores: dict[str, pd.DataFrame], metric: str) -> list[str]:
+    """Predictors ordered best first on `metric` by mean (NaN means last)."""
+    higher = METRICS[metric].higher_is_better
+
+    def key(name: str) -> float:
+        mean = mean_ci(board_scores[name][metric])[0] if metric in board_scores[name] else np.nan
+        if not np.isfinite(mean):
+            return np.inf
+        if higher is None:
+            return abs(mean)
+        return -mean if higher else mean
+
+    return sorted(board_scores, key=key)
+
+
+def _fmt(mean: float, half: float) -> str:
+    if not np.isfinite(mean):
+        return "NaN"
+    return f"{mean:.3f}" if not np.isfinite(half) else f"{mean:.3f} ± {half:.3f}"
+
+
+def _metric_table(frames: dict[str, pd.DataFrame], extra: dict[str, str], mark_best: bool) -> list[str]:
+    metrics = list(METRICS)
+    header = "| predictor | n | " + " | ".join(metrics) + " |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    best = {}
+    for m in metrics:
+        order = [p for p in _ranked(frames, m) if m in frames[p] and np.isfinite(mean_ci(frames[p][m])[0])]
+        if mark_best and order:
+            noisy = len(order) > 1 and lead_within_noise(frames[order[0]][m], frames[order[1]][m])
+            best[m] = (order[0], noisy)
+    for name, frame in frames.items():
+        cells = []
+        for m in metrics:
+            mean, half, _ = mean_ci(frame[m]) if m in frame else (np.nan, np.nan, 0)
+            text = _fmt(mean, half)
+            if m in best and best[m][0] == name:
+                text = f"**{text}**" + (" ≈" if best[m][1] else "")
+            cells.append(text)
+        lines.append(f"| {name}{extra.get(name, '')} | {len(frame)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[str]]) -> str:
+    """The leaderboard markdown."""
+    out = [
+        "# pertbench leaderboard",
+        "",
+        "Generated by `bench leaderboard` from the MLflow store; do not edit by hand.",
+        "Each cell: mean over (split, seed) ± half-width of a 95% Student-t interval. **Bold** = best mean in the",
+        "column; ≈ = its lead over the runner-up is within noise (paired 95% t-interval of the differences contains 0).",
+        "Directions: "
+        + ", ".join(
+            f"`{m.name}` {'↑' if m.higher_is_better else '↓' if m.higher_is_better is False else '→0'}"
+            for m in METRICS.values()
+        )
+        + ".",
+        "`NaN` = undefined (e.g. r of a constant prediction). Normalized: 0 = reference baseline (mean_shift; additive",
+        "for combinations), 1 = noise ceiling (two halves of the real cells); stored unclipped.",
+        "",
+    ]
+    for board in sorted(boards, key=lambda b: (b.dataset, b.split_kind)):
+        out += [f"## {board.dataset} · {board.split_kind}", ""]
+        na = {p: f" (+{n} n/a)" for p, n in board.not_applicable.items() if n}
+        out += _metric_table(board.scores, na, mark_best=True)
+        if not board.ceiling.empty:
+            cells = [_fmt(*mean_ci(board.ceiling[m])[:2]) for m in METRICS]
+            out.append(f"| *noise ceiling* | {len(board.ceiling)} | " + " | ".join(cells) + " |")
+        out += ["", "Normalized scores (0 = reference baseline, 1 = noise ceiling):", ""]
+        out += _metric_table(board.normalized, {}, mark_best=False)
+        out += ["", "Reproduce:", ""]
+        out += [f"- `{cmd}`" for cmd in board.commands.values()]
+        figure_notes = [
+            f"{p}: " + ", ".join(f"[{Path(link).stem.rsplit('__', 1)[-1]}]({link})" for link in links)
+            for p in board.scores
+            if (links := figure_links.get((board.dataset, board.split_kind, p)))
+        ]
+        if figure_notes:
+            out += [
+                "",
+                "Figures (summary across splits; composite of the first split): " + "; ".join(figure_notes),
+            ]
+        out.append("")
+    return "\n".join(out)
+
+
+def _copy_figures(
+    boards: list[Board], figures_dir: Path, relative_to: Path
+) -> dict[tuple[str, str, str], list[str]]:
+    """Download each run's summary figure and its first composite into `figures_dir`; returns markdown links."""
+    links: dict[tuple[str, str, str], list[str]] = {}
+    client = MlflowClient()
+    for board in boards:
+        for predictor, parent_id in board.parents.items():
+            stem = f"{board.dataset}__{board.split_kind}__{predictor}"
+            found = []
+            sources = [(parent_id, "figures/summary.png", "summary")]
+            children = mlflow.search_runs(
+                [client.get_run(parent_id).info.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`pertbench.status` = 'ok'",
+                order_by=["attributes.start_time ASC"],
+                max_results=1,
+                output_format="list",
+            )
+            if children:
+                sources.append((children[0].info.run_id, "figures/composite.png", "composite"))
+            for run_id, artifact, kind in sources:
+                try:
+                    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
+                except Exception:  # noqa: BLE001 - a run logged without figures simply has none to link
+                    continue
+                target = figures_dir / f"{_safe(stem)}__{kind}.png"
+                shutil.copyfile(local, target)
+                found.append(os.path.relpath(target, relative_to).replace(os.sep, "/"))
+            if found:
+                links[(board.dataset, board.split_kind, predictor)] = found
+    return links
+
+
+def write_leaderboard(path: Path = DEFAULT_PATH, uri: str | None = None, figures: bool = True) -> Path:
+    """Regenerate the leaderboard file (and its figures folder) atomically from the store."""
+    path = Path(path)
+    boards = collect(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures_dir = path.parent / "figures"
+    links: dict = {}
+    staging = Path(tempfile.mkdtemp(prefix=".figures.", dir=path.parent))
+    try:
+        if figures:
+            links = _copy_figures(boards, staging, relative_to=staging.parent)
+            links = {k: [v.replace(staging.name, "figures", 1) for v in vs] for k, vs in links.items()}
+        text = render(boards, links)
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        if figures:
+            if figures_dir.exists():
+                shutil.rmtree(figures_dir)
+            staging.rename(figures_dir)
+        os.replace(tmp, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

@@ -1,0 +1,59 @@
+"""Caches fitted models per predictor family, dataset, split and seed, so e.g. CVAE Mode A and Mode B train once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from anndata import AnnData
+
+from benchmark.protocol import Predictor
+from benchmark.task import Task
+
+DONE_MARKER = "FITTED"
+
+
+def default_cache_dir() -> Path:
+    """PERTBENCH_CACHE_DIR, else `.pertbench/models` under the working directory (beside the MLflow store)."""
+    return Path(os.environ.get("PERTBENCH_CACHE_DIR", ".pertbench/models"))
+
+
+def cache_key(predictor: Predictor, dataset_checksum: str, split_digest: str, seed: int) -> str:
+    """A hash of everything that determines the fitted state; generation-only options are left out."""
+    cls = type(predictor)
+    payload = {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "fit_params": predictor.fit_params(),
+        "dataset": dataset_checksum,
+        "split": split_digest,
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def fit_or_load(
+    predictor: Predictor, train: AnnData, task: Task, key: str, cache_dir: Path | None
+) -> tuple[Predictor, str]:
+    """Fit, or load a cached fit; returns (predictor, 'hit' | 'miss' | 'off'). Writes are atomic."""
+    if cache_dir is None or not getattr(predictor, "cacheable", False):
+        return predictor.fit(train, task), "off"
+    entry = Path(cache_dir) / key
+    if (entry / DONE_MARKER).exists():
+        return predictor.load_fitted(entry), "hit"
+    predictor.fit(train, task)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
+    try:
+        predictor.save(tmp)
+        (tmp / DONE_MARKER).write_text(json.dumps({"predictor": repr(predictor)}))
+        if entry.exists():
+            shutil.rmtree(entry)
+        tmp.rename(entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return predictor, "miss"

@@ -1,0 +1,272 @@
+"""The split manager: named, seeded train/test splits saved as cell ids so a run can be repeated exactly.
+
+Kinds:
+- `holdout_context`: for perturbation p and context t, train on everything except the (t, p) cells and predict
+  (t, p) from the (t, control) cells. One split per (t, p) where p is also seen in another context.
+- `holdout_combo`: each combination `A+B` is held out; its singles, the control and other combinations train.
+- `random`: a seeded fraction of every perturbed group is held out (an in-distribution check).
+A kind that does not apply to a dataset raises SplitNotApplicable, which the harness reports instead of running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from benchmark.errors import PertbenchError
+from benchmark.task import Task
+
+SPLIT_KINDS = ("holdout_context", "holdout_combo", "random")
+MIN_CELLS = 10
+"""Fewest cells a held-out group, or the control group of its context, may have."""
+RANDOM_TEST_FRACTION = 0.2
+
+
+class SplitNotApplicable(PertbenchError):
+    """The split kind does not apply to this dataset (e.g. holdout_context with one context)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One held-out group to predict: its perturbation, context, real cells and the control cells given."""
+
+    perturbation: str
+    context: str
+    test_cells: tuple[str, ...]
+    control_cells: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training cells and the held-out targets of one split; `name` is unique within a kind."""
+
+    name: str
+    kind: str
+    seed: int
+    train_cells: tuple[str, ...]
+    targets: tuple[Target, ...]
+    skipped: tuple[str, ...] = field(default=())
+
+    def digest(self) -> str:
+        """A short hash of the split's cell ids: two runs with the same digest trained on the same cells."""
+        payload = json.dumps([self.kind, self.train_cells, [asdict(t) for t in self.targets]])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable form (cell ids as lists)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "seed": self.seed,
+            "digest": self.digest(),
+            "train_cells": list(self.train_cells),
+            "targets": [
+                {**asdict(t), "test_cells": list(t.test_cells), "control_cells": list(t.control_cells)}
+                for t in self.targets
+            ],
+        }
+
+    def save(self, path: Path | str) -> Path:
+        """Write the split as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict()))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> Split:
+        """Read a split written by `save`, checking its digest."""
+        data = json.loads(Path(path).read_text())
+        split = cls(
+            name=data["name"],
+            kind=data["kind"],
+            seed=int(data["seed"]),
+            train_cells=tuple(data["train_cells"]),
+            targets=tuple(
+                Target(
+                    perturbation=t["perturbation"],
+                    context=t["context"],
+                    test_cells=tuple(t["test_cells"]),
+                    control_cells=tuple(t["control_cells"]),
+                )
+                for t in data["targets"]
+            ),
+        )
+        if "digest" in data and data["digest"] != split.digest():
+            raise PertbenchError(f"split file {path} is corrupted: its cell ids do not match its digest")
+        return split
+
+    def check_no_leak(self) -> None:
+        """Fail loudly if any held-out cell is among the training cells."""
+        train = set(self.train_cells)
+        for t in self.targets:
+            leaked = train.intersection(t.test_cells)
+            if leaked:
+                raise AssertionError(f"split {self.name}: {len(leaked)} held-out cells are in training")
+
+
+def make_splits(
+    adata: AnnData,
+    task: Task,
+    kind: str,
+    seed: int = 0,
+    perturbations: Iterable[str] | None = None,
+    min_cells: int = MIN_CELLS,
+) -> list[Split]:
+    """All splits of `kind` for a dataset, optionally restricted to some perturbation labels."""
+    if kind not in SPLIT_KINDS:
+        raise PertbenchError(f"unknown split kind {kind!r}; known kinds: {', '.join(SPLIT_KINDS)}")
+    groups = _Groups(adata, task)
+    wanted = groups.check_wanted(perturbations)
+    builder = {"holdout_context": _holdout_context, "holdout_combo": _holdout_combo, "random": _random}[kind]
+    splits = builder(groups, wanted, seed, min_cells)
+    if not splits:
+        raise PertbenchError(
+            f"split {kind} has no group with at least {min_cells} held-out cells and {min_cells} control cells"
+            + (f" (skipped: {'; '.join(groups.skipped[:5])})" if groups.skipped else "")
+        )
+    for split in splits:
+        split.check_no_leak()
+    return splits
+
+
+class _Groups:
+    """Cell ids grouped by (context, perturbation), computed once per dataset."""
+
+    def __init__(self, adata: AnnData, task: Task) -> None:
+        self.task = task
+        self.ids = np.asarray(adata.obs_names, dtype=object)
+        self.perts = task.perturbations(adata)
+        self.contexts = task.contexts(adata)
+        self.skipped: list[str] = []
+        frame = pd.DataFrame({"context": self.contexts, "pert": self.perts})
+        self.index: dict[tuple[str, str], np.ndarray] = {
+            (str(c), str(p)): np.asarray(idx)
+            for (c, p), idx in frame.groupby(["context", "pert"]).indices.items()
+        }
+
+    def perturbation_labels(self) -> list[str]:
+        """Every non-control label, sorted."""
+        return sorted({p for _, p in self.index if p != self.task.control_label})
+
+    def context_labels(self) -> list[str]:
+        return sorted({c for c, _ in self.index})
+
+    def check_wanted(self, perturbations: Iterable[str] | None) -> set[str]:
+        """The perturbation labels to hold out; an unknown label is an error that lists the known ones."""
+        known = self.perturbation_labels()
+        if perturbations is None:
+            return set(known)
+        wanted = set(perturbations)
+        unknown = sorted(wanted - set(known))
+        if unknown:
+            raise PertbenchError(
+                f"unknown perturbation label(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(known[:20])}{' ...' if len(known) > 20 else ''}"
+            )
+        return wanted
+
+    def cells(self, context: str, pert: str) -> np.ndarray:
+        return self.index.get((context, pert), np.empty(0, dtype=int))
+
+    def target(self, context: str, pert: str, test_idx: np.ndarray, min_cells: int) -> Target | None:
+        """A Target for (context, pert), or None (recorded in `skipped`) when a group is too small."""
+        control_idx = self.cells(context, self.task.control_label)
+        if len(test_idx) < min_cells or len(control_idx) < min_cells:
+            self.skipped.append(
+                f"{context}/{pert}: {len(test_idx)} held-out and {len(control_idx)} control cells, "
+                f"a split needs {min_cells} of each"
+            )
+            return None
+        return Target(pert, context, tuple(self.ids[test_idx]), tuple(self.ids[control_idx]))
+
+    def train_without(self, held_out: np.ndarray) -> tuple[str, ...]:
+        mask = np.ones(len(self.ids), dtype=bool)
+        mask[held_out] = False
+        return tuple(self.ids[mask])
+
+
+def _holdout_context(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
+    contexts = groups.context_labels()
+    if len(contexts) < 2:
+        raise SplitNotApplicable(
+            f"holdout_context needs at least two contexts; this dataset has {len(contexts)} ({', '.join(contexts)})"
+        )
+    splits = []
+    for context in contexts:
+        for pert in sorted(wanted):
+            test_idx = groups.cells(context, pert)
+            if len(test_idx) == 0:
+                continue
+            seen_elsewhere = any(len(groups.cells(c, pert)) for c in contexts if c != context)
+            if not seen_elsewhere:
+                groups.skipped.append(f"{context}/{pert}: perturbation seen in no other context")
+                continue
+            target = groups.target(context, pert, test_idx, min_cells)
+            if target is not None:
+                splits.append(
+                    Split(
+                        f"{context}/{pert}",
+                        "holdout_context",
+                        seed,
+                        groups.train_without(test_idx),
+                        (target,),
+                    )
+                )
+    return _with_skipped(splits, groups)
+
+
+def _holdout_combo(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
+    combos = [p for p in sorted(wanted) if len(groups.task.genes_of(p)) > 1]
+    if not any(len(groups.task.genes_of(p)) > 1 for p in groups.perturbation_labels()):
+        raise SplitNotApplicable(
+            f"holdout_combo needs combination perturbations (labels joined by "
+            f"{groups.task.combo_separator!r}); this dataset has none"
+        )
+    splits = []
+    for pert in combos:
+        held_out = np.concatenate([groups.cells(c, pert) for c in groups.context_labels()])
+        targets = [
+            t
+            for c in groups.context_labels()
+            if len(groups.cells(c, pert))
+            and (t := groups.target(c, pert, groups.cells(c, pert), min_cells)) is not None
+        ]
+        if targets:
+            splits.append(Split(pert, "holdout_combo", seed, groups.train_without(held_out), tuple(targets)))
+    return _with_skipped(splits, groups)
+
+
+def _random(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
+    rng = np.random.default_rng(seed)
+    held_out, targets = [], []
+    for context in groups.context_labels():
+        for pert in sorted(wanted):
+            idx = groups.cells(context, pert)
+            if len(idx) == 0:
+                continue
+            n_test = int(round(RANDOM_TEST_FRACTION * len(idx)))
+            test_idx = np.sort(rng.choice(idx, size=n_test, replace=False))
+            target = groups.target(context, pert, test_idx, min_cells)
+            if target is not None:
+                held_out.append(test_idx)
+                targets.append(target)
+    if not targets:
+        return []
+    split = Split(
+        f"random_{seed}", "random", seed, groups.train_without(np.concatenate(held_out)), tuple(targets)
+    )
+    return _with_skipped([split], groups)
+
+
+def _with_skipped(splits: list[Split], groups: _Groups) -> list[Split]:
+    """Attach the list of skipped groups to every split so the run can report them."""
+    skipped = tuple(groups.skipped)
+    return [Split(s.name, s.kind, s.seed, s.train_cells, s.targets, skipped) for s in splits]

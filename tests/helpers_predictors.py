@@ -1,0 +1,81 @@
+"""Predictors used by the harness tests: they record what reaches fit, fail on purpose, or cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.errors import NotApplicable
+from benchmark.protocol import Predictor, predicted_anndata
+from benchmark.task import dense
+
+
+class SpyPredictor(Predictor):
+    """Predicts the control cells and records the obs names of every training set it is fitted on."""
+
+    fitted_cells: list[set[str]] = []
+
+    def __init__(self, random_state: int = 0):
+        self.random_state = random_state
+
+    def fit(self, train, task):
+        type(self).fitted_cells.append(set(train.obs_names))
+        self.task_ = task
+        return self
+
+    def predict(self, control, perturbation, context):
+        return predicted_anndata(dense(self.task_.lognorm(control)) + 0.1, control, perturbation, context)
+
+
+class FailingPredictor(SpyPredictor):
+    """Breaks on its second fit, to check that a half-finished run is marked failed."""
+
+    fits = 0
+
+    def fit(self, train, task):
+        type(self).fits += 1
+        if type(self).fits >= 2:
+            raise RuntimeError("boom on purpose")
+        return super().fit(train, task)
+
+
+class PickyPredictor(SpyPredictor):
+    """Declares every perturbation whose name ends in '1' not applicable."""
+
+    def predict(self, control, perturbation, context):
+        if perturbation.endswith("1"):
+            raise NotApplicable(f"{perturbation} is not for me")
+        return super().predict(control, perturbation, context)
+
+
+class CachedPredictor(SpyPredictor):
+    """A cacheable predictor: its fitted state is the training mean; `offset` only affects generation."""
+
+    cacheable = True
+    fit_count = 0
+
+    def __init__(self, random_state: int = 0, offset: float = 0.0):
+        self.random_state = random_state
+        self.offset = offset
+
+    def fit_params(self):
+        return {"random_state": self.random_state}
+
+    def fit(self, train, task):
+        type(self).fit_count += 1
+        self.task_ = task
+        self.mean_ = dense(task.lognorm(train)).mean(axis=0)
+        return self
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / "state.json").write_text(json.dumps({"mean": self.mean_.tolist()}))
+
+    def load_fitted(self, directory: Path):
+        self.mean_ = np.asarray(json.loads((Path(directory) / "state.json").read_text())["mean"])
+        return self
+
+    def predict(self, control, perturbation, context):
+        values = np.tile(self.mean_ + self.offset, (control.n_obs, 1))
+        return predicted_anndata(values, control, perturbation, context)

@@ -1,0 +1,190 @@
+"""The `bench` command: bad input gives one clear line (exit 2) and leaves what was written intact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+
+from benchmark.cli import main
+from benchmark.errors import PertbenchError
+from predictors.registry import available_predictors, make_predictor
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def user_file(path, x=None, obs=None) -> str:
+    """Write a small lognorm h5ad with 2 cell types x (control, stim) x 12 cells."""
+    if obs is None:
+        obs = pd.DataFrame(
+            [(c, p) for c in ("A", "B") for p in ("ctrl", "stim") for _ in range(12)],
+            columns=["cell_type", "condition"],
+        )
+        obs.index = [f"c{i}" for i in range(len(obs))]
+    if x is None:
+        x = np.random.default_rng(0).gamma(1.0, size=(len(obs), 8)).astype(np.float32)
+    AnnData(X=x, obs=obs).write_h5ad(path)
+    return str(path)
+
+
+def run_cli(capsys, *args) -> tuple[int, str]:
+    code = main(["run", "--no-figures", "--no-leaderboard", *args])
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def data_args(path, **over) -> list[str]:
+    keys = {"--perturbation-key": "condition", "--control": "ctrl", "--context-key": "cell_type", **over}
+    return ["--data", path] + [v for k, val in keys.items() for v in (k, val)]
+
+
+def assert_one_line(code: int, err: str, pattern: str) -> None:
+    assert code == 2
+    lines = err.splitlines()
+    assert lines[-1].startswith("bench: error:"), err
+    assert "Traceback" not in err
+    assert pattern in lines[-1], lines[-1]
+
+
+def test_user_file_runs(workdir, capsys):
+    code = main(
+        ["run", "--predictor", "mean_shift", *data_args(user_file(workdir / "u.h5ad")), "--no-figures"]
+    )
+    assert code == 0
+    assert "mean_shift on u" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--predictor", "nope"], "unknown predictor 'nope'"),
+        (["--predictor", "mean_shift", "--dataset", "nope"], "nope"),
+        (
+            ["--predictor", "mean_shift", "--dataset", "synthetic", "--split", "by_donor"],
+            "unknown split kind 'by_donor'",
+        ),
+        (["--predictor", "no.such.module:Cls"], "cannot import module"),
+        (["--predictor", "mean_shift", "--param", "not_a_param=1"], "cannot build predictor"),
+    ],
+)
+def test_unknown_names(workdir, capsys, args, message):
+    assert_one_line(*run_cli(capsys, *args), message)
+
+
+def test_missing_obs_key(workdir, capsys):
+    path = user_file(workdir / "u.h5ad")
+    assert_one_line(
+        *run_cli(capsys, "--predictor", "mean_shift", *data_args(path, **{"--context-key": "celltype"})),
+        "celltype",
+    )
+
+
+def test_unknown_control_and_perturbation_labels(workdir, capsys):
+    path = user_file(workdir / "u.h5ad")
+    assert_one_line(
+        *run_cli(capsys, "--predictor", "mean_shift", *data_args(path, **{"--control": "untreated"})),
+        "untreated",
+    )
+    assert_one_line(
+        *run_cli(capsys, "--predictor", "mean_shift", *data_args(path), "--perturbation", "IFNG"),
+        "unknown perturbation label",
+    )
+
+
+def test_context_without_control_cells(workdir, capsys):
+    obs = pd.DataFrame(
+        [("A", "ctrl")] * 12 + [("A", "stim")] * 12 + [("B", "stim")] * 12, columns=["cell_type", "condition"]
+    )
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    path = user_file(workdir / "u.h5ad", obs=obs)
+    assert_one_line(*run_cli(capsys, "--predictor", "mean_shift", *data_args(path)), "B")
+
+
+@pytest.mark.parametrize(
+    ("value", "expression", "message"),
+    [
+        (np.nan, "lognorm", "NaN"),
+        (np.inf, "lognorm", "infinite"),
+        (-1.0, "lognorm", "negative"),
+        (0.5, "counts", "integer"),
+    ],
+)
+def test_bad_values(workdir, capsys, value, expression, message):
+    x = np.random.default_rng(0).poisson(2.0, size=(48, 8)).astype(np.float32)
+    x[3, 2] = value
+    path = user_file(workdir / "u.h5ad", x=x)
+    code, err = run_cli(capsys, "--predictor", "mean_shift", *data_args(path), "--expression", expression)
+    assert_one_line(code, err, message)
+
+
+def test_group_with_too_few_cells(workdir, capsys):
+    obs = pd.DataFrame(
+        [(c, "ctrl") for c in "AB" for _ in range(12)] + [(c, "stim") for c in "AB" for _ in range(3)],
+        columns=["cell_type", "condition"],
+    )
+    obs.index = [f"c{i}" for i in range(len(obs))]
+    path = user_file(workdir / "u.h5ad", obs=obs)
+    assert_one_line(
+        *run_cli(capsys, "--predictor", "mean_shift", *data_args(path)), "at least 10 held-out cells"
+    )
+
+
+def test_checksum_mismatch(workdir, capsys, monkeypatch):
+    from benchmark.datasets import get_card
+
+    card = get_card("kang2018")
+    data = workdir / "data"
+    data.mkdir()
+    (data / card.file).write_bytes(b"not the real file")
+    monkeypatch.setenv("PERTBENCH_DATA_DIR", str(data))
+    assert_one_line(*run_cli(capsys, "--predictor", "mean_shift", "--dataset", "kang2018"), card.file)
+    assert (data / card.file).read_bytes() == b"not the real file"  # nothing overwritten
+
+
+def test_split_kind_that_does_not_apply_is_reported_not_run(workdir, capsys):
+    path = user_file(workdir / "u.h5ad")
+    code = main(
+        ["run", "--predictor", "mean_shift", *data_args(path), "--split", "holdout_combo", "--no-figures"]
+    )
+    assert code == 0
+    assert "does not apply" in capsys.readouterr().out
+    assert not (workdir / "leaderboard" / "LEADERBOARD.md").exists()
+
+
+def test_failed_run_leaves_the_leaderboard_as_it_was(workdir, capsys):
+    import helpers_predictors as hp
+
+    path = user_file(workdir / "u.h5ad")
+    assert main(["run", "--predictor", "mean_shift", *data_args(path), "--no-figures"]) == 0
+    board = workdir / "leaderboard" / "LEADERBOARD.md"
+    before = board.read_text()
+    assert "mean_shift" in before
+    hp.FailingPredictor.fits = 0
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["run", "--predictor", "helpers_predictors:FailingPredictor", *data_args(path), "--no-figures"])
+    assert board.read_text() == before
+
+
+def test_list_shows_predictors_datasets_and_splits(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cvae_modeB", "mean_shift", "linear", "kang2018", "norman19", "holdout_combo"):
+        assert name in out
+
+
+def test_registry_names_and_module_class_path():
+    assert {"no_change", "mean_shift", "additive", "linear", "cvae_modeA", "cvae_modeB"} <= set(
+        available_predictors()
+    )
+    name, predictor = make_predictor("helpers_predictors:SpyPredictor", random_state=3)
+    assert name == "helpers_predictors:SpyPredictor" and predictor.get_params() == {"random_state": 3}
+    with pytest.raises(PertbenchError, match="module:Class"):
+        make_predictor("helpers_predictors:")
+    with pytest.raises(PertbenchError, match="has no class"):
+        make_predictor("helpers_predictors:Nope")

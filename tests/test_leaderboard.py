@@ -1,0 +1,62 @@
+"""The leaderboard: regenerated from the MLflow store, best values marked, ceiling and commands shown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from benchmark import tracking
+from benchmark.datasets import Dataset
+from benchmark.leaderboard import lead_within_noise, mean_ci, write_leaderboard
+from benchmark.runner import RunOptions, run_benchmark
+from benchmark.synthetic import make_synthetic
+from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Dataset:
+    adata = make_synthetic(n_genes=60, n_contexts=3, n_perturbations=2, cells_per_group=30, seed=1)
+    adata.layers[LOGNORM_LAYER] = lognormalize(adata.X)
+    return Dataset(
+        "tiny", adata, Task("condition", "control", "cell_type", "counts"), "sum", "test", "holdout_context"
+    )
+
+
+def test_mean_ci_is_a_student_t_interval():
+    x = pd.Series([0.1, 0.4, 0.35, 0.8, np.nan])
+    mean, half, n = mean_ci(x)
+    finite = x.dropna().to_numpy()
+    low, high = stats.t.interval(0.95, len(finite) - 1, loc=finite.mean(), scale=stats.sem(finite))
+    assert n == 4 and mean == pytest.approx(finite.mean()) and half == pytest.approx((high - low) / 2)
+
+
+def test_lead_within_noise_uses_paired_differences():
+    units = [("s1", 0), ("s2", 0), ("s3", 0), ("s4", 0)]
+    base = pd.Series([0.2, 0.5, 0.8, 0.3], index=units)
+    assert not lead_within_noise(base + 0.1, base)  # a constant lead is certain, however noisy the splits
+    assert lead_within_noise(base + pd.Series([0.2, -0.2, 0.1, -0.15], index=units), base)
+
+
+def test_leaderboard_from_store(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracking.use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    quiet = lambda _: None  # noqa: E731
+    options = RunOptions(seeds=(0, 1), embedding="pca", max_splits=2)
+    run_benchmark("mean_shift", tiny, "holdout_context", options, quiet)
+    run_benchmark("no_change", tiny, "holdout_context", RunOptions(seeds=(0, 1), figures=False), quiet)
+    path = write_leaderboard(tmp_path / "board" / "LEADERBOARD.md", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    text = path.read_text()
+    assert "## tiny · holdout_context" in text
+    raw_table = text.split("Normalized scores")[0]
+    rows = {line.split("|")[1].strip(): line for line in raw_table.splitlines() if line.startswith("| ")}
+    assert "mean_shift" in rows and "no_change" in rows and "*noise ceiling*" in rows
+    assert "NaN" in rows["no_change"]  # r of a constant prediction is undefined, shown as such
+    assert "**" in rows["mean_shift"]
+    assert "bench run --predictor mean_shift --dataset tiny --split holdout_context --seeds 0,1" in text
+    figures = sorted(p.name for p in (tmp_path / "board" / "figures").iterdir())
+    assert any("mean_shift" in f and "summary" in f for f in figures)
+    assert any("mean_shift" in f and "composite" in f for f in figures)
+    for name in figures:
+        assert f"figures/{name}" in text

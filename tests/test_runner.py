@@ -1,0 +1,127 @@
+"""The harness end to end on a tiny synthetic dataset: splits never leak, MLflow records everything."""
+
+from __future__ import annotations
+
+import helpers_predictors as hp
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmark import tracking
+from benchmark.datasets import Dataset
+from benchmark.runner import RunOptions, run_benchmark
+from benchmark.splits import make_splits
+from benchmark.synthetic import make_synthetic
+from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Dataset:
+    adata = make_synthetic(
+        n_genes=60, n_contexts=3, n_perturbations=2, cells_per_group=50, seed=0, n_combos=1
+    )
+    adata.layers[LOGNORM_LAYER] = lognormalize(adata.X)
+    task = Task("condition", "control", "cell_type", expression="counts")
+    return Dataset("tiny", adata, task, "tiny-checksum", "test", "holdout_context")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh MLflow SQLite store and working directory per test."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.use_store(uri)
+    return uri
+
+
+FAST = RunOptions(figures=False)
+
+
+@pytest.mark.parametrize("kind", ["holdout_context", "holdout_combo", "random"])
+def test_no_held_out_cell_ever_reaches_fit(tiny, store, kind):
+    hp.SpyPredictor.fitted_cells = []
+    result = run_benchmark("helpers_predictors:SpyPredictor", tiny, kind, FAST, progress=lambda _: None)
+    splits = {s.name: s for s in make_splits(tiny.adata, tiny.task, kind)}
+    assert len(hp.SpyPredictor.fitted_cells) == len(splits)
+    by_train = {frozenset(s.train_cells): s for s in splits.values()}
+    for fitted in hp.SpyPredictor.fitted_cells:
+        split = by_train[frozenset(fitted)]  # fitted on exactly a split's training cells
+        for target in split.targets:
+            assert not fitted & set(target.test_cells)
+    assert {r.status for r in result.results} == {"ok"}
+
+
+def test_runs_are_logged_with_provenance_metrics_and_the_split(tiny, store):
+    result = run_benchmark(
+        "mean_shift", tiny, "holdout_context", RunOptions(seeds=(0, 1), figures=False), lambda _: None
+    )
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["dataset_checksum"] == "tiny-checksum"
+    assert parent.data.params["seeds"] == "0,1"
+    assert "git_commit" in parent.data.params and "pertbench_version" in parent.data.params
+    assert "mean_r" in parent.data.metrics
+    children = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        output_format="list",
+    )
+    assert len(children) == len(result.results) == 2 * 9  # 3 contexts x (2 singles + 1 combination) x 2 seeds
+    child = children[0]
+    for key in ("r", "jaccard_25", "jaccard_50", "jaccard_100", "ceiling_r", "norm_r", "reference_r"):
+        assert key in child.data.metrics
+    assert child.data.params["predictor"] == "mean_shift"
+    assert child.data.params["split_digest"]
+    artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
+    assert "split.json" in artifacts
+    # mean_shift is its own reference: normalized r is exactly 0 there
+    assert child.data.metrics["norm_r"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_not_applicable_targets_are_recorded_not_failed(tiny, store):
+    result = run_benchmark("helpers_predictors:PickyPredictor", tiny, "holdout_context", FAST, lambda _: None)
+    statuses = {r.perturbation: r.status for r in result.results}
+    assert statuses == {"P0": "ok", "P1": "not_applicable", "P0+P1": "not_applicable"}
+    run = MlflowClient().get_run(next(r.run_id for r in result.results if r.status == "not_applicable"))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pertbench.status"] == "not_applicable"
+    assert "not for me" in run.data.tags["pertbench.reason"]
+
+
+def test_a_run_that_fails_half_way_is_marked_failed(tiny, store):
+    hp.FailingPredictor.fits = 0
+    with pytest.raises(RuntimeError, match="boom"):
+        run_benchmark("helpers_predictors:FailingPredictor", tiny, "holdout_context", FAST, lambda _: None)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    statuses = sorted(r.info.status for r in runs)
+    assert "FAILED" in statuses
+    parent = [r for r in runs if r.data.tags.get("pertbench.level") == "parent"]
+    assert [p.info.status for p in parent] == ["FAILED"]
+
+
+def test_cacheable_predictor_is_fitted_once_per_split_and_seed(tiny, store, tmp_path):
+    hp.CachedPredictor.fit_count = 0
+    options = RunOptions(figures=False, cache_dir=tmp_path / "cache", max_splits=2)
+    first = run_benchmark(
+        "helpers_predictors:CachedPredictor", tiny, "holdout_context", options, lambda _: None
+    )
+    assert hp.CachedPredictor.fit_count == 2
+    shifted = RunOptions(figures=False, cache_dir=tmp_path / "cache", max_splits=2, params={"offset": 1.0})
+    second = run_benchmark(
+        "helpers_predictors:CachedPredictor", tiny, "holdout_context", shifted, lambda _: None
+    )
+    assert hp.CachedPredictor.fit_count == 2  # generation-only parameter: the fitted models were reused
+    tags = [MlflowClient().get_run(r.run_id).data.tags["pertbench.model_cache"] for r in second.results]
+    assert tags == ["hit", "hit"]
+    # the cached fit predicts the same means, shifted by the generation-only offset
+    assert first.results[0].metrics["mse_mean"] != second.results[0].metrics["mse_mean"]
+    run_benchmark(
+        "helpers_predictors:CachedPredictor",
+        tiny,
+        "holdout_context",
+        RunOptions(figures=False, cache_dir=tmp_path / "cache", max_splits=2, seeds=(5,)),
+        lambda _: None,
+    )
+    assert hp.CachedPredictor.fit_count == 4  # another seed is another model

@@ -1,0 +1,122 @@
+"""The split manager: the right cells held out, nothing leaks, splits repeat exactly from their JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+
+from benchmark.errors import PertbenchError
+from benchmark.splits import Split, SplitNotApplicable, make_splits
+from benchmark.task import Task
+
+TASK = Task(perturbation_key="condition", control_label="control", context_key="cell_type")
+
+
+def grouped(groups: dict[tuple[str, str], int], n_genes: int = 5) -> AnnData:
+    """An AnnData with the given number of cells per (context, perturbation)."""
+    obs_rows = [(c, p) for (c, p), n in groups.items() for _ in range(n)]
+    obs = pd.DataFrame(obs_rows, columns=["cell_type", "condition"])
+    obs.index = [f"cell{i}" for i in range(len(obs))]
+    x = np.random.default_rng(0).poisson(1.0, size=(len(obs), n_genes)).astype(np.float32)
+    return AnnData(X=x, obs=obs)
+
+
+@pytest.fixture
+def contexts() -> AnnData:
+    return grouped({(c, p): 12 for c in ("A", "B", "C") for p in ("control", "stim", "drug")})
+
+
+def cells_of(adata: AnnData, context: str, pert: str) -> set[str]:
+    mask = (adata.obs["cell_type"] == context) & (adata.obs["condition"] == pert)
+    return set(adata.obs_names[mask.to_numpy()])
+
+
+def test_holdout_context_holds_out_exactly_one_group_per_split(contexts):
+    splits = make_splits(contexts, TASK, "holdout_context")
+    assert sorted(s.name for s in splits) == sorted(f"{c}/{p}" for c in "ABC" for p in ("drug", "stim"))
+    for split in splits:
+        (target,) = split.targets
+        held_out = cells_of(contexts, target.context, target.perturbation)
+        assert set(target.test_cells) == held_out
+        assert set(split.train_cells) == set(contexts.obs_names) - held_out
+        assert set(target.control_cells) == cells_of(contexts, target.context, "control")
+        assert set(target.control_cells) <= set(split.train_cells)
+
+
+def test_holdout_combo_keeps_singles_and_other_combos_in_training():
+    adata = grouped({("k562", p): 11 for p in ("control", "A", "B", "C", "A+B", "B+C")})
+    combo = Task("condition", "control", "cell_type")
+    splits = {s.name: s for s in make_splits(adata, combo, "holdout_combo")}
+    assert set(splits) == {"A+B", "B+C"}
+    train = set(splits["A+B"].train_cells)
+    assert not train & cells_of(adata, "k562", "A+B")
+    for kept in ("A", "B", "B+C", "control"):
+        assert cells_of(adata, "k562", kept) <= train
+
+
+def test_random_split_is_seeded_and_holds_out_a_fraction_of_every_group(contexts):
+    (first,) = make_splits(contexts, TASK, "random", seed=1, min_cells=2)
+    (again,) = make_splits(contexts, TASK, "random", seed=1, min_cells=2)
+    (other,) = make_splits(contexts, TASK, "random", seed=2, min_cells=2)
+    assert first.digest() == again.digest()
+    assert first.digest() != other.digest()
+    assert len(first.targets) == 6  # every perturbed group of 3 contexts x 2 perturbations
+    for target in first.targets:
+        group = cells_of(contexts, target.context, target.perturbation)
+        assert set(target.test_cells) <= group
+        assert len(target.test_cells) == round(0.2 * len(group))
+    first.check_no_leak()
+
+
+@pytest.mark.parametrize("kind", ["holdout_context", "holdout_combo", "random"])
+def test_no_held_out_cell_is_in_training(kind):
+    adata = grouped({(c, p): 15 for c in ("A", "B") for p in ("control", "X", "Y", "X+Y")})
+    for split in make_splits(adata, TASK, kind, min_cells=2):
+        train = set(split.train_cells)
+        for target in split.targets:
+            assert not train & set(target.test_cells)
+
+
+def test_kinds_that_do_not_apply_say_so():
+    one_context = grouped({("k562", p): 12 for p in ("control", "A", "B")})
+    with pytest.raises(SplitNotApplicable, match="at least two contexts"):
+        make_splits(one_context, TASK, "holdout_context")
+    no_combos = grouped({(c, p): 12 for c in ("A", "B") for p in ("control", "stim")})
+    with pytest.raises(SplitNotApplicable, match="combination"):
+        make_splits(no_combos, TASK, "holdout_combo")
+
+
+def test_perturbation_seen_in_one_context_only_is_skipped_with_a_note():
+    adata = grouped(
+        {("A", "control"): 12, ("B", "control"): 12, ("A", "stim"): 12, ("B", "stim"): 12, ("A", "only"): 12}
+    )
+    splits = make_splits(adata, TASK, "holdout_context")
+    assert "A/only" not in {s.name for s in splits}
+    assert any("A/only" in note for note in splits[0].skipped)
+
+
+def test_unknown_label_and_too_small_groups_are_clear_errors(contexts):
+    with pytest.raises(PertbenchError, match="unknown perturbation label.*'nope'.*known: drug, stim"):
+        make_splits(contexts, TASK, "holdout_context", perturbations=["nope"])
+    with pytest.raises(PertbenchError, match="unknown split kind"):
+        make_splits(contexts, TASK, "by_donor")
+    with pytest.raises(PertbenchError, match="at least 50 held-out cells"):
+        make_splits(contexts, TASK, "holdout_context", min_cells=50)
+
+
+def test_split_round_trips_through_json_and_detects_tampering(contexts, tmp_path):
+    split = make_splits(contexts, TASK, "holdout_context")[0]
+    path = split.save(tmp_path / "split.json")
+    loaded = Split.load(path)
+    assert loaded.train_cells == split.train_cells
+    assert loaded.targets == split.targets
+    assert loaded.digest() == split.digest()
+    data = json.loads(path.read_text())
+    data["train_cells"].append(data["targets"][0]["test_cells"][0])
+    path.write_text(json.dumps(data))
+    with pytest.raises(PertbenchError, match="corrupted"):
+        Split.load(path)
