@@ -299,8 +299,13 @@ def _mmd_rbf(data: EvalData) -> float:
     "var_ratio", None, "distribution", "Median over genes of log(var_pred / var_real); 0 best, < 0 collapsed"
 )
 def _var_ratio(data: EvalData) -> float:
-    ratio = (gene_variance(data.pred) + VAR_EPS) / (gene_variance(data.real) + VAR_EPS)
-    return float(np.median(np.log(ratio)))
+    # Genes constant in both samples (on sparse data: most genes, all zero) say nothing about dispersion and
+    # would pull the median to 0, so only genes that vary in the real or the predicted cells count.
+    pred_var, real_var = gene_variance(data.pred), gene_variance(data.real)
+    varying = (pred_var > VAR_EPS) | (real_var > VAR_EPS)
+    if not varying.any():
+        return 0.0
+    return float(np.median(np.log((pred_var[varying] + VAR_EPS) / (real_var[varying] + VAR_EPS))))
 
 
 # ---------------------------------------------------------------------------------------------- embedding

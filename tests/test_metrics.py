@@ -211,6 +211,15 @@ def test_var_ratio_is_zero_for_genes_constant_in_both():
     assert score(EvalData(real, real, np.ones((2, 3))), ["var_ratio"])["var_ratio"] == 0.0
 
 
+def test_var_ratio_ignores_genes_that_never_vary():
+    rng = np.random.default_rng(4)
+    real = np.hstack([rng.normal(size=(30, 5)), np.zeros((30, 50))])  # 50 never-expressed genes
+    doubled = real.mean(0) + 2.0 * (real - real.mean(0))
+    assert score(EvalData(real, real, doubled), ["var_ratio"])["var_ratio"] == pytest.approx(
+        np.log(4), abs=1e-4
+    )
+
+
 def test_collapsed_mean_prediction_is_caught_by_distribution_metrics():
     """Predicting the true mean profile for every cell wins on r but loses on energy distance and var_ratio."""
     rng = np.random.default_rng(10)
