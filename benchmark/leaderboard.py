@@ -142,7 +142,10 @@ def _ranked(board_scores: dict[str, pd.DataFrame], metric: str) -> list[str]:
 def _fmt(mean: float, half: float) -> str:
     if not np.isfinite(mean):
         return "NaN"
-    return f"{mean:.3f}" if not np.isfinite(half) else f"{mean:.3f} ± {half:.3f}"
+    value = f"{mean:.3f}" if abs(mean) >= 0.01 or mean == 0 else f"{mean:.2e}"
+    if not np.isfinite(half):
+        return value
+    return f"{value} ± {half:.3f}" if half >= 0.001 or half == 0 else f"{value} ± {half:.1e}"
 
 
 def _metric_table(frames: dict[str, pd.DataFrame], extra: dict[str, str], mark_best: bool) -> list[str]:
@@ -237,6 +240,7 @@ def _copy_figures(
                     continue
                 target = figures_dir / f"{_safe(stem)}__{kind}.png"
                 shutil.copyfile(local, target)
+                target.chmod(0o644)
                 found.append(os.path.relpath(target, relative_to).replace(os.sep, "/"))
             if found:
                 links[(board.dataset, board.split_kind, predictor)] = found
@@ -261,6 +265,7 @@ def write_leaderboard(path: Path = DEFAULT_PATH, uri: str | None = None, figures
         if figures:
             if figures_dir.exists():
                 shutil.rmtree(figures_dir)
+            staging.chmod(0o755)
             staging.rename(figures_dir)
         os.replace(tmp, path)
     finally:
