@@ -125,3 +125,20 @@ def test_cacheable_predictor_is_fitted_once_per_split_and_seed(tiny, store, tmp_
         lambda _: None,
     )
     assert hp.CachedPredictor.fit_count == 4  # another seed is another model
+
+
+def test_saved_predictions_are_h5ad_artifacts_with_their_labels(tiny, store, tmp_path):
+    import anndata as ad
+
+    options = RunOptions(figures=False, save_predictions=True, max_splits=1)
+    result = run_benchmark("mean_shift", tiny, "holdout_context", options, lambda _: None)
+    run_id = result.results[0].run_id
+    (artifact,) = MlflowClient().list_artifacts(run_id, "predictions")
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact.path, dst_path=str(tmp_path))
+    predicted = ad.read_h5ad(local)
+    target = make_splits(tiny.adata, tiny.task, "holdout_context")[0].targets[0]
+    assert predicted.n_obs == len(target.control_cells)
+    assert list(predicted.var_names) == list(tiny.adata.var_names)
+    assert set(predicted.obs["perturbation"]) == {target.perturbation}
+    assert set(predicted.obs["context"]) == {target.context}
+    assert set(predicted.obs["split"]) == {result.results[0].split}
