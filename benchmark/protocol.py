@@ -54,7 +54,9 @@ class Predictor:
     def fit(self, train: AnnData, task: Task) -> Predictor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def predict(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:  # pragma: no cover
+    def predict(
+        self, control: AnnData, perturbation: str, context: str | None
+    ) -> AnnData:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -28,9 +28,15 @@ class PredictorSpec:
 
 BUILTINS: dict[str, PredictorSpec] = {
     "no_change": PredictorSpec("predictors.baselines:NoChange", {}, "the control cells themselves"),
-    "mean_shift": PredictorSpec("predictors.baselines:MeanShift", {}, "control + mean shift over training contexts"),
-    "additive": PredictorSpec("predictors.baselines:Additive", {}, "control + sum of the single shifts (combos)"),
-    "linear": PredictorSpec("predictors.baselines:Linear", {}, "cross-validated ridge on training pseudobulks"),
+    "mean_shift": PredictorSpec(
+        "predictors.baselines:MeanShift", {}, "control + mean shift over training contexts"
+    ),
+    "additive": PredictorSpec(
+        "predictors.baselines:Additive", {}, "control + sum of the single shifts (combos)"
+    ),
+    "linear": PredictorSpec(
+        "predictors.baselines:Linear", {}, "cross-validated ridge on training pseudobulks"
+    ),
     "cvae_modeA": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)"),
     "cvae_modeB": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells"),
 }

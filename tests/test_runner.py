@@ -134,7 +134,9 @@ def test_saved_predictions_are_h5ad_artifacts_with_their_labels(tiny, store, tmp
     result = run_benchmark("mean_shift", tiny, "holdout_context", options, lambda _: None)
     run_id = result.results[0].run_id
     (artifact,) = MlflowClient().list_artifacts(run_id, "predictions")
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact.path, dst_path=str(tmp_path))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=artifact.path, dst_path=str(tmp_path)
+    )
     predicted = ad.read_h5ad(local)
     target = make_splits(tiny.adata, tiny.task, "holdout_context")[0].targets[0]
     assert predicted.n_obs == len(target.control_cells)
