@@ -9,7 +9,7 @@ from scipy import stats
 
 from benchmark import tracking
 from benchmark.datasets import Dataset
-from benchmark.leaderboard import lead_within_noise, mean_ci, write_leaderboard
+from benchmark.leaderboard import lead_within_noise, mean_ci, per_split, write_leaderboard
 from benchmark.runner import RunOptions, run_benchmark
 from benchmark.synthetic import make_synthetic
 from benchmark.task import LOGNORM_LAYER, Task, lognormalize
@@ -30,6 +30,15 @@ def test_mean_ci_is_a_student_t_interval():
     finite = x.dropna().to_numpy()
     low, high = stats.t.interval(0.95, len(finite) - 1, loc=finite.mean(), scale=stats.sem(finite))
     assert n == 4 and mean == pytest.approx(finite.mean()) and half == pytest.approx((high - low) / 2)
+
+
+def test_seeds_are_averaged_within_a_split_before_the_interval():
+    one_seed = {("a", 0): {"r": 0.2}, ("b", 0): {"r": 0.5}, ("c", 0): {"r": 0.9}}
+    repeated = {(split, seed): v for (split, _), v in one_seed.items() for seed in (0, 1, 2)}
+    assert mean_ci(per_split(repeated)["r"]) == pytest.approx(mean_ci(per_split(one_seed)["r"]))
+    assert mean_ci(per_split(repeated)["r"])[2] == 3  # three splits, not nine units
+    noisy = {("a", 0): {"r": 0.1}, ("a", 1): {"r": 0.3}, ("b", 0): {"r": np.nan}, ("b", 1): {"r": 0.5}}
+    assert per_split(noisy)["r"].to_dict() == pytest.approx({"a": 0.2, "b": 0.5})
 
 
 def test_lead_within_noise_uses_paired_differences():
