@@ -39,9 +39,13 @@ def noise_ceiling(
         return {name: float("nan") for name in names}
     rng = np.random.default_rng(seed)
     runs: dict[str, list[float]] = {name: [] for name in names}
+    real_z = EvalData(control=control, real=real, pred=real[:1], embed=embed).real_z  # embed every cell once
     for _ in range(n_repeats):
         perm = rng.permutation(n)
-        half = EvalData(control=control, real=real[perm[n // 2 :]], pred=real[perm[: n // 2]], embed=embed)
+        a, b = perm[: n // 2], perm[n // 2 :]
+        half = EvalData(control=control, real=real[b], pred=real[a], embed=embed).with_embedded(
+            real_z[b], real_z[a]
+        )
         for name, value in score(half, names).items():
             runs[name].append(value)
     return {name: _nanmean(values) for name, values in runs.items()}

@@ -71,6 +71,11 @@ class EvalData:
                 f"{self.control.shape[1]}, {self.real.shape[1]}, {self.pred.shape[1]}"
             )
 
+    def with_embedded(self, real_z: np.ndarray, pred_z: np.ndarray) -> EvalData:
+        """Seed the cached embeddings (e.g. row subsets of cells embedded once) so they are not recomputed."""
+        self.__dict__["real_z"], self.__dict__["pred_z"] = real_z, pred_z
+        return self
+
     @cached_property
     def mean_control(self) -> np.ndarray:
         return self.control.mean(axis=0)

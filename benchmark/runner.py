@@ -26,7 +26,7 @@ from benchmark.ceiling import noise_ceiling, normalized_score
 from benchmark.datasets import Dataset
 from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.figures import composite_figure, summary_figure
-from benchmark.metrics import METRICS, EvalData, fit_embedding, score
+from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding, score
 from benchmark.model_cache import cache_key, fit_or_load
 from benchmark.protocol import Predictor
 from benchmark.splits import Split, Target, make_splits
@@ -144,12 +144,13 @@ def run_benchmark(
             },
         )
         done = 0
+        embeddings: dict[str, PCAEmbedding] = {}
         for seed, splits in splits_by_seed.items():
             for split in splits:
                 done += 1
                 progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
                 results += _run_split(
-                    display_name, template, dataset, split, seed, positions, options, progress
+                    display_name, template, dataset, split, seed, positions, options, progress, embeddings
                 )
         _log_summary(parent_id, display_name, dataset, split_kind, results, options)
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
@@ -164,11 +165,14 @@ def _run_split(
     positions: dict[str, int],
     options: RunOptions,
     progress: Progress,
+    embeddings: dict[str, PCAEmbedding],
 ) -> list[TargetResult]:
     """Fit once on the split's training cells, then predict and score each of its targets in a child run."""
     adata, task = dataset.adata, dataset.task
     train = adata[[positions[c] for c in split.train_cells]].copy()
-    embed = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+    if split.digest() not in embeddings:  # same training cells (a holdout split under another seed): same PCA
+        embeddings[split.digest()] = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+    embed = embeddings[split.digest()]
     predictor = _fresh(template, seed)
     started = time.perf_counter()
     fit_error: NotApplicable | None = None
