@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from benchmark import tracking
+from benchmark.ceiling import clip_for_display, normalized_score
 from benchmark.metrics import METRICS
 
 DEFAULT_PATH = Path("leaderboard") / "LEADERBOARD.md"
@@ -35,7 +36,7 @@ class Board:
     split_kind: str
     scores: dict[str, pd.DataFrame]
     ceiling: pd.DataFrame
-    normalized: dict[str, pd.DataFrame]
+    references: dict[str, pd.DataFrame]
     not_applicable: dict[str, int]
     commands: dict[str, str]
     parents: dict[str, str]
@@ -75,7 +76,7 @@ def _add_parent(board: Board, predictor: str, parent) -> None:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
         output_format="list",
     )
-    rows, ceilings, norms, n_na = {}, {}, {}, 0
+    rows, ceilings, references, na_splits = {}, {}, {}, set()
     for child in children:
         tags, metrics = child.data.tags, child.data.metrics
         unit = (
@@ -83,17 +84,17 @@ def _add_parent(board: Board, predictor: str, parent) -> None:
             int(tags.get("pertbench.seed", 0)),
         )
         if tags.get("pertbench.status") != "ok":
-            n_na += 1
+            na_splits.add(unit[0])
             continue
         rows[unit] = {k: metrics.get(k, np.nan) for k in METRICS}
         ceilings[unit] = {k: metrics.get(f"ceiling_{k}", np.nan) for k in METRICS}
-        norms[unit] = {k: metrics.get(f"norm_{k}", np.nan) for k in METRICS}
+        references[unit] = {k: metrics.get(f"reference_{k}", np.nan) for k in METRICS}
     board.scores[predictor] = per_split(rows)
-    board.normalized[predictor] = per_split(norms)
+    board.references[predictor] = per_split(references)
     if ceilings:
         board.ceiling = pd.concat([board.ceiling, per_split(ceilings)])
         board.ceiling = board.ceiling[~board.ceiling.index.duplicated(keep="last")]
-    board.not_applicable[predictor] = n_na
+    board.not_applicable[predictor] = len(na_splits)
     board.parents[predictor] = parent.info.run_id
     params = parent.data.params
     seeds = params.get("seeds", "0")
@@ -134,19 +135,27 @@ def lead_within_noise(best: pd.Series, runner_up: pd.Series) -> bool:
     return not np.isfinite(half) or abs(mean) <= half
 
 
-def _ranked(board_scores: dict[str, pd.DataFrame], metric: str) -> list[str]:
-    """Predictors ordered best first on `metric` by mean (NaN means last)."""
+def _goodness(values: pd.Series, higher: bool | None) -> float:
+    """The mean mapped so that larger is better (NaN when undefined)."""
+    mean = mean_ci(values)[0]
+    if not np.isfinite(mean):
+        return np.nan
+    return -abs(mean) if higher is None else (mean if higher else -mean)
+
+
+def rank_predictors(frames: dict[str, pd.DataFrame], metric: str) -> list[str]:
+    """Predictors with a defined score, best first, compared on the splits they all scored.
+
+    Means over different split sets are not comparable (a predictor that declines the hard splits would win),
+    so ranking uses the common splits; the table still shows each predictor's mean over its own splits.
+    """
+    scored = {p: f[metric].dropna() for p, f in frames.items() if metric in f and f[metric].notna().any()}
+    if not scored:
+        return []
+    common = set.intersection(*(set(v.index) for v in scored.values()))
     higher = METRICS[metric].higher_is_better
-
-    def key(name: str) -> float:
-        mean = mean_ci(board_scores[name][metric])[0] if metric in board_scores[name] else np.nan
-        if not np.isfinite(mean):
-            return np.inf
-        if higher is None:
-            return abs(mean)
-        return -mean if higher else mean
-
-    return sorted(board_scores, key=key)
+    key = {p: _goodness(v.loc[sorted(common)] if common else v, higher) for p, v in scored.items()}
+    return sorted(scored, key=lambda p: -key[p])
 
 
 def _fmt(mean: float, half: float) -> str:
@@ -164,7 +173,7 @@ def _metric_table(frames: dict[str, pd.DataFrame], extra: dict[str, str], mark_b
     lines = [header, "|" + "---|" * (len(metrics) + 2)]
     best = {}
     for m in metrics:
-        order = [p for p in _ranked(frames, m) if m in frames[p] and np.isfinite(mean_ci(frames[p][m])[0])]
+        order = rank_predictors(frames, m)
         if mark_best and order:
             noisy = len(order) > 1 and lead_within_noise(frames[order[0]][m], frames[order[1]][m])
             best[m] = (order[0], noisy)
@@ -177,6 +186,40 @@ def _metric_table(frames: dict[str, pd.DataFrame], extra: dict[str, str], mark_b
                 text = f"**{text}**" + (" ≈" if best[m][1] else "")
             cells.append(text)
         lines.append(f"| {name}{extra.get(name, '')} | {len(frame)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def normalized(board: Board, predictor: str, metric: str) -> float:
+    """(mean score − mean reference) / (mean ceiling − mean reference) over the predictor's scored splits.
+
+    A ratio of means across splits: per-split ratios explode where a split's ceiling is barely above its
+    baseline. 0 = the reference baseline, 1 = the noise ceiling; unclipped (the per-split values are in MLflow).
+    """
+    scores = board.scores[predictor][metric].dropna()
+    refs = board.references[predictor][metric].reindex(scores.index)
+    ceil = board.ceiling[metric].reindex(scores.index) if metric in board.ceiling else pd.Series(dtype=float)
+    keep = refs.notna() & ceil.notna()
+    if not keep.any():
+        return float("nan")
+    return normalized_score(
+        scores[keep].mean(), refs[keep].mean(), ceil[keep].mean(), METRICS[metric].higher_is_better
+    )
+
+
+def _fmt_normalized(value: float) -> str:
+    """Clipped to [-1, 1] for display only, with › marking a value beyond the range."""
+    if not np.isfinite(value):
+        return "NaN"
+    shown = clip_for_display(value)
+    return f"{shown:.2f}" + ("›" if shown != value else "")
+
+
+def _normalized_table(board: Board) -> list[str]:
+    metrics = list(METRICS)
+    lines = ["| predictor | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for name in board.scores:
+        cells = [_fmt_normalized(normalized(board, name, m)) for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -195,19 +238,26 @@ def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[st
             for m in METRICS.values()
         )
         + ".",
-        "`NaN` = undefined (e.g. r of a constant prediction). Normalized: 0 = reference baseline (mean_shift; additive",
-        "for combinations), 1 = noise ceiling (two halves of the real cells); stored unclipped.",
+        "`NaN` = undefined (e.g. r of a constant prediction). (+k n/a) = k splits the predictor declared not applicable;",
+        "best values are judged on the splits all predictors scored. Reference baseline: mean_shift (additive for",
+        "combinations). Noise ceiling: two random halves of the real perturbed cells scored against each other; it",
+        "uses half-size samples, so it is conservative and a predictor can exceed it (normalized > 1).",
         "",
     ]
     for board in sorted(boards, key=lambda b: (b.dataset, b.split_kind)):
         out += [f"## {board.dataset} · {board.split_kind}", ""]
-        na = {p: f" (+{n} n/a)" for p, n in board.not_applicable.items() if n}
+        na = {p: f" (+{n} n/a)" for p, n in board.not_applicable.items() if n}  # splits it declined
         out += _metric_table(board.scores, na, mark_best=True)
         if not board.ceiling.empty:
             cells = [_fmt(*mean_ci(board.ceiling[m])[:2]) for m in METRICS]
             out.append(f"| *noise ceiling* | {len(board.ceiling)} | " + " | ".join(cells) + " |")
-        out += ["", "Normalized scores (0 = reference baseline, 1 = noise ceiling):", ""]
-        out += _metric_table(board.normalized, {}, mark_best=False)
+        out += [
+            "",
+            "Normalized (ratio of means over each predictor's splits: 0 = reference baseline, 1 = noise ceiling;",
+            "shown clipped to [-1, 1], › marks a clipped value):",
+            "",
+        ]
+        out += _normalized_table(board)
         out += ["", "Reproduce:", ""]
         out += [f"- `{cmd}`" for cmd in board.commands.values()]
         figure_notes = [
@@ -250,12 +300,20 @@ def _copy_figures(
                 except Exception:  # noqa: BLE001 - a run logged without figures simply has none to link
                     continue
                 target = figures_dir / f"{_safe(stem)}__{kind}.png"
-                shutil.copyfile(local, target)
-                target.chmod(0o644)
+                _save_small_png(Path(local), target)
                 found.append(os.path.relpath(target, relative_to).replace(os.sep, "/"))
             if found:
                 links[(board.dataset, board.split_kind, predictor)] = found
     return links
+
+
+def _save_small_png(source: Path, target: Path) -> None:
+    """Copy a figure as a 256-colour palette PNG: a third of the size, so committed figures stay small."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(colors=256).save(target, optimize=True)
+    target.chmod(0o644)
 
 
 def write_leaderboard(path: Path = DEFAULT_PATH, uri: str | None = None, figures: bool = True) -> Path:

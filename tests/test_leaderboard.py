@@ -9,7 +9,15 @@ from scipy import stats
 
 from benchmark import tracking
 from benchmark.datasets import Dataset
-from benchmark.leaderboard import lead_within_noise, mean_ci, per_split, write_leaderboard
+from benchmark.leaderboard import (
+    Board,
+    lead_within_noise,
+    mean_ci,
+    normalized,
+    per_split,
+    rank_predictors,
+    write_leaderboard,
+)
 from benchmark.runner import RunOptions, run_benchmark
 from benchmark.synthetic import make_synthetic
 from benchmark.task import LOGNORM_LAYER, Task, lognormalize
@@ -41,6 +49,32 @@ def test_seeds_are_averaged_within_a_split_before_the_interval():
     assert per_split(noisy)["r"].to_dict() == pytest.approx({"a": 0.2, "b": 0.5})
 
 
+def test_ranking_compares_predictors_on_the_splits_they_all_scored():
+    # B's own mean (0.9) beats A's (0.85) only thanks to two splits A declined; on shared splits A is better.
+    a = pd.DataFrame({"r": [0.85, 0.85]}, index=["s1", "s2"])
+    b = pd.DataFrame({"r": [0.8, 0.8, 1.0, 1.0]}, index=["s1", "s2", "s3", "s4"])
+    assert rank_predictors({"A": a, "B": b}, "r") == ["A", "B"]
+    lower = pd.DataFrame({"mse_mean": [0.2, 0.1]}, index=["s1", "s2"])
+    higher = pd.DataFrame({"mse_mean": [0.3, 0.3]}, index=["s1", "s2"])
+    assert rank_predictors({"hi": higher, "lo": lower}, "mse_mean") == ["lo", "hi"]
+
+
+def test_normalized_is_a_ratio_of_means_over_the_predictors_splits():
+    idx = ["s1", "s2"]
+    board = Board(
+        "d",
+        "k",
+        scores={"p": pd.DataFrame({"r": [0.6, 0.8]}, index=idx)},
+        ceiling=pd.DataFrame({"r": [0.9, 0.7]}, index=idx),
+        references={"p": pd.DataFrame({"r": [0.5, 0.69]}, index=idx)},
+        not_applicable={},
+        commands={},
+        parents={},
+    )
+    # per-split ratios would be 0.25 and 11 (a split whose ceiling is barely above its baseline)
+    assert normalized(board, "p", "r") == pytest.approx((0.7 - 0.595) / (0.8 - 0.595))
+
+
 def test_lead_within_noise_uses_paired_differences():
     units = [("s1", 0), ("s2", 0), ("s3", 0), ("s4", 0)]
     base = pd.Series([0.2, 0.5, 0.8, 0.3], index=units)
@@ -58,7 +92,7 @@ def test_leaderboard_from_store(tiny, tmp_path, monkeypatch):
     path = write_leaderboard(tmp_path / "board" / "LEADERBOARD.md", f"sqlite:///{tmp_path / 'mlflow.db'}")
     text = path.read_text()
     assert "## tiny · holdout_context" in text
-    raw_table = text.split("Normalized scores")[0]
+    raw_table = text.split("Normalized (")[0]
     rows = {line.split("|")[1].strip(): line for line in raw_table.splitlines() if line.startswith("| ")}
     assert "mean_shift" in rows and "no_change" in rows and "*noise ceiling*" in rows
     assert "NaN" in rows["no_change"]  # r of a constant prediction is undefined, shown as such
