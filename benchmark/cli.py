@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument(
         "--no-figures", action="store_true", help="do not copy figures next to the leaderboard"
     )
+    board.add_argument("--readme", type=Path, default=None, help="also regenerate this file's results block")
 
     sub.add_parser("list", help="show predictors, datasets and split kinds")
     return parser
@@ -215,7 +216,9 @@ def _print_table(result) -> None:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmark.leaderboard import DEFAULT_PATH, write_leaderboard
 
-    path = write_leaderboard(args.output or DEFAULT_PATH, args.tracking_uri, figures=not args.no_figures)
+    path = write_leaderboard(
+        args.output or DEFAULT_PATH, args.tracking_uri, figures=not args.no_figures, readme=args.readme
+    )
     print(f"leaderboard written: {path}")
     return 0
 

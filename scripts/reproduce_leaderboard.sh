@@ -17,4 +17,4 @@ for dataset in kang2018 mcfaline23 norman19; do
     "$BENCH" run --predictor "$predictor" --dataset "$dataset" --seeds "$SEEDS" --no-leaderboard
   done
 done
-"$BENCH" leaderboard
+"$BENCH" leaderboard --readme README.md
