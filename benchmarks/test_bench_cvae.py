@@ -1,0 +1,89 @@
+"""Speed of the CVAE on kang2018 (CD4T held out): matmul ceiling, one training step, a whole fit + predict.
+
+Training throughput is reported as dense-matmul FLOP/s (CVAEModule.train_flops_per_cell) next to the measured
+float32 torch.matmul ceiling, in each benchmark's extra_info.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from predictors.cvae import CVAEPredictor
+from predictors.cvae.module import CVAEModule
+
+MATMUL_N = 2048
+
+
+def _matmul_gflops(n: int = MATMUL_N, repeats: int = 5) -> float:
+    """Best-of float32 n x n matmul throughput with torch's current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+@pytest.fixture(scope="module")
+def ceiling_gflops() -> float:
+    return _matmul_gflops()
+
+
+def test_bench_cvae_matmul_ceiling(benchmark):
+    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
+    benchmark(torch.matmul, a, b)
+    benchmark.extra_info["gflops"] = 2 * MATMUL_N**3 / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+
+
+def test_bench_cvae_train_step(benchmark, kang_cd4t, ceiling_gflops):
+    """One AdamW step of the default network on a batch of real (densified) kang cells."""
+    kang, _, train = kang_cd4t
+    model = CVAEPredictor()
+    batch = model.batch_size
+    x = torch.from_numpy(kang.task.lognorm(train)[:batch].toarray().astype(np.float32))
+    pert = torch.zeros(batch, 1)
+    ctx = torch.zeros(batch, 7)
+    ctx[:, 0] = 1.0
+    module = CVAEModule(train.n_vars, 1, 7, model.n_latent, model.n_hidden, model.n_layers)
+    opt = torch.optim.AdamW(module.parameters(), lr=model.lr, fused=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        module(x, pert, ctx, 1.0).loss.backward()
+        opt.step()
+
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=2)
+    gflops = module.train_flops_per_cell() * batch / benchmark.stats.stats.min / 1e9
+    benchmark.extra_info.update(gflops=gflops, ceiling_gflops=ceiling_gflops, fraction=gflops / ceiling_gflops)
+
+
+def test_bench_cvae_fit_predict_cd4t(benchmark, kang_cd4t, ceiling_gflops):
+    """Fit (to early stopping) and predict one holdout_context split; the whole thing should take < 30 s."""
+    kang, split, train = kang_cd4t
+    target = split.targets[0]
+    control = kang.adata[list(target.control_cells)]
+
+    def fit_predict():
+        model = CVAEPredictor(random_state=0).fit(train, kang.task)
+        return model, model.predict(control, target.perturbation, target.context)
+
+    model, pred = benchmark.pedantic(fit_predict, rounds=1, iterations=1)
+    stats = model.train_stats_
+    benchmark.extra_info.update(
+        epochs=stats["epochs"],
+        best_epoch=stats["best_epoch"],
+        stopped_early=stats["stopped_early"],
+        train_seconds=stats["train_seconds"],
+        gflops=stats["flops_per_second"] / 1e9,
+        ceiling_gflops=ceiling_gflops,
+        fraction=stats["flops_per_second"] / 1e9 / ceiling_gflops,
+    )
+    assert stats["stopped_early"], "training hit max_epochs before its validation loss stopped improving"
+    assert pred.shape == control.shape

@@ -1,0 +1,517 @@
+"""The CVAE predictor (the scvi-tools style "model"): data handling, training, generation, save/load."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import pathlib
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from tqdm.auto import tqdm
+
+from benchmark.errors import NotApplicable
+from benchmark.protocol import Predictor, predicted_anndata
+from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+from predictors.cvae.module import CVAEModule, Likelihood, sample_nb
+
+_STATE_FILE = "cvae_state.json"
+_WEIGHTS_FILE = "cvae_weights.pt"
+_NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
+_SMALL_STEP_FLOPS = 2e8
+"""Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
+busy-waiting on a loaded machine) dominates small matmuls."""
+_MIN_REL_IMPROVEMENT = 1e-3
+"""A validation loss counts as better only if it improves on the best by this fraction of |best|."""
+
+
+def _lognorm_matrix(adata: AnnData, task: Task):
+    """Log-normalized expression without writing a layer into the caller's AnnData (it may be a view)."""
+    if task.expression == "lognorm":
+        return adata.X
+    if LOGNORM_LAYER in adata.layers:
+        return adata.layers[LOGNORM_LAYER]
+    return lognormalize(adata.X)
+
+
+def _rows(x, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Dense float32 tensor of the given rows: sparse input is densified one mini-batch at a time."""
+    block = x[idx]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _gene_moments(x) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (float32), computed without densifying sparse input."""
+    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+    sq = (
+        x.multiply(x).mean(axis=0)
+        if sp.issparse(x)
+        else np.square(np.asarray(x, dtype=np.float64)).mean(axis=0)
+    )
+    var = np.maximum(np.asarray(sq, dtype=np.float64).ravel() - mean**2, 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+@dataclass
+class _TrainData:
+    """What training reads per mini-batch: expression (sparse stays sparse), covariates and MMD group ids."""
+
+    x: Any
+    covariates: tuple[np.ndarray, np.ndarray | None]
+    context_id: np.ndarray
+    condition_id: np.ndarray
+
+
+def _condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
+    """Integer code per perturbation label, 0 for control."""
+    labels = [control_label] + sorted(set(perts) - {control_label})
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index[p] for p in perts], dtype=np.int64)
+
+
+class _EarlyStopping:
+    """Tracks the best validation loss from epoch `after` on; stops after `patience` epochs without improving."""
+
+    def __init__(self, patience: int, after: int) -> None:
+        self.patience, self.after = patience, after
+        self.best, self.best_epoch, self.best_state, self.stale, self.stopped = math.inf, -1, None, 0, False
+
+    def update(self, epoch: int, loss: float, module: torch.nn.Module) -> bool:
+        """Record one epoch; True when training should stop."""
+        if epoch < self.after:
+            return False
+        scale = abs(self.best) if math.isfinite(self.best) else abs(loss)
+        if loss < self.best - _MIN_REL_IMPROVEMENT * scale:
+            self.best, self.best_epoch, self.stale = loss, epoch, 0
+            self.best_state = copy.deepcopy(module.state_dict())
+        else:
+            self.stale += 1
+        self.stopped = self.stale > self.patience
+        return self.stopped
+
+    def restore_best(self, module: torch.nn.Module, last_epoch: int) -> int:
+        """Load the best weights into module (if any epoch counted); returns the epoch they come from."""
+        if self.best_state is None:
+            return last_epoch
+        module.load_state_dict(self.best_state)
+        return self.best_epoch
+
+
+class _Progress:
+    """Training progress on stderr when verbose: a line every few epochs and a summary (tqdm's write)."""
+
+    def __init__(self, verbose: bool, max_epochs: int, every: int = 5) -> None:
+        self.verbose, self.every = verbose, every
+        self.bar = tqdm(total=max_epochs, desc="cvae", file=sys.stderr, leave=False) if verbose else None
+
+    def epoch(self, rec: dict[str, float], done: bool) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if rec["epoch"] % self.every == 0 or done:
+            self.bar.write(
+                f"[cvae] epoch {rec['epoch']:4d}  train {rec['train_loss']:11.2f}  val {rec['val_loss']:11.2f}  "
+                f"recon {rec['recon']:11.2f}  kl {rec['kl']:7.2f}  mmd {rec['mmd']:.4f}  beta {rec['beta']:.2f}",
+                file=sys.stderr,
+            )
+
+    def close(self, stats: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.close()
+        print(
+            f"[cvae] {stats['epochs']} epochs (best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
+            f"{stats['train_seconds']:.1f} s, {stats['flops_per_second'] / 1e9:.1f} GFLOP/s",
+            file=sys.stderr,
+        )
+
+
+def _label_seed(random_state: int, *labels: str | None) -> int:
+    """A stable per-target seed, so repeated predictions are identical and targets get distinct noise."""
+    key = "\x1f".join("" if label is None else label for label in labels)
+    return (int(random_state) * 1_000_003 + zlib.crc32(key.encode())) % (2**63 - 1)
+
+
+class CVAEPredictor(Predictor):
+    """Conditional VAE: z ~ q(z | x, c), x ~ p(x | z, c), c = multi-hot single perturbations (+ context).
+
+    mode "A" decodes z ~ N(0, I) under the target condition; mode "B" encodes the control cells under
+    c = control and decodes their z under the target (the counterfactual). Both modes share one fit.
+
+    generate: "sample" (default) returns draws from p(x | z, c); "mean" returns the decoder mean. Sampling is
+    the default because (i) its cells carry the per-gene noise real cells have, which distribution metrics
+    such as the energy distance score, and (ii) for the NB likelihood it is the only choice whose log-normalized
+    values are on the data's scale: log1p of a mean count overstates the mean of log1p of counts (Jensen), which
+    would add a spurious shift to every low-count gene. For the Gaussian likelihood the draws are unbiased
+    around the mean, so mean-based scores are unaffected up to sampling noise (measured in the report).
+
+    NB to log-normalized values: each generated cell is paired with one control cell and takes its library
+    size l (the control's total count). "sample": counts ~ NB(l * rho(z, c), theta), then the harness's
+    `lognormalize` (log1p(counts / sum(counts) * 1e4)). "mean": `lognormalize(l * rho)` = log1p(1e4 * rho),
+    since the fractions rho sum to 1.
+
+    likelihood "auto" follows task.expression ("counts" -> NB, "lognorm" -> Gaussian). use_context adds the
+    context one-hot to encoder and decoder covariates (a context unseen in training is then NotApplicable).
+    """
+
+    cacheable = True
+
+    def __init__(
+        self,
+        mode: Literal["A", "B"] = "B",
+        likelihood: Literal["auto", "gaussian", "nb"] = "auto",
+        n_latent: int = 32,
+        n_hidden: int = 512,
+        n_layers: int = 1,
+        use_context: bool = True,
+        decoder: Literal["response", "mlp"] = "response",
+        beta: float = 1.0,
+        mmd_weight: float = 0.0,
+        kl_warmup_epochs: int = 10,
+        dropout: float = 0.0,
+        max_epochs: int = 300,
+        batch_size: int = 256,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        val_fraction: float = 0.1,
+        patience: int = 10,
+        generate: Literal["sample", "mean"] = "sample",
+        random_state: int = 0,
+        device: str = "auto",
+        verbose: bool = False,
+    ) -> None:
+        self.mode = mode
+        self.likelihood = likelihood
+        self.n_latent = n_latent
+        self.n_hidden = n_hidden
+        self.n_layers = n_layers
+        self.use_context = use_context
+        self.decoder = decoder
+        self.beta = beta
+        self.mmd_weight = mmd_weight
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.dropout = dropout
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.generate = generate
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------- configuration
+
+    def fit_params(self) -> dict[str, Any]:
+        """Everything but the generation-time settings (mode, generate, verbose, device) shapes the fit."""
+        return {k: v for k, v in self.get_params().items() if k not in _NON_FIT_PARAMS}
+
+    def _resolve_likelihood(self, task: Task) -> Likelihood:
+        """'auto' -> NB for counts, Gaussian for log-normalized data; NB on log-normalized data is an error."""
+        if self.likelihood == "auto":
+            return "nb" if task.expression == "counts" else "gaussian"
+        if self.likelihood == "nb" and task.expression != "counts":
+            raise ValueError("likelihood='nb' needs count data (task.expression == 'counts')")
+        if self.likelihood not in ("gaussian", "nb"):
+            raise ValueError(f"unknown likelihood {self.likelihood!r}")
+        return self.likelihood
+
+    def _torch_device(self) -> torch.device:
+        """'auto' -> CUDA if available, else CPU; anything else is passed to torch.device."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def _covariates(self, genes: list[str], context: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n identical covariate rows: the perturbation multi-hot, and the context one-hot when used."""
+        pert = np.zeros((n, len(self.perturbation_genes_)), dtype=np.float32)
+        pert[:, [self.perturbation_genes_.index(g) for g in genes]] = 1.0
+        ctx = None
+        if self.use_context:
+            ctx = np.zeros((n, len(self.contexts_)), dtype=np.float32)
+            ctx[:, self.contexts_.index(context)] = 1.0
+        return self._tensors(pert, ctx)
+
+    def _tensors(self, pert: np.ndarray, ctx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pert_t = torch.from_numpy(np.ascontiguousarray(pert)).to(self.device_)
+        return pert_t, None if ctx is None else torch.from_numpy(np.ascontiguousarray(ctx)).to(self.device_)
+
+    def _covariate_matrices(
+        self, perts: np.ndarray, contexts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Covariates of every training cell: multi-hot perturbations, one-hot contexts (None if unused)."""
+        pert_index = {g: i for i, g in enumerate(self.perturbation_genes_)}
+        pert = np.zeros((len(perts), len(self.perturbation_genes_)), dtype=np.float32)
+        for label in np.unique(perts):
+            cols = [pert_index[g] for g in self.task_.genes_of(label)]
+            pert[np.ix_(np.flatnonzero(perts == label), cols)] = 1.0
+        if not self.use_context:
+            return pert, None
+        ctx_index = {c: i for i, c in enumerate(self.contexts_)}
+        ctx = np.zeros((len(perts), len(self.contexts_)), dtype=np.float32)
+        ctx[np.arange(len(perts)), [ctx_index[c] for c in contexts]] = 1.0
+        return pert, ctx
+
+    def _n_threads(self) -> int | None:
+        """One CPU thread for small networks (see _SMALL_STEP_FLOPS), else torch's default."""
+        small = self.module_.train_flops_per_cell() * self.batch_size < _SMALL_STEP_FLOPS
+        return 1 if small and self.device_.type == "cpu" else None
+
+    def _build_module(self) -> CVAEModule:
+        return CVAEModule(
+            n_genes=len(self.var_names_),
+            n_pert=len(self.perturbation_genes_),
+            n_ctx=len(self.contexts_) if self.use_context else 0,
+            decoder=self.decoder,
+            n_latent=self.n_latent,
+            n_hidden=self.n_hidden,
+            n_layers=self.n_layers,
+            likelihood=self.likelihood_,
+            dropout=self.dropout,
+        )
+
+    # ---------------------------------------------------------------- training
+
+    def fit(self, train: AnnData, task: Task) -> CVAEPredictor:
+        """Train on all given cells, holding out val_fraction of them for early stopping on the validation loss."""
+        self.task_ = task
+        self.likelihood_ = self._resolve_likelihood(task)
+        self.device_ = self._torch_device()
+        self.var_names_ = [str(v) for v in train.var_names]
+        perts = task.perturbations(train)
+        contexts = task.contexts(train).astype(str)
+        self.perturbation_genes_ = sorted({g for label in np.unique(perts) for g in task.genes_of(label)})
+        self.contexts_ = sorted(set(contexts))
+        x = train.X if self.likelihood_ == "nb" else _lognorm_matrix(train, task)
+        data = _TrainData(
+            x=sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x),
+            covariates=self._covariate_matrices(perts, contexts),
+            context_id=np.unique(contexts, return_inverse=True)[1],
+            condition_id=_condition_ids(perts, task.control_label),
+        )
+        rng = np.random.default_rng(self.random_state)
+        order = rng.permutation(train.n_obs)
+        n_val = int(round(self.val_fraction * train.n_obs)) if train.n_obs >= 10 else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            self.module_ = self._build_module()
+        mean, std = _gene_moments(data.x)
+        self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std))
+        self.module_.to(self.device_)
+        with _torch_threads(self._n_threads()):
+            self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
+        return self
+
+    def _epoch_beta(self, epoch: int) -> float:
+        """Linear KL warm-up from beta / warmup to beta over the first kl_warmup_epochs epochs."""
+        if self.kl_warmup_epochs <= 0:
+            return float(self.beta)
+        return float(self.beta) * min(1.0, (epoch + 1) / self.kl_warmup_epochs)
+
+    def _loss(self, data: _TrainData, idx: np.ndarray, beta: float, gen: torch.Generator):
+        """The module's loss terms on the cells idx (densified here, one mini-batch at a time)."""
+        pert, ctx = data.covariates
+        groups = tuple(
+            torch.from_numpy(a[idx]).to(self.device_) for a in (data.context_id, data.condition_id)
+        )
+        return self.module_(
+            _rows(data.x, idx, self.device_),
+            *self._tensors(pert[idx], None if ctx is None else ctx[idx]),
+            beta,
+            gen,
+            groups=groups,
+            mmd_weight=float(self.mmd_weight),
+        )
+
+    def _batches(self, idx: np.ndarray) -> list[np.ndarray]:
+        return np.array_split(idx, max(1, math.ceil(len(idx) / self.batch_size)))
+
+    def _evaluate(self, data: _TrainData, idx: np.ndarray) -> float:
+        """Validation loss: the training objective at the full beta, with fixed noise so epochs are comparable."""
+        self.module_.eval()
+        gen = torch.Generator(device=self.device_).manual_seed(self.random_state + 1)
+        with torch.no_grad():
+            total = sum(
+                float(self._loss(data, b, float(self.beta), gen).loss) * len(b) for b in self._batches(idx)
+            )
+        return total / len(idx)
+
+    def _train_epoch(self, data: _TrainData, order: np.ndarray, beta: float, opt, gen) -> np.ndarray:
+        """One pass over the shuffled training cells; returns the cell-averaged (loss, recon, kl, mmd)."""
+        self.module_.train()
+        sums = np.zeros(4)
+        for batch in self._batches(order):
+            parts = self._loss(data, batch, beta, gen)
+            opt.zero_grad(set_to_none=True)
+            parts.loss.backward()
+            opt.step()
+            sums += len(batch) * np.array(
+                [float(t.detach()) for t in (parts.loss, parts.recon, parts.kl, parts.mmd)]
+            )
+        return sums / len(order)
+
+    def _train(
+        self, data: _TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best."""
+        module = self.module_
+        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        gen = torch.Generator(device=self.device_).manual_seed(self.random_state)
+        self.history_: list[dict[str, float]] = []
+        stopper = _EarlyStopping(self.patience, after=self.kl_warmup_epochs - 1)
+        start = time.perf_counter()
+        progress = _Progress(self.verbose, self.max_epochs)
+        for epoch in range(self.max_epochs):
+            beta = self._epoch_beta(epoch)
+            train_loss, recon, kl, mmd = self._train_epoch(data, rng.permutation(train_idx), beta, opt, gen)
+            val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
+            record = {"epoch": epoch, "train_loss": float(train_loss), "val_loss": val_loss}
+            record.update(recon=float(recon), kl=float(kl), beta=beta, mmd=float(mmd))
+            self.history_.append(record)
+            stop = stopper.update(epoch, val_loss, module)
+            progress.epoch(record, done=stop)
+            if stop:
+                break
+        self.best_epoch_ = stopper.restore_best(module, last_epoch=len(self.history_) - 1)
+        module.eval()
+        wall = time.perf_counter() - start
+        flops = float(module.train_flops_per_cell()) * len(train_idx) * len(self.history_)
+        self.train_stats_ = {
+            "epochs": len(self.history_),
+            "best_epoch": self.best_epoch_,
+            "stopped_early": stopper.stopped,
+            "train_seconds": wall,
+            "train_flops": flops,
+            "flops_per_second": flops / max(wall, 1e-9),
+        }
+        progress.close(self.train_stats_)
+
+    # ---------------------------------------------------------------- prediction
+
+    def _check_applicable(self, perturbation: str, context: str | None) -> tuple[list[str], str]:
+        """NotApplicable for a single perturbation never seen in training, or an unseen context when used."""
+        genes = self.task_.genes_of(perturbation)
+        unseen = [g for g in genes if g not in self.perturbation_genes_]
+        if unseen:
+            raise NotApplicable(f"CVAE never saw perturbation(s) {', '.join(unseen)} in training")
+        ctx = "all" if context is None else str(context)
+        if self.use_context and ctx not in self.contexts_:
+            raise NotApplicable(f"CVAE (use_context=True) never saw context {ctx!r} in training")
+        return genes, ctx
+
+    def predict(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:
+        """Generate one cell per control cell under `perturbation` (mode A: from the prior; B: from the controls)."""
+        if not hasattr(self, "module_"):
+            raise RuntimeError("CVAEPredictor is not fitted")
+        genes, ctx = self._check_applicable(perturbation, context)
+        if [str(v) for v in control.var_names] != self.var_names_:
+            raise ValueError("control cells do not have the training genes in the training order")
+        if self.mode not in ("A", "B"):
+            raise ValueError(f"unknown mode {self.mode!r}")
+        if self.generate not in ("sample", "mean"):
+            raise ValueError(f"unknown generate {self.generate!r}")
+        n = control.n_obs
+        x = control.X if self.likelihood_ == "nb" else _lognorm_matrix(control, self.task_)
+        if sp.issparse(x):
+            x = sp.csr_matrix(x)
+        lib = None
+        if self.likelihood_ == "nb":
+            lib = np.asarray(control.X.sum(axis=1), dtype=np.float32).ravel()
+        gen = torch.Generator(device=self.device_).manual_seed(
+            _label_seed(self.random_state, perturbation, context)
+        )
+        module = self.module_
+        module.eval()
+        out = np.empty((n, len(self.var_names_)), dtype=np.float32)
+        with torch.no_grad(), _torch_threads(self._n_threads()):
+            for batch in np.array_split(np.arange(n), max(1, math.ceil(n / 1024))):
+                if len(batch) == 0:
+                    continue
+                if self.mode == "A":
+                    z = torch.randn((len(batch), self.n_latent), generator=gen, device=self.device_)
+                else:
+                    mu, logvar = module.encode(
+                        _rows(x, batch, self.device_), *self._covariates([], ctx, len(batch))
+                    )
+                    eps = torch.randn(mu.shape, generator=gen, device=self.device_)
+                    z = mu + torch.exp(0.5 * logvar) * eps
+                decoded = module.decode(z, *self._covariates(genes, ctx, len(batch)))
+                out[batch] = self._to_lognorm(decoded, None if lib is None else lib[batch], gen)
+        return predicted_anndata(out, control, perturbation, context)
+
+    def _to_lognorm(self, decoded: torch.Tensor, lib: np.ndarray | None, gen: torch.Generator) -> np.ndarray:
+        """Log-normalized values from the decoder output (see the class docstring for the NB conversion)."""
+        module = self.module_
+        if self.likelihood_ == "gaussian":
+            if self.generate == "sample":
+                noise = torch.randn(decoded.shape, generator=gen, device=decoded.device)
+                decoded = decoded + noise * module.sigma()
+            return decoded.cpu().numpy()
+        mu = decoded * torch.from_numpy(lib).to(decoded.device).unsqueeze(1)
+        counts = sample_nb(mu, module.theta(), gen) if self.generate == "sample" else mu
+        return lognormalize(counts.cpu().numpy())
+
+    # ---------------------------------------------------------------- persistence
+
+    def save(self, directory: pathlib.Path) -> None:
+        """Write the fitted state: weights (torch state_dict) and a JSON of vocabularies, task, params, history."""
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {
+            "fit_params": self.fit_params(),
+            "task": asdict(self.task_),
+            "likelihood": self.likelihood_,
+            "var_names": self.var_names_,
+            "perturbation_genes": self.perturbation_genes_,
+            "contexts": self.contexts_,
+            "history": self.history_,
+            "best_epoch": self.best_epoch_,
+            "train_stats": self.train_stats_,
+        }
+        (directory / _STATE_FILE).write_text(json.dumps(state))
+        weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
+        torch.save(weights, directory / _WEIGHTS_FILE)
+
+    def load_fitted(self, directory: pathlib.Path) -> CVAEPredictor:
+        """Load a saved fitted state into self; self keeps its own mode, generate, verbose and device."""
+        directory = pathlib.Path(directory)
+        state = json.loads((directory / _STATE_FILE).read_text())
+        self.set_params(**state["fit_params"])
+        self.task_ = Task(**state["task"])
+        self.likelihood_ = state["likelihood"]
+        self.var_names_ = state["var_names"]
+        self.perturbation_genes_ = state["perturbation_genes"]
+        self.contexts_ = state["contexts"]
+        self.history_ = state["history"]
+        self.best_epoch_ = state["best_epoch"]
+        self.train_stats_ = state["train_stats"]
+        self.device_ = self._torch_device()
+        module = self._build_module()
+        module.load_state_dict(torch.load(directory / _WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        self.module_ = module.to(self.device_).eval()
+        return self

@@ -1,0 +1,336 @@
+"""The conditional VAE network and its loss (the scvi-tools style "module": tensors in, tensors out)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Likelihood = Literal["gaussian", "nb"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_EPS = 1e-8
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) per row, in closed form."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, sigma^2) summed over genes, per row; log_sigma broadcasts (per gene)."""
+    z = (x - mean) * torch.exp(-log_sigma)
+    return (-0.5 * z.pow(2) - log_sigma - 0.5 * _LOG_2PI).sum(dim=-1)
+
+
+def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """log NB(x; mean mu, inverse dispersion theta), elementwise (variance mu + mu^2 / theta).
+
+    Same law as scipy.stats.nbinom(n=theta, p=theta / (theta + mu)).
+    """
+    log_theta_mu = torch.log(theta + mu + _EPS)
+    return (
+        theta * (torch.log(theta + _EPS) - log_theta_mu)
+        + x * (torch.log(mu + _EPS) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1.0)
+    )
+
+
+def sample_nb(mu: torch.Tensor, theta: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw NB counts as a Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu), counts ~ Poisson(rate)."""
+    theta = theta.expand_as(mu)
+    # torch's Gamma and Poisson samplers take no generator: seed a forked global RNG from `generator`.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    with torch.random.fork_rng(devices=[mu.device] if mu.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        rate = torch.distributions.Gamma(theta, theta / mu.clamp_min(_EPS)).sample()
+        return torch.poisson(rate)
+
+
+MMD_SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
+"""Squared bandwidths of the RBF kernels summed in the MMD: from within-cluster to prior-scale distances."""
+
+
+def _rbf(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Sum over MMD_SCALES of exp(-|x_i - y_j|^2 / (2 s)), as a matrix."""
+    d2 = (x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1) - 2.0 * x @ y.T).clamp_min(0.0)
+    return sum(torch.exp(-d2 / (2.0 * s)) for s in MMD_SCALES)
+
+
+def mmd_rbf(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Biased (V-statistic) squared MMD between two samples with the multi-scale RBF kernel."""
+    return _rbf(x, x).mean() + _rbf(y, y).mean() - 2.0 * _rbf(x, y).mean()
+
+
+def condition_mmd(z: torch.Tensor, context: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """Mean MMD between the control cells' z (condition 0) and each perturbed group's z, within each context.
+
+    Pushes z to carry the cell state but not the perturbation, so that decoding a control cell's z under a
+    perturbation gives the whole effect (the counterfactual); a context's cells are never compared with another's.
+    Vectorized: one kernel matrix for the batch, group-averaged by a (cells x groups) weight matrix.
+    """
+    key = context * (int(condition.max()) + 1) + condition
+    groups, member = torch.unique(key, return_inverse=True)
+    weights = F.one_hot(member, len(groups)).to(z.dtype)
+    sizes = weights.sum(dim=0)
+    weights = weights / sizes
+    mean_k = weights.T @ _rbf(z, z) @ weights  # mean kernel between every pair of groups
+    n_cond = int(condition.max()) + 1
+    g_ctx, g_cond = (groups // n_cond).tolist(), (groups % n_cond).tolist()
+    control_of = {c: i for i, (c, k) in enumerate(zip(g_ctx, g_cond, strict=True)) if k == 0 and sizes[i] >= 2}
+    pairs = [
+        (control_of[c], i)
+        for i, (c, k) in enumerate(zip(g_ctx, g_cond, strict=True))
+        if k != 0 and c in control_of and sizes[i] >= 2
+    ]
+    if not pairs:
+        return z.new_zeros(())
+    ctrl, pert = (torch.tensor(idx, device=z.device) for idx in zip(*pairs, strict=True))
+    return (mean_k[ctrl, ctrl] + mean_k[pert, pert] - 2.0 * mean_k[ctrl, pert]).mean()
+
+
+class _Block(nn.Module):
+    """Linear layer plus a covariate projection, then LayerNorm and SiLU (covariates injected, no concat)."""
+
+    def __init__(self, n_in: int, n_cov: int, n_out: int, dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+        self.cov = nn.Linear(n_cov, n_out, bias=False) if n_cov > 0 else None
+        self.norm = nn.LayerNorm(n_out)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, h: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+        out = self.linear(h)
+        if self.cov is not None and cov is not None:
+            out = out + self.cov(cov)
+        return self.dropout(F.silu(self.norm(out)))
+
+
+class _MLP(nn.Module):
+    """A stack of blocks, each one receiving the covariates (deep injection keeps the condition visible)."""
+
+    def __init__(self, n_in: int, n_cov: int, n_hidden: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        sizes = [n_in] + [n_hidden] * n_layers
+        self.blocks = nn.ModuleList(
+            _Block(a, n_cov, b, dropout) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+
+    def forward(self, h: torch.Tensor, cov: torch.Tensor | None) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, cov)
+        return h
+
+
+class MLPDecoder(nn.Module):
+    """The classic CVAE decoder: f(z, c) = V h, h = MLP(z) with perturbation and context injected in every layer."""
+
+    def __init__(
+        self, n_latent: int, n_pert: int, n_ctx: int, n_hidden: int, n_layers: int, n_genes: int
+    ) -> None:
+        super().__init__()
+        self.mlp = _MLP(n_latent, n_pert + n_ctx, n_hidden, n_layers, 0.0)
+        self.out = nn.Linear(n_hidden, n_genes)
+
+    def forward(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        return self.out(self.mlp(z, _cat(pert, ctx)))
+
+
+class ResponseDecoder(nn.Module):
+    """Baseline plus a response that is a function of the baseline: f(z, c) = m + sum_p c_p r_p(m).
+
+    m = V MLP(z, context) + bias is the unperturbed profile (log-normalized mean, or NB logits); each single
+    perturbation p adds r_p(m) = a_p + b_p * (m - mu) + U_p W_p^T (m - mu): a per-gene offset, a per-gene gain
+    on the centred profile and a rank-k read-out of it (mu = training mean). Combinations add their singles'
+    responses. The response sees the cell only through its expression profile, never through the context
+    one-hot, so it transfers to a context whose perturbed cells were never seen: the cell-level analogue of
+    regressing a context's shift on its control profile (per gene, and on its top axes). Starts at zero.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_pert: int,
+        n_ctx: int,
+        n_hidden: int,
+        n_layers: int,
+        n_genes: int,
+        rank: int = 4,
+        gain: bool = True,
+    ) -> None:
+        super().__init__()
+        self.n_pert, self.rank, self.use_gain = n_pert, rank, gain
+        self.mlp = _MLP(n_latent, n_ctx, n_hidden, n_layers, 0.0)
+        self.out = nn.Linear(n_hidden, n_genes)
+        self.register_buffer("center", torch.zeros(n_genes))
+        self.offset = nn.Parameter(torch.zeros(n_pert, n_genes))
+        self.gain = nn.Parameter(torch.zeros(n_pert, n_genes))
+        self.project = self.expand = None
+        if rank > 0:
+            self.project = nn.Linear(n_genes, n_pert * rank, bias=False)  # W: profile -> k scores per perturbation
+            self.expand = nn.Linear(n_pert * rank, n_genes, bias=False)  # U: scores -> genes (starts at zero)
+            nn.init.normal_(self.project.weight, std=n_genes**-0.5)
+            nn.init.zeros_(self.expand.weight)
+
+    def forward(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        m = self.out(self.mlp(z, ctx))
+        centred = m - self.center
+        out = m + pert @ self.offset
+        if self.use_gain:
+            out = out + (pert @ self.gain) * centred
+        if self.project is None:
+            return out
+        scores = self.project(centred).view(-1, self.n_pert, self.rank) * pert.unsqueeze(2)
+        return out + self.expand(scores.flatten(1))
+
+
+DECODERS = {"mlp": MLPDecoder, "response": ResponseDecoder}
+
+
+def _cat(pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+    return pert if ctx is None else torch.cat([pert, ctx], dim=1)
+
+
+@dataclass
+class LossParts:
+    """The ELBO terms of a mini-batch, averaged over cells."""
+
+    loss: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+    mmd: torch.Tensor
+
+
+class CVAEModule(nn.Module):
+    """Encoder q(z | x, c), decoder p(x | z, c); c = perturbation multi-hot (and the context one-hot, if used).
+
+    Gaussian: x is log-normalized, p(x | z, c) = N(f(z, c), diag sigma_g^2) with a learned per-gene sigma.
+    NB: x is counts, p(x | z, c) = NB(mean = softmax(f(z, c))_g * library, per-gene inverse dispersion theta_g).
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_pert: int,
+        n_ctx: int = 0,
+        n_latent: int = 32,
+        n_hidden: int = 512,
+        n_layers: int = 1,
+        likelihood: Likelihood = "gaussian",
+        decoder: str = "response",
+        dropout: float = 0.0,
+        min_sigma: float = 0.1,
+        fixed_sigma: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.likelihood = likelihood
+        self.log_min_sigma = math.log(min_sigma)
+        self.n_latent = n_latent
+        self.encoder = _MLP(n_genes, n_pert + n_ctx, n_hidden, n_layers, dropout)
+        self.enc_out = nn.Linear(n_hidden, 2 * n_latent)
+        self.decoder = DECODERS[decoder](n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes)
+        # Gaussian: log sigma per gene; NB: log theta per gene.
+        self.fixed_sigma = fixed_sigma if likelihood == "gaussian" else None
+        self.gene_param = nn.Parameter(torch.zeros(n_genes), requires_grad=self.fixed_sigma is None)
+        if self.fixed_sigma is not None:
+            self.log_min_sigma = min(self.log_min_sigma, math.log(self.fixed_sigma))
+            nn.init.constant_(self.gene_param, math.log(self.fixed_sigma))
+
+    @torch.no_grad()
+    def init_from_data(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Start the decoder at the data's per-gene moments, which saves many epochs of fitting offsets.
+
+        Gaussian: output bias = mean, log sigma = log std (floored). NB: output bias = log mean fraction,
+        theta by the method of moments, mean^2 / (var - mean), clipped to [0.1, 1000].
+        """
+        if self.likelihood == "nb":
+            self.decoder.out.bias.copy_(torch.log(mean / mean.sum().clamp_min(_EPS) + _EPS))
+            excess = (std.pow(2) - mean).clamp_min(_EPS)
+            self.gene_param.copy_(torch.log((mean.pow(2) / excess).clamp(0.1, 1000.0)))
+        else:
+            self.decoder.out.bias.copy_(mean)
+            if self.fixed_sigma is None:
+                self.gene_param.copy_(torch.log(std.clamp_min(_EPS)).clamp_min(self.log_min_sigma))
+        if isinstance(self.decoder, ResponseDecoder):
+            self.decoder.center.copy_(self.decoder.out.bias)
+
+    def sigma(self) -> torch.Tensor:
+        """Per-gene Gaussian standard deviation (floored at min_sigma)."""
+        return self.gene_param.clamp_min(self.log_min_sigma).exp()
+
+    def theta(self) -> torch.Tensor:
+        """Per-gene NB inverse dispersion."""
+        return self.gene_param.exp()
+
+    @staticmethod
+    def encoder_input(x: torch.Tensor, likelihood: Likelihood) -> torch.Tensor:
+        """What the encoder sees: log-normalized values (counts are size-normalized and log1p'd first)."""
+        if likelihood == "nb":
+            lib = x.sum(dim=1, keepdim=True).clamp_min(1.0)
+            return torch.log1p(x / lib * 1e4)
+        return x
+
+    def encode(
+        self, x: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of z."""
+        h = self.encoder(self.encoder_input(x, self.likelihood), _cat(pert, ctx))
+        mu, logvar = self.enc_out(h).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        """Gaussian: the mean of x. NB: the per-gene expression fractions (rows sum to 1)."""
+        out = self.decoder(z, pert, ctx)
+        return F.softmax(out, dim=-1) if self.likelihood == "nb" else out
+
+    def log_likelihood(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        """log p(x | z, c) per cell."""
+        if self.likelihood == "nb":
+            lib = x.sum(dim=1, keepdim=True)
+            return nb_log_prob(x, decoded * lib, self.theta()).sum(dim=-1)
+        return gaussian_log_prob(x, decoded, self.gene_param.clamp_min(self.log_min_sigma))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        pert: torch.Tensor,
+        ctx: torch.Tensor | None,
+        beta: float,
+        generator: torch.Generator | None = None,
+        groups: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mmd_weight: float = 0.0,
+    ) -> LossParts:
+        """Negative ELBO (recon + beta * KL), one reparameterized z, plus mmd_weight * the condition MMD of z.
+
+        groups: per-cell (context id, condition id; 0 = control) for the MMD term (skipped when None).
+        """
+        mu, logvar = self.encode(x, pert, ctx)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        recon = -self.log_likelihood(x, self.decode(z, pert, ctx)).mean()
+        kl = kl_standard_normal(mu, logvar).mean()
+        mmd = condition_mmd(z, *groups) if groups is not None and mmd_weight > 0 else z.new_zeros(())
+        return LossParts(loss=recon + beta * kl + mmd_weight * mmd, recon=recon, kl=kl, mmd=mmd)
+
+    def train_flops_per_cell(self) -> int:
+        """Dense matmul FLOPs per cell for one training step (forward + backward), counted per Linear layer.
+
+        Forward 2*in*out; backward 2*in*out for the weight gradient plus 2*in*out for the input gradient,
+        except where the input is data (the encoder's first layer on x, the covariate projections). The
+        response decoder's offset/gain products (P x G, tiny) are left out.
+        """
+        data_inputs = {id(self.encoder.blocks[0].linear)}
+        for block in [*self.encoder.blocks, *self.decoder.mlp.blocks]:
+            if block.cov is not None:
+                data_inputs.add(id(block.cov))
+        total = 0
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                total += (4 if id(module) in data_inputs else 6) * module.in_features * module.out_features
+        return total

@@ -1,0 +1,252 @@
+"""Tests of the conditional VAE predictor: loss terms, recovery of a known shift, modes, determinism, caching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+import torch
+from anndata import AnnData
+
+from benchmark.errors import NotApplicable
+from benchmark.synthetic import make_synthetic, true_lfc
+from benchmark.task import Task, lognormalize, mean_profile
+from predictors.cvae import CVAEPredictor
+from predictors.cvae.module import (
+    condition_mmd,
+    gaussian_log_prob,
+    kl_standard_normal,
+    mmd_rbf,
+    nb_log_prob,
+    sample_nb,
+)
+
+COUNTS_TASK = Task("condition", "control", "cell_type", expression="counts")
+LOGNORM_TASK = Task("condition", "control", "cell_type", expression="lognorm")
+SMALL = dict(n_latent=8, n_hidden=64, batch_size=128, lr=3e-3, max_epochs=150, patience=8, kl_warmup_epochs=5)
+"""A small, fast network for 100-gene synthetic data."""
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def synth() -> AnnData:
+    """NB counts with a deep library (log-normalized shifts then follow the true log-fold changes) and a combo."""
+    return make_synthetic(
+        n_genes=100,
+        n_contexts=3,
+        n_perturbations=2,
+        cells_per_group=80,
+        seed=3,
+        n_combos=1,
+        library_size=5000,
+    )
+
+
+def _without(adata: AnnData, label: str) -> AnnData:
+    """The dataset minus every cell of one perturbation label."""
+    return adata[adata.obs["condition"].astype(str) != label].copy()
+
+
+@pytest.fixture(scope="module")
+def fitted_nb(synth: AnnData) -> CVAEPredictor:
+    """A CVAE (NB likelihood) trained on the synthetic counts, without the combination P0+P1."""
+    return CVAEPredictor(**SMALL, random_state=0).fit(_without(synth, "P0+P1"), COUNTS_TASK)
+
+
+def _controls(adata: AnnData, context: str) -> AnnData:
+    obs = adata.obs
+    return adata[(obs["cell_type"].astype(str) == context) & (obs["condition"].astype(str) == "control")]
+
+
+def _delta_vs_truth(model: CVAEPredictor, adata: AnnData, context: str, pert: str) -> float:
+    """Pearson r of the predicted log-normalized shift against the true log-fold change."""
+    control = _controls(adata, context)
+    pred = model.predict(control, pert, context)
+    delta = mean_profile(pred.X) - mean_profile(lognormalize(control.X))
+    return float(np.corrcoef(delta, true_lfc(adata, context, pert))[0, 1])
+
+
+# ------------------------------------------------------------------------------------------------ loss terms
+
+
+def test_kl_matches_closed_form_of_torch_distributions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    expected = torch.distributions.kl_divergence(q, p).sum(dim=-1)
+    torch.testing.assert_close(kl_standard_normal(mu, logvar), expected)
+    assert torch.all(kl_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
+
+
+def test_nb_log_prob_matches_scipy_nbinom() -> None:
+    rng = np.random.default_rng(0)
+    mu = rng.uniform(0.05, 50.0, size=200)
+    theta = rng.uniform(0.1, 20.0, size=200)
+    x = rng.poisson(mu).astype(float)
+    # torch NB(mean mu, inverse dispersion theta) == scipy nbinom(n=theta, p=theta / (theta + mu))
+    expected = scipy.stats.nbinom.logpmf(x, theta, theta / (theta + mu))
+    got = nb_log_prob(*(torch.tensor(a, dtype=torch.float64) for a in (x, mu, theta))).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gaussian_log_prob_matches_scipy_norm() -> None:
+    rng = np.random.default_rng(1)
+    x, mean, log_sigma = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=4)
+    expected = scipy.stats.norm.logpdf(x, mean, np.exp(log_sigma)).sum(axis=-1)
+    got = gaussian_log_prob(*(torch.tensor(a) for a in (x, mean, log_sigma))).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_nb_sampler_has_the_nb_mean_and_variance() -> None:
+    mu, theta = torch.full((20000, 2), 8.0), torch.tensor([0.5, 5.0])
+    draws = sample_nb(mu, theta, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_allclose(draws.mean(axis=0), [8.0, 8.0], rtol=0.05)
+    np.testing.assert_allclose(draws.var(axis=0), 8.0 + 64.0 / theta.numpy(), rtol=0.1)
+
+
+def test_mmd_is_zero_for_one_sample_and_grows_with_a_shift() -> None:
+    z = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    assert float(mmd_rbf(z, z)) == pytest.approx(0.0, abs=1e-6)
+    shifts = [float(mmd_rbf(z[:20], z[20:] + d)) for d in (0.0, 0.5, 2.0)]
+    assert shifts[0] < shifts[1] < shifts[2]
+
+
+def test_condition_mmd_compares_perturbed_with_control_cells_of_the_same_context_only() -> None:
+    z = torch.randn(80, 2, generator=torch.Generator().manual_seed(1))
+    context = torch.tensor([0] * 40 + [1] * 40)
+    condition = torch.tensor(([0] * 20 + [1] * 20) * 2)
+    aligned = float(condition_mmd(z, context, condition))
+    shifted = z + 3.0 * (condition == 1).unsqueeze(1)
+    assert float(condition_mmd(shifted, context, condition)) > aligned + 0.5
+    between_contexts = z + 3.0 * (context == 1).unsqueeze(1)  # contexts differ, conditions do not
+    assert float(condition_mmd(between_contexts, context, condition)) == pytest.approx(aligned, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------ learning
+
+
+def test_trained_model_recovers_the_true_shift_and_an_untrained_one_does_not(
+    synth: AnnData, fitted_nb: CVAEPredictor
+) -> None:
+    bound = 0.8
+    r_trained = min(_delta_vs_truth(fitted_nb, synth, c, "P0") for c in ("C0", "C1"))
+    untrained = CVAEPredictor(**{**SMALL, "max_epochs": 0}, random_state=0).fit(synth, COUNTS_TASK)
+    r_untrained = _delta_vs_truth(untrained, synth, "C0", "P0")
+    assert r_trained > bound, r_trained
+    assert r_untrained < bound, r_untrained
+
+
+def test_combination_is_predicted_from_its_singles(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
+    assert "P0+P1" not in set(fitted_nb.task_.perturbations(_without(synth, "P0+P1")))
+    assert _delta_vs_truth(fitted_nb, synth, "C0", "P0+P1") > 0.7
+
+
+def test_gaussian_likelihood_on_lognormalized_data(synth: AnnData) -> None:
+    lognorm = AnnData(X=lognormalize(synth.X), obs=synth.obs.copy(), var=synth.var.copy(), uns=synth.uns)
+    model = CVAEPredictor(**SMALL, random_state=0).fit(lognorm, LOGNORM_TASK)
+    assert model.likelihood_ == "gaussian"
+    assert _delta_vs_truth(model, synth, "C1", "P1") > 0.8
+
+
+def test_history_has_one_entry_per_epoch_and_training_stopped_early(fitted_nb: CVAEPredictor) -> None:
+    history = fitted_nb.history_
+    assert [h["epoch"] for h in history] == list(range(len(history)))
+    assert {"epoch", "train_loss", "val_loss", "recon", "kl", "beta"} <= set(history[0])
+    assert history[0]["beta"] < history[-1]["beta"] == 1.0  # KL warm-up
+    assert len(history) < SMALL["max_epochs"]  # early stopping on the validation loss
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+# ------------------------------------------------------------------------------------------------ contract
+
+
+@pytest.mark.parametrize("mode", ["A", "B"])
+def test_modes_return_one_cell_per_control_in_gene_order(
+    synth: AnnData, fitted_nb: CVAEPredictor, mode: str
+) -> None:
+    fitted_nb.set_params(mode=mode)
+    control = _controls(synth, "C2")
+    pred = fitted_nb.predict(control, "P1", "C2")
+    fitted_nb.set_params(mode="B")
+    assert isinstance(pred, AnnData)
+    assert pred.shape == control.shape
+    assert list(pred.var_names) == list(control.var_names)
+    assert np.all(np.isfinite(pred.X)) and pred.X.min() >= 0.0  # NB draws, log-normalized
+
+
+@pytest.mark.parametrize("generate", ["sample", "mean"])
+def test_generate_options_give_lognormalized_values(
+    synth: AnnData, fitted_nb: CVAEPredictor, generate: str
+) -> None:
+    fitted_nb.set_params(generate=generate)
+    pred = fitted_nb.predict(_controls(synth, "C0"), "P0", "C0")
+    fitted_nb.set_params(generate="sample")
+    sums = np.expm1(np.asarray(pred.X, dtype=np.float64)).sum(axis=1)  # inverts log1p(x / lib * 1e4)
+    np.testing.assert_allclose(sums, 1e4, rtol=1e-3)
+
+
+def test_not_applicable_for_unseen_gene_or_context(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
+    control = _controls(synth, "C0")
+    with pytest.raises(NotApplicable, match="P7"):
+        fitted_nb.predict(control, "P0+P7", "C0")
+    with pytest.raises(NotApplicable, match="C9"):
+        fitted_nb.predict(control, "P0", "C9")
+    no_context = CVAEPredictor(**{**SMALL, "max_epochs": 1, "use_context": False}).fit(synth, COUNTS_TASK)
+    assert no_context.predict(control, "P0", "C9").shape == control.shape
+
+
+def test_same_seed_gives_identical_predictions_and_another_seed_does_not(synth: AnnData) -> None:
+    params = {**SMALL, "max_epochs": 6}
+    control = _controls(synth, "C1")
+    preds = [
+        CVAEPredictor(**params, random_state=seed).fit(synth, COUNTS_TASK).predict(control, "P1", "C1").X
+        for seed in (5, 5, 6)
+    ]
+    np.testing.assert_array_equal(preds[0], preds[1])
+    assert not np.array_equal(preds[0], preds[2])
+
+
+def test_save_load_round_trip_keeps_predictions_and_own_mode(
+    tmp_path, synth: AnnData, fitted_nb: CVAEPredictor
+) -> None:
+    fitted_nb.save(tmp_path)
+    control = _controls(synth, "C1")
+    for mode in ("A", "B"):
+        fitted_nb.set_params(mode=mode)
+        loaded = CVAEPredictor(mode=mode, max_epochs=1).load_fitted(tmp_path)
+        assert loaded.mode == mode and loaded.fit_params() == fitted_nb.fit_params()
+        np.testing.assert_array_equal(
+            loaded.predict(control, "P1", "C1").X, fitted_nb.predict(control, "P1", "C1").X
+        )
+        assert loaded.history_ == fitted_nb.history_
+    fitted_nb.set_params(mode="B")
+
+
+def test_fit_params_leave_out_generation_settings() -> None:
+    model = CVAEPredictor(mode="A", generate="mean", verbose=True, device="cpu")
+    assert CVAEPredictor.cacheable
+    assert not {"mode", "generate", "verbose", "device"} & set(model.fit_params())
+    assert model.fit_params() == CVAEPredictor(mode="B").fit_params()
+    assert {"random_state", "n_latent", "likelihood", "use_context"} <= set(model.fit_params())
+
+
+def test_nb_likelihood_on_lognormalized_data_is_an_error(synth: AnnData) -> None:
+    with pytest.raises(ValueError, match="count"):
+        CVAEPredictor(likelihood="nb").fit(synth, LOGNORM_TASK)
+
+
+def test_sparse_input_is_not_densified_whole(synth: AnnData, monkeypatch) -> None:
+    seen: list[int] = []
+    original = sp.csr_matrix.toarray
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", spy)
+    CVAEPredictor(**{**SMALL, "max_epochs": 2, "batch_size": 64}).fit(synth, COUNTS_TASK)
+    assert seen and max(seen) <= 64 < synth.n_obs
