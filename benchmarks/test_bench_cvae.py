@@ -61,7 +61,9 @@ def test_bench_cvae_train_step(benchmark, kang_cd4t, ceiling_gflops):
 
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=2)
     gflops = module.train_flops_per_cell() * batch / benchmark.stats.stats.min / 1e9
-    benchmark.extra_info.update(gflops=gflops, ceiling_gflops=ceiling_gflops, fraction=gflops / ceiling_gflops)
+    benchmark.extra_info.update(
+        gflops=gflops, ceiling_gflops=ceiling_gflops, fraction=gflops / ceiling_gflops
+    )
 
 
 def test_bench_cvae_fit_predict_cd4t(benchmark, kang_cd4t, ceiling_gflops):

@@ -83,7 +83,9 @@ def condition_mmd(z: torch.Tensor, context: torch.Tensor, condition: torch.Tenso
     mean_k = weights.T @ _rbf(z, z) @ weights  # mean kernel between every pair of groups
     n_cond = int(condition.max()) + 1
     g_ctx, g_cond = (groups // n_cond).tolist(), (groups % n_cond).tolist()
-    control_of = {c: i for i, (c, k) in enumerate(zip(g_ctx, g_cond, strict=True)) if k == 0 and sizes[i] >= 2}
+    control_of = {
+        c: i for i, (c, k) in enumerate(zip(g_ctx, g_cond, strict=True)) if k == 0 and sizes[i] >= 2
+    }
     pairs = [
         (control_of[c], i)
         for i, (c, k) in enumerate(zip(g_ctx, g_cond, strict=True))
@@ -173,7 +175,9 @@ class ResponseDecoder(nn.Module):
         self.gain = nn.Parameter(torch.zeros(n_pert, n_genes))
         self.project = self.expand = None
         if rank > 0:
-            self.project = nn.Linear(n_genes, n_pert * rank, bias=False)  # W: profile -> k scores per perturbation
+            self.project = nn.Linear(
+                n_genes, n_pert * rank, bias=False
+            )  # W: profile -> k scores per perturbation
             self.expand = nn.Linear(n_pert * rank, n_genes, bias=False)  # U: scores -> genes (starts at zero)
             nn.init.normal_(self.project.weight, std=n_genes**-0.5)
             nn.init.zeros_(self.expand.weight)
