@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PREDICTOR ?= mean_shift
 DATASET ?= kang2018
+# `make run` keeps its own leaderboard (of the local mlflow.db) out of git; `make leaderboard` writes the committed one.
+LOCAL_LEADERBOARD ?= .pertbench/LEADERBOARD.md
 BIN := $(VENV)/bin
 # Real data sit beside the project in ../shared/data when present; otherwise the loader's own default applies.
 SHARED_DATA := $(abspath ../shared/data)
@@ -21,7 +23,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET)
+	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET) --leaderboard $(LOCAL_LEADERBOARD)
 
 test: setup
 	$(BIN)/python -m pytest
