@@ -53,12 +53,13 @@ class Task:
         return [g for g in perturbation.split(self.combo_separator) if g]
 
     def lognorm(self, adata: AnnData):
-        """Log-normalized expression of `adata` (X itself, or the lognorm layer for count data)."""
+        """Log-normalized expression of `adata`: X itself, or for count data the lognorm layer (computed from X
+        when absent). Never writes into `adata`, which may be a view or the caller's object."""
         if self.expression == "lognorm":
             return adata.X
-        if LOGNORM_LAYER not in adata.layers:
-            adata.layers[LOGNORM_LAYER] = lognormalize(adata.X)
-        return adata.layers[LOGNORM_LAYER]
+        if LOGNORM_LAYER in adata.layers:
+            return adata.layers[LOGNORM_LAYER]
+        return lognormalize(adata.X)
 
 
 def lognormalize(counts, target_sum: float = TARGET_SUM):

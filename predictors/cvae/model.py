@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
-from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.task import Task, lognormalize
 from predictors.cvae.module import CVAEModule, Likelihood, sample_nb
 
 _STATE_FILE = "cvae_state.json"
@@ -33,15 +33,6 @@ _SMALL_STEP_FLOPS = 2e8
 busy-waiting on a loaded machine) dominates small matmuls."""
 _MIN_REL_IMPROVEMENT = 1e-3
 """A validation loss counts as better only if it improves on the best by this fraction of |best|."""
-
-
-def _lognorm_matrix(adata: AnnData, task: Task):
-    """Log-normalized expression without writing a layer into the caller's AnnData (it may be a view)."""
-    if task.expression == "lognorm":
-        return adata.X
-    if LOGNORM_LAYER in adata.layers:
-        return adata.layers[LOGNORM_LAYER]
-    return lognormalize(adata.X)
 
 
 def _rows(x, idx: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -307,7 +298,7 @@ class CVAEPredictor(Predictor):
         contexts = task.contexts(train).astype(str)
         self.perturbation_genes_ = sorted({g for label in np.unique(perts) for g in task.genes_of(label)})
         self.contexts_ = sorted(set(contexts))
-        x = train.X if self.likelihood_ == "nb" else _lognorm_matrix(train, task)
+        x = train.X if self.likelihood_ == "nb" else task.lognorm(train)
         data = _TrainData(
             x=sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x),
             covariates=self._covariate_matrices(perts, contexts),
@@ -436,7 +427,7 @@ class CVAEPredictor(Predictor):
         if self.generate not in ("sample", "mean"):
             raise ValueError(f"unknown generate {self.generate!r}")
         n = control.n_obs
-        x = control.X if self.likelihood_ == "nb" else _lognorm_matrix(control, self.task_)
+        x = control.X if self.likelihood_ == "nb" else self.task_.lognorm(control)
         if sp.issparse(x):
             x = sp.csr_matrix(x)
         lib = None
