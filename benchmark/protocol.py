@@ -54,6 +54,10 @@ class Predictor:
     def fit(self, train: AnnData, task: Task) -> Predictor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check_applicable(self, train: AnnData, task: Task, perturbation: str, context: str | None) -> None:
+        """Raise NotApplicable if a model fitted on `train` will decline this target; called before fit, so
+        the harness skips fits whose every target would be declined. Default: no opinion (decide at predict)."""
+
     def predict(
         self, control: AnnData, perturbation: str, context: str | None
     ) -> AnnData:  # pragma: no cover

@@ -178,7 +178,10 @@ def _run_split(
     fit_error: NotApplicable | None = None
     cache = "off"
     key = cache_key(predictor, dataset.checksum, split.digest(), seed)
+    declined = _declined_targets(predictor, train, task, split)
     try:
+        if len(declined) == len(split.targets):  # nothing to predict: skip the fit
+            raise next(iter(declined.values()))
         predictor, cache = fit_or_load(predictor, train, task, key, options.cache_dir)
     except NotApplicable as exc:
         fit_error = exc
@@ -221,7 +224,7 @@ def _run_split(
             result = _score_target(
                 name,
                 predictor,
-                fit_error,
+                declined.get((target.perturbation, target.context), fit_error),
                 references,
                 dataset,
                 split,
@@ -255,6 +258,19 @@ def _run_split(
                 )
             out.append(result)
     return out
+
+
+def _declined_targets(
+    predictor: Predictor, train: AnnData, task, split: Split
+) -> dict[tuple[str, str], NotApplicable]:
+    """The split's targets the predictor declines before fitting (its check_applicable), with the reasons."""
+    declined = {}
+    for target in split.targets:
+        try:
+            predictor.check_applicable(train, task, target.perturbation, target.context)
+        except NotApplicable as exc:
+            declined[(target.perturbation, target.context)] = exc
+    return declined
 
 
 def _score_target(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates leaderboard/LEADERBOARD.md and the README's results block exactly as committed: every predictor on
-# kang2018, mcfaline23 and norman19 (each dataset's default split kind), in one MLflow store, then
+# kang2018, kang2018_counts, mcfaline23 and norman19 (each dataset's default split kind), in one MLflow store, then
 # `bench leaderboard --readme README.md`.
 # Usage: bash scripts/reproduce_leaderboard.sh
 # Env: PREDICTORS, DATASETS, SEEDS (default 0,1,2), STORE (MLflow URI, default sqlite:///leaderboard.db),
@@ -11,7 +11,7 @@ BENCH=${BENCH:-.venv/bin/bench}
 SEEDS=${SEEDS:-0,1,2}
 DEFAULT_PREDICTORS="no_change mean_shift linear cvae_modeB cvae_modeA"
 PREDICTORS=${PREDICTORS:-$DEFAULT_PREDICTORS}
-DATASETS=${DATASETS:-"kang2018 mcfaline23 norman19"}
+DATASETS=${DATASETS:-"kang2018 kang2018_counts mcfaline23 norman19"}
 export MLFLOW_TRACKING_URI=${STORE:-sqlite:///leaderboard.db}
 export PERTBENCH_CACHE_DIR=${PERTBENCH_CACHE_DIR:-.pertbench/models}
 for dataset in $DATASETS; do

@@ -50,6 +50,14 @@ class PickyPredictor(SpyPredictor):
         return super().predict(control, perturbation, context)
 
 
+class ForesightedPredictor(SpyPredictor):
+    """Declines, before fitting, every target whose perturbation contains 'P1' (check_applicable)."""
+
+    def check_applicable(self, train, task, perturbation, context):
+        if "P1" in perturbation:
+            raise NotApplicable(f"{perturbation} declined before fit")
+
+
 class CachedPredictor(SpyPredictor):
     """A cacheable predictor: its fitted state is the training mean; `offset` only affects generation."""
 

@@ -11,14 +11,16 @@ from anndata import AnnData
 
 from benchmark.errors import NotApplicable
 from benchmark.synthetic import make_synthetic, true_lfc
-from benchmark.task import Task, lognormalize, mean_profile
+from benchmark.task import Task, dense, lognormalize, mean_profile
 from predictors.cvae import CVAEPredictor
 from predictors.cvae.module import (
+    ResponseDecoder,
     condition_mmd,
     gaussian_log_prob,
     kl_standard_normal,
     mmd_rbf,
     nb_log_prob,
+    nb_quantile_transfer,
     sample_nb,
 )
 
@@ -65,7 +67,7 @@ def _delta_vs_truth(model: CVAEPredictor, adata: AnnData, context: str, pert: st
     """Pearson r of the predicted log-normalized shift against the true log-fold change."""
     control = _controls(adata, context)
     pred = model.predict(control, pert, context)
-    delta = mean_profile(pred.X) - mean_profile(lognormalize(control.X))
+    delta = mean_profile(pred.X) - mean_profile(model.task_.lognorm(control))
     return float(np.corrcoef(delta, true_lfc(adata, context, pert))[0, 1])
 
 
@@ -108,6 +110,39 @@ def test_nb_sampler_has_the_nb_mean_and_variance() -> None:
     np.testing.assert_allclose(draws.var(axis=0), 8.0 + 64.0 / theta.numpy(), rtol=0.1)
 
 
+def test_nb_quantile_transfer_keeps_counts_under_the_same_law_and_maps_one_nb_onto_another() -> None:
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.tensor([0.5, 5.0])
+    same = sample_nb(torch.full((5000, 2), 4.0), theta, gen)
+    np.testing.assert_array_equal(
+        nb_quantile_transfer(same, torch.full_like(same, 4.0), torch.full_like(same, 4.0), theta, gen), same
+    )
+    moved = nb_quantile_transfer(
+        same, torch.full_like(same, 4.0), torch.full_like(same, 12.0), theta, gen
+    ).numpy()
+    np.testing.assert_allclose(moved.mean(axis=0), [12.0, 12.0], rtol=0.08)
+    np.testing.assert_allclose(moved.var(axis=0), 12.0 + 144.0 / theta.numpy(), rtol=0.15)
+    assert np.all(moved >= same.numpy())  # the same quantile of a law with a larger mean
+
+
+def test_response_decoder_regrouped_forward_equals_its_formula() -> None:
+    torch.manual_seed(0)
+    dec = ResponseDecoder(n_latent=3, n_pert=2, n_ctx=2, n_hidden=8, n_layers=1, n_genes=5, rank=2)
+    for param in (dec.offset, dec.gain, dec.expand.weight, dec.center):
+        param.data.normal_()
+    z, pert, ctx = (
+        torch.randn(4, 3),
+        torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]]),
+        torch.eye(2)[[0, 1, 0, 1]],
+    )
+    m = dec.out(dec.mlp(z, ctx))
+    centred = m - dec.center
+    scores = (centred @ dec.project.weight.T).view(4, 2, 2) * pert.unsqueeze(2)
+    expected = m + pert @ dec.offset + (pert @ dec.gain) * centred + scores.flatten(1) @ dec.expand.weight.T
+    torch.testing.assert_close(dec(z, pert, ctx), expected)
+    assert torch.equal(dec(z, torch.zeros_like(pert), ctx), m)  # control: the unperturbed profile
+
+
 def test_mmd_is_zero_for_one_sample_and_grows_with_a_shift() -> None:
     z = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
     assert float(mmd_rbf(z, z)) == pytest.approx(0.0, abs=1e-6)
@@ -129,15 +164,28 @@ def test_condition_mmd_compares_perturbed_with_control_cells_of_the_same_context
 # ------------------------------------------------------------------------------------------------ learning
 
 
-def test_trained_model_recovers_the_true_shift_and_an_untrained_one_does_not(
+def test_trained_model_recovers_the_true_shift_and_a_broken_one_does_not(
     synth: AnnData, fitted_nb: CVAEPredictor
 ) -> None:
     bound = 0.8
     r_trained = min(_delta_vs_truth(fitted_nb, synth, c, "P0") for c in ("C0", "C1"))
-    untrained = CVAEPredictor(**{**SMALL, "max_epochs": 0}, random_state=0).fit(synth, COUNTS_TASK)
-    r_untrained = _delta_vs_truth(untrained, synth, "C0", "P0")
+    shuffled = synth.copy()  # broken: every cell's perturbation label is a random one
+    shuffled.obs["condition"] = np.random.default_rng(0).permutation(shuffled.obs["condition"].to_numpy())
+    broken = CVAEPredictor(**SMALL, random_state=0).fit(shuffled, COUNTS_TASK)
+    r_broken = _delta_vs_truth(broken, synth, "C0", "P0")
     assert r_trained > bound, r_trained
-    assert r_untrained < bound, r_untrained
+    assert r_broken < bound, r_broken
+
+
+def test_response_offsets_start_at_the_pooled_mean_shift_of_each_single(synth: AnnData) -> None:
+    lognorm = AnnData(X=lognormalize(synth.X), obs=synth.obs.copy(), var=synth.var.copy())
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 0, "val_fraction": 0.0}).fit(lognorm, LOGNORM_TASK)
+    labels = lognorm.obs["condition"].astype(str).to_numpy()
+    x = dense(lognorm.X)
+    for gene in ("P0", "P1"):
+        expected = x[labels == gene].mean(axis=0) - x[labels == "control"].mean(axis=0)
+        got = model.module_.decoder.offset[model.perturbation_genes_.index(gene)].detach().numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_combination_is_predicted_from_its_singles(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
@@ -149,7 +197,7 @@ def test_gaussian_likelihood_on_lognormalized_data(synth: AnnData) -> None:
     lognorm = AnnData(X=lognormalize(synth.X), obs=synth.obs.copy(), var=synth.var.copy(), uns=synth.uns)
     model = CVAEPredictor(**SMALL, random_state=0).fit(lognorm, LOGNORM_TASK)
     assert model.likelihood_ == "gaussian"
-    assert _delta_vs_truth(model, synth, "C1", "P1") > 0.8
+    assert _delta_vs_truth(model, lognorm, "C1", "P1") > 0.8
 
 
 def test_history_has_one_entry_per_epoch_and_training_stopped_early(fitted_nb: CVAEPredictor) -> None:
@@ -178,15 +226,47 @@ def test_modes_return_one_cell_per_control_in_gene_order(
     assert np.all(np.isfinite(pred.X)) and pred.X.min() >= 0.0  # NB draws, log-normalized
 
 
-@pytest.mark.parametrize("generate", ["sample", "mean"])
+@pytest.mark.parametrize("generate", ["auto", "counterfactual", "sample", "mean"])
 def test_generate_options_give_lognormalized_values(
     synth: AnnData, fitted_nb: CVAEPredictor, generate: str
 ) -> None:
     fitted_nb.set_params(generate=generate)
     pred = fitted_nb.predict(_controls(synth, "C0"), "P0", "C0")
-    fitted_nb.set_params(generate="sample")
+    fitted_nb.set_params(generate="auto")
     sums = np.expm1(np.asarray(pred.X, dtype=np.float64)).sum(axis=1)  # inverts log1p(x / lib * 1e4)
     np.testing.assert_allclose(sums, 1e4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("task", [COUNTS_TASK, LOGNORM_TASK])
+def test_counterfactual_returns_the_control_cells_when_the_response_is_zero(
+    synth: AnnData, task: Task
+) -> None:
+    data = synth if task is COUNTS_TASK else AnnData(X=lognormalize(synth.X), obs=synth.obs, var=synth.var)
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 2}).fit(data, task)
+    for param in (
+        model.module_.decoder.offset,
+        model.module_.decoder.gain,
+        model.module_.decoder.expand.weight,
+    ):
+        param.data.zero_()  # decode(z, perturbation) == decode(z, control): no change to apply
+    control = _controls(data, "C1")
+    pred = model.predict(control, "P0", "C1")
+    np.testing.assert_allclose(pred.X, dense(task.lognorm(control)), atol=1e-5)
+    model.set_params(mode="A", generate="counterfactual")
+    with pytest.raises(ValueError, match="mode B"):
+        model.predict(control, "P0", "C1")
+
+
+def test_counterfactual_keeps_each_cells_own_deviation(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
+    control = _controls(synth, "C0")
+    cells = dense(lognormalize(control.X))
+    shifted = {g: fitted_nb.set_params(generate=g).predict(control, "P0", "C0").X for g in ("auto", "sample")}
+    fitted_nb.set_params(generate="auto")
+    # distance of each predicted cell from its own control cell once the mean shift is taken out
+    spread = {
+        g: np.median(np.abs(x - x.mean(axis=0) - (cells - cells.mean(axis=0)))) for g, x in shifted.items()
+    }
+    assert spread["auto"] < spread["sample"]  # cells stay close to their own control cell, up to the shift
 
 
 def test_not_applicable_for_unseen_gene_or_context(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
@@ -197,6 +277,18 @@ def test_not_applicable_for_unseen_gene_or_context(synth: AnnData, fitted_nb: CV
         fitted_nb.predict(control, "P0", "C9")
     no_context = CVAEPredictor(**{**SMALL, "max_epochs": 1, "use_context": False}).fit(synth, COUNTS_TASK)
     assert no_context.predict(control, "P0", "C9").shape == control.shape
+
+
+def test_check_applicable_declines_before_fitting_what_predict_would_decline(synth: AnnData) -> None:
+    model = CVAEPredictor(**SMALL)
+    train = _without(_without(synth, "P1"), "P0+P1")  # no cell carries gene P1
+    with pytest.raises(NotApplicable, match="P1"):
+        model.check_applicable(train, COUNTS_TASK, "P0+P1", "C0")
+    model.check_applicable(synth, COUNTS_TASK, "P0+P1", "C0")  # both genes seen: no objection
+    with pytest.raises(NotApplicable, match="C9"):
+        model.check_applicable(synth, COUNTS_TASK, "P0", "C9")
+    model.set_params(use_context=False).check_applicable(synth, COUNTS_TASK, "P0", "C9")
+    assert not hasattr(model, "module_")  # nothing was fitted
 
 
 def test_same_seed_gives_identical_predictions_and_another_seed_does_not(synth: AnnData) -> None:
@@ -250,3 +342,10 @@ def test_sparse_input_is_not_densified_whole(synth: AnnData, monkeypatch) -> Non
     monkeypatch.setattr(sp.csr_matrix, "toarray", spy)
     CVAEPredictor(**{**SMALL, "max_epochs": 2, "batch_size": 64}).fit(synth, COUNTS_TASK)
     assert seen and max(seen) <= 64 < synth.n_obs
+
+
+def test_classic_mlp_decoder_and_no_mmd_also_train_and_predict(synth: AnnData) -> None:
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 3}, decoder="mlp", mmd_weight=0.0).fit(synth, COUNTS_TASK)
+    control = _controls(synth, "C1")
+    assert model.predict(control, "P0+P1", "C1").shape == control.shape
+    assert all(h["mmd"] == 0.0 for h in model.history_)

@@ -90,6 +90,27 @@ def test_not_applicable_targets_are_recorded_not_failed(tiny, store):
     assert "not for me" in run.data.tags["pertbench.reason"]
 
 
+def test_splits_whose_targets_are_all_declined_before_fit_are_never_fitted(tiny, store):
+    hp.SpyPredictor.fitted_cells = []
+    result = run_benchmark(
+        "helpers_predictors:ForesightedPredictor", tiny, "holdout_combo", FAST, lambda _: None
+    )
+    splits = make_splits(tiny.adata, tiny.task, "holdout_combo")
+    assert {t.perturbation for s in splits for t in s.targets} == {"P0+P1"}
+    assert hp.SpyPredictor.fitted_cells == []  # every target is declined: no fit at all
+    assert {(r.status, r.reason) for r in result.results} == {("not_applicable", "P0+P1 declined before fit")}
+    hp.SpyPredictor.fitted_cells = []
+    result = run_benchmark(
+        "helpers_predictors:ForesightedPredictor", tiny, "holdout_context", FAST, lambda _: None
+    )
+    assert len(hp.SpyPredictor.fitted_cells) == 3  # every split still has P0 to predict
+    assert {r.perturbation: r.status for r in result.results if r.context == "C0"} == {
+        "P0": "ok",
+        "P1": "not_applicable",
+        "P0+P1": "not_applicable",
+    }
+
+
 def test_a_run_that_fails_half_way_is_marked_failed(tiny, store):
     hp.FailingPredictor.fits = 0
     with pytest.raises(RuntimeError, match="boom"):

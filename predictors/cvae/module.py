@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -22,9 +23,12 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, sigma^2) summed over genes, per row; log_sigma broadcasts (per gene)."""
+    """log N(x; mean, sigma^2) summed over genes, per row; log_sigma is per gene.
+
+    The per-gene normalizer is summed once (not per cell): fewer passes over the cells x genes tensors.
+    """
     z = (x - mean) * torch.exp(-log_sigma)
-    return (-0.5 * z.pow(2) - log_sigma - 0.5 * _LOG_2PI).sum(dim=-1)
+    return -0.5 * z.pow(2).sum(dim=-1) - (log_sigma.sum() + 0.5 * _LOG_2PI * x.shape[-1])
 
 
 def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -51,6 +55,33 @@ def sample_nb(mu: torch.Tensor, theta: torch.Tensor, generator: torch.Generator 
         torch.manual_seed(seed)
         rate = torch.distributions.Gamma(theta, theta / mu.clamp_min(_EPS)).sample()
         return torch.poisson(rate)
+
+
+def nb_quantile_transfer(
+    x: torch.Tensor,
+    mu_from: torch.Tensor,
+    mu_to: torch.Tensor,
+    theta: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Move counts x from NB(mu_from, theta) to the same quantile of NB(mu_to, theta), elementwise.
+
+    Randomized probability integral transform (discrete laws): u ~ U(F_from(x - 1), F_from(x)), then
+    F_to^-1(u). Keeps a cell's own position within its law (the counterfactual for count data); when the two
+    laws are equal it returns x exactly. Computed with scipy's nbinom on the CPU.
+    """
+    from scipy.stats import nbinom
+
+    theta_np = theta.expand_as(mu_from).detach().cpu().double().numpy()
+    x_np = x.detach().cpu().double().numpy()
+    p_from = theta_np / (theta_np + mu_from.detach().cpu().double().numpy() + _EPS)
+    p_to = theta_np / (theta_np + mu_to.detach().cpu().double().numpy() + _EPS)
+    lo = nbinom.cdf(x_np - 1.0, theta_np, p_from)
+    hi = nbinom.cdf(x_np, theta_np, p_from)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    u = lo + (hi - lo) * np.random.default_rng(seed).random(x_np.shape)
+    out = nbinom.ppf(np.clip(u, 1e-12, 1.0 - 1e-12), theta_np, p_to)
+    return torch.from_numpy(out.astype(np.float32)).to(x.device)
 
 
 MMD_SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -151,8 +182,8 @@ class ResponseDecoder(nn.Module):
     perturbation p adds r_p(m) = a_p + b_p * (m - mu) + U_p W_p^T (m - mu): a per-gene offset, a per-gene gain
     on the centred profile and a rank-k read-out of it (mu = training mean). Combinations add their singles'
     responses. The response sees the cell only through its expression profile, never through the context
-    one-hot, so it transfers to a context whose perturbed cells were never seen: the cell-level analogue of
-    regressing a context's shift on its control profile (per gene, and on its top axes). Starts at zero.
+    one-hot, so it can transfer to a context whose perturbed cells were never seen (the cell-level analogue of
+    regressing a context's shift on its control profile, per gene and on a few axes). Starts at zero.
     """
 
     def __init__(
@@ -173,25 +204,25 @@ class ResponseDecoder(nn.Module):
         self.register_buffer("center", torch.zeros(n_genes))
         self.offset = nn.Parameter(torch.zeros(n_pert, n_genes))
         self.gain = nn.Parameter(torch.zeros(n_pert, n_genes))
-        self.project = self.expand = None
-        if rank > 0:
-            self.project = nn.Linear(
-                n_genes, n_pert * rank, bias=False
-            )  # W: profile -> k scores per perturbation
-            self.expand = nn.Linear(n_pert * rank, n_genes, bias=False)  # U: scores -> genes (starts at zero)
-            nn.init.normal_(self.project.weight, std=n_genes**-0.5)
-            nn.init.zeros_(self.expand.weight)
+        self.project = nn.Linear(
+            n_genes, n_pert * rank, bias=False
+        )  # W: profile -> k scores per perturbation
+        self.expand = nn.Linear(n_pert * rank, n_genes, bias=False)  # U: scores -> genes, starts at zero
+        nn.init.normal_(self.project.weight, std=n_genes**-0.5)
+        nn.init.zeros_(self.expand.weight)
 
     def forward(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        # Same value as m + P a + (P b) * (m - mu) + U (P * W (m - mu)), regrouped so the centring folds into
+        # small P x G terms and the offset and read-out share one matmul: fewer passes over cells x genes.
         m = self.out(self.mlp(z, ctx))
-        centred = m - self.center
-        out = m + pert @ self.offset
-        if self.use_gain:
-            out = out + (pert @ self.gain) * centred
-        if self.project is None:
-            return out
-        scores = self.project(centred).view(-1, self.n_pert, self.rank) * pert.unsqueeze(2)
-        return out + self.expand(scores.flatten(1))
+        gain = self.gain if self.use_gain else torch.zeros_like(self.gain)
+        inputs, weights = [pert], [self.offset - gain * self.center]
+        if self.rank > 0:
+            scores = (self.project(m) - self.project(self.center)).view(-1, self.n_pert, self.rank)
+            inputs.append((scores * pert.unsqueeze(2)).flatten(1))
+            weights.append(self.expand.weight.T)
+        out = torch.addmm(m, torch.cat(inputs, dim=1), torch.cat(weights, dim=0))
+        return torch.addcmul(out, pert @ gain, m) if self.use_gain else out
 
 
 DECODERS = {"mlp": MLPDecoder, "response": ResponseDecoder}
@@ -230,7 +261,8 @@ class CVAEModule(nn.Module):
         decoder: str = "response",
         dropout: float = 0.0,
         min_sigma: float = 0.1,
-        fixed_sigma: float | None = None,
+        rank: int = 4,
+        gain: bool = True,
     ) -> None:
         super().__init__()
         self.likelihood = likelihood
@@ -238,20 +270,24 @@ class CVAEModule(nn.Module):
         self.n_latent = n_latent
         self.encoder = _MLP(n_genes, n_pert + n_ctx, n_hidden, n_layers, dropout)
         self.enc_out = nn.Linear(n_hidden, 2 * n_latent)
-        self.decoder = DECODERS[decoder](n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes)
+        if decoder == "response":
+            self.decoder = ResponseDecoder(n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes, rank, gain)
+        else:
+            self.decoder = DECODERS[decoder](n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes)
         # Gaussian: log sigma per gene; NB: log theta per gene.
-        self.fixed_sigma = fixed_sigma if likelihood == "gaussian" else None
-        self.gene_param = nn.Parameter(torch.zeros(n_genes), requires_grad=self.fixed_sigma is None)
-        if self.fixed_sigma is not None:
-            self.log_min_sigma = min(self.log_min_sigma, math.log(self.fixed_sigma))
-            nn.init.constant_(self.gene_param, math.log(self.fixed_sigma))
+        self.gene_param = nn.Parameter(torch.zeros(n_genes))
 
     @torch.no_grad()
-    def init_from_data(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+    def init_from_data(
+        self, mean: torch.Tensor, std: torch.Tensor, shifts: torch.Tensor | None = None
+    ) -> None:
         """Start the decoder at the data's per-gene moments, which saves many epochs of fitting offsets.
 
         Gaussian: output bias = mean, log sigma = log std (floored). NB: output bias = log mean fraction,
-        theta by the method of moments, mean^2 / (var - mean), clipped to [0.1, 1000].
+        theta by the method of moments, mean^2 / (var - mean), clipped to [0.1, 1000]. shifts (perturbation
+        genes x genes, on the decoder's output scale) start the response decoder's offsets at each
+        perturbation's pooled mean shift: Adam moves a parameter by about lr per step, so a zero start needs
+        hundreds of steps to reach a shift of a few log units, and early stopping can end training first.
         """
         if self.likelihood == "nb":
             self.decoder.out.bias.copy_(torch.log(mean / mean.sum().clamp_min(_EPS) + _EPS))
@@ -259,10 +295,11 @@ class CVAEModule(nn.Module):
             self.gene_param.copy_(torch.log((mean.pow(2) / excess).clamp(0.1, 1000.0)))
         else:
             self.decoder.out.bias.copy_(mean)
-            if self.fixed_sigma is None:
-                self.gene_param.copy_(torch.log(std.clamp_min(_EPS)).clamp_min(self.log_min_sigma))
+            self.gene_param.copy_(torch.log(std.clamp_min(_EPS)).clamp_min(self.log_min_sigma))
         if isinstance(self.decoder, ResponseDecoder):
             self.decoder.center.copy_(self.decoder.out.bias)
+            if shifts is not None:
+                self.decoder.offset.copy_(shifts)
 
     def sigma(self) -> torch.Tensor:
         """Per-gene Gaussian standard deviation (floored at min_sigma)."""
