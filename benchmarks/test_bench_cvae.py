@@ -1,4 +1,5 @@
-"""Speed of the CVAE on kang2018 (CD4T held out): matmul ceiling, one training step, a whole fit + predict.
+"""Speed of the CVAE on kang2018: matmul ceiling, one training step, one fit + predict (CD4T held out), and
+the whole `bench run` of both modes.
 
 Training throughput is reported as dense-matmul FLOP/s (CVAEModule.train_flops_per_cell) next to the measured
 float32 torch.matmul ceiling, in each benchmark's extra_info.
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark import tracking
+from benchmark.runner import RunOptions, run_benchmark
 from predictors.cvae import CVAEPredictor
 from predictors.cvae.module import CVAEModule
 
@@ -89,3 +92,30 @@ def test_bench_cvae_fit_predict_cd4t(benchmark, kang_cd4t, ceiling_gflops):
     )
     assert stats["stopped_early"], "training hit max_epochs before its validation loss stopped improving"
     assert pred.shape == control.shape
+
+
+def test_bench_cvae_full_kang_run_then_mode_a_from_the_cache(benchmark, kang, tmp_path, monkeypatch):
+    """`bench run --predictor cvae_modeB` on kang2018 (7 held-out cell types, seed 0, figures on): < 4 min;
+    cvae_modeA after it on the same store and cache must load every fitted model, never train."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.use_store(uri)
+    options = RunOptions(cache_dir=tmp_path / "models")
+    mode_b = benchmark.pedantic(
+        lambda: run_benchmark("cvae_modeB", kang, "holdout_context", options, progress=lambda _: None),
+        rounds=1,
+        iterations=1,
+    )
+    messages: list[str] = []
+    start = time.perf_counter()
+    mode_a = run_benchmark("cvae_modeA", kang, "holdout_context", options, progress=messages.append)
+    scored = [m for m in messages if "(fit " in m]
+    benchmark.extra_info.update(
+        mode_b_seconds=benchmark.stats.stats.min,
+        mode_a_seconds=time.perf_counter() - start,
+        mode_b_mean_r=float(np.mean([r.metrics["r"] for r in mode_b.results])),
+        mode_a_mean_r=float(np.mean([r.metrics["r"] for r in mode_a.results])),
+    )
+    assert len(scored) == len(mode_b.results) == 7
+    assert all("cache hit" in m for m in scored), scored

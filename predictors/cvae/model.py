@@ -328,33 +328,38 @@ class CVAEPredictor(Predictor):
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
         mean, std = _gene_moments(data.x[fit_idx])
-        shifts = self._single_shifts(data.x[fit_idx], perts[fit_idx], task)
+        shifts = self._single_shifts(data.x[fit_idx], perts[fit_idx], contexts[fit_idx], task)
         self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), torch.from_numpy(shifts))
         self.module_.to(self.device_)
         with _torch_threads(self._n_threads()):
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
         return self
 
-    def _single_shifts(self, x, perts: np.ndarray, task: Task) -> np.ndarray:
-        """Pooled mean shift of each single perturbation gene vs the controls, on the decoder's output scale
-        (log-normalized means; NB: log mean expression fractions); zero for a gene seen only in combinations."""
+    def _single_shifts(self, x, perts: np.ndarray, contexts: np.ndarray, task: Task) -> np.ndarray:
+        """Each single perturbation gene's mean shift vs the controls of the same context, averaged with equal
+        weight over its contexts (the mean_shift baseline's estimate; pooling cells across contexts would add
+        the contexts' own differences to it), on the decoder's output scale (log-normalized means; NB: log mean
+        expression fractions). Zero for a gene seen only in combinations."""
         shifts = np.zeros((len(self.perturbation_genes_), x.shape[1]), dtype=np.float32)
 
         def profile(rows: np.ndarray) -> np.ndarray:
-            block = x[rows]
-            total = np.asarray(block.sum(axis=0), dtype=np.float64).ravel()
+            total = np.asarray(x[rows].sum(axis=0), dtype=np.float64).ravel()
             if self.likelihood_ == "nb":  # +0.5 count: finite for genes absent from the group
                 return np.log((total + 0.5) / max(float(total.sum()), 1.0))
             return total / len(rows)
 
-        controls = np.flatnonzero(perts == task.control_label)
-        if len(controls) == 0:
-            return shifts
-        base = profile(controls)
+        is_control = perts == task.control_label
         for i, gene in enumerate(self.perturbation_genes_):
-            rows = np.flatnonzero(perts == gene)
-            if len(rows) and task.genes_of(gene) == [gene]:
-                shifts[i] = profile(rows) - base
+            if task.genes_of(gene) != [gene]:
+                continue
+            per_context = [
+                profile(np.flatnonzero((perts == gene) & (contexts == c)))
+                - profile(np.flatnonzero(is_control & (contexts == c)))
+                for c in np.unique(contexts[perts == gene])
+                if np.any(is_control & (contexts == c))
+            ]
+            if per_context:
+                shifts[i] = np.mean(per_context, axis=0)
         return shifts
 
     def _epoch_beta(self, epoch: int) -> float:
