@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -22,11 +23,28 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PERTBENCH_CACHE_DIR", ".pertbench/models"))
 
 
+def code_digest(cls: type) -> str:
+    """Hash of the Python files beside the class's source file (its package): a changed model invalidates its
+    cached fits even when its parameters are unchanged. Empty when the source cannot be located."""
+    try:
+        source = Path(inspect.getsourcefile(cls) or "")
+    except TypeError:
+        return ""
+    if not source.is_file():
+        return ""
+    digest = hashlib.sha256()
+    for path in sorted(source.parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(predictor: Predictor, dataset_checksum: str, split_digest: str, seed: int) -> str:
-    """A hash of everything that determines the fitted state; generation-only options are left out."""
+    """A hash of everything that determines the fitted state (class, its code, fit parameters, data, split,
+    seed); generation-only options are left out."""
     cls = type(predictor)
     payload = {
         "class": f"{cls.__module__}.{cls.__qualname__}",
+        "code": code_digest(cls),
         "fit_params": predictor.fit_params(),
         "dataset": dataset_checksum,
         "split": split_digest,

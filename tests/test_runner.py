@@ -165,3 +165,21 @@ def test_saved_predictions_are_h5ad_artifacts_with_their_labels(tiny, store, tmp
     assert set(predicted.obs["perturbation"]) == {target.perturbation}
     assert set(predicted.obs["context"]) == {target.context}
     assert set(predicted.obs["split"]) == {result.results[0].split}
+
+
+def test_model_cache_key_changes_when_the_predictors_code_changes(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from benchmark.model_cache import cache_key
+
+    package = tmp_path / "edited_predictor"
+    package.mkdir()
+    source = "from benchmark.protocol import Predictor\n\nclass P(Predictor):\n    def __init__(self, a=1):\n        self.a = a\n"
+    module = package / "model.py"
+    module.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = cache_key(importlib.import_module("edited_predictor.model").P(), "data", "split", 0)
+    assert cache_key(sys.modules["edited_predictor.model"].P(), "data", "split", 0) == before  # stable
+    module.write_text(source + "    # the model changed\n")
+    assert cache_key(sys.modules["edited_predictor.model"].P(), "data", "split", 0) != before
