@@ -350,9 +350,7 @@ class CVAEPredictor(Predictor):
             return total / len(rows)
 
         is_control = perts == task.control_label
-        for i, gene in enumerate(self.perturbation_genes_):
-            if task.genes_of(gene) != [gene]:
-                continue
+        for i, gene in enumerate(self.perturbation_genes_):  # cells labelled exactly this single gene
             per_context = [
                 profile(np.flatnonzero((perts == gene) & (contexts == c)))
                 - profile(np.flatnonzero(is_control & (contexts == c)))

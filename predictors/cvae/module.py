@@ -225,9 +225,6 @@ class ResponseDecoder(nn.Module):
         return torch.addcmul(out, pert @ gain, m) if self.use_gain else out
 
 
-DECODERS = {"mlp": MLPDecoder, "response": ResponseDecoder}
-
-
 def _cat(pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
     return pert if ctx is None else torch.cat([pert, ctx], dim=1)
 
@@ -255,7 +252,7 @@ class CVAEModule(nn.Module):
         n_pert: int,
         n_ctx: int = 0,
         n_latent: int = 32,
-        n_hidden: int = 512,
+        n_hidden: int = 256,
         n_layers: int = 1,
         likelihood: Likelihood = "gaussian",
         decoder: str = "response",
@@ -272,8 +269,10 @@ class CVAEModule(nn.Module):
         self.enc_out = nn.Linear(n_hidden, 2 * n_latent)
         if decoder == "response":
             self.decoder = ResponseDecoder(n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes, rank, gain)
+        elif decoder == "mlp":
+            self.decoder = MLPDecoder(n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes)
         else:
-            self.decoder = DECODERS[decoder](n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes)
+            raise ValueError(f"unknown decoder {decoder!r} (expected 'response' or 'mlp')")
         # Gaussian: log sigma per gene; NB: log theta per gene.
         self.gene_param = nn.Parameter(torch.zeros(n_genes))
 
