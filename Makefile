@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json
+	$(BIN)/python -m benchmark.speed_report .benchmarks/latest.json README.md
 
 leaderboard: setup
 	bash scripts/reproduce_leaderboard.sh

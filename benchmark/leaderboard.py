@@ -309,18 +309,23 @@ def render_results(boards: list[Board]) -> str:
     return "\n".join(out)
 
 
-def update_readme(path: Path, boards: list[Board]) -> Path:
-    """Replace the README's block between the results markers, atomically; the markers must exist."""
+def replace_block(path: Path, start: str, end: str, body: str) -> Path:
+    """Replace the text between the markers start and end in a file, atomically; the markers must exist."""
     path = Path(path)
     text = path.read_text()
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise PertbenchError(f"{path} has no {RESULTS_START} ... {RESULTS_END} block to update")
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
+    if start not in text or end not in text:
+        raise PertbenchError(f"{path} has no {start} ... {end} block to update")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(f"{head}{RESULTS_START}\n{render_results(boards)}\n{RESULTS_END}{tail}")
+    tmp.write_text(f"{head}{start}\n{body}\n{end}{tail}")
     os.replace(tmp, path)
     return path
+
+
+def update_readme(path: Path, boards: list[Board]) -> Path:
+    """Replace the README's block between the results markers (which must exist) with the results tables."""
+    return replace_block(path, RESULTS_START, RESULTS_END, render_results(boards))
 
 
 def _copy_figures(
