@@ -30,17 +30,27 @@ Group = tuple[str, str]  # (context, perturbation)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def group_means(train: AnnData, task: Task) -> dict[Group, np.ndarray]:
-    """Mean log-normalized profile of every (context, perturbation) group, via one sparse indicator product."""
-    codes = pd.MultiIndex.from_arrays([task.contexts(train), task.perturbations(train)])
+def group_sums(
+    x, contexts: np.ndarray, perturbations: np.ndarray
+) -> tuple[list[Group], np.ndarray, np.ndarray]:
+    """Every (context, perturbation) group, its per-gene sums over its cells and its size (float64), via one
+    sparse indicator product (x dense or sparse; never densified)."""
+    codes = pd.MultiIndex.from_arrays([np.asarray(contexts), np.asarray(perturbations)])
     group_of_cell, groups = pd.factorize(codes)
     sizes = np.bincount(group_of_cell, minlength=len(groups)).astype(np.float64)
     indicator = sp.csr_matrix(
-        (1.0 / sizes[group_of_cell], (group_of_cell, np.arange(train.n_obs))),
-        shape=(len(groups), train.n_obs),
+        (np.ones(len(group_of_cell)), (group_of_cell, np.arange(len(group_of_cell)))),
+        shape=(len(groups), len(group_of_cell)),
     )
-    means = dense(indicator @ task.lognorm(train))
-    return {(str(t), str(p)): means[i] for i, (t, p) in enumerate(groups)}
+    sums = dense(indicator @ x)
+    return [(str(t), str(p)) for t, p in groups], sums, sizes
+
+
+def group_means(train: AnnData, task: Task) -> dict[Group, np.ndarray]:
+    """Mean log-normalized profile of every (context, perturbation) group."""
+    groups, sums, sizes = group_sums(task.lognorm(train), task.contexts(train), task.perturbations(train))
+    means = sums / sizes[:, None]
+    return {group: means[i] for i, group in enumerate(groups)}
 
 
 def split_controls(

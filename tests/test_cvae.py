@@ -125,22 +125,28 @@ def test_nb_quantile_transfer_keeps_counts_under_the_same_law_and_maps_one_nb_on
     assert np.all(moved >= same.numpy())  # the same quantile of a law with a larger mean
 
 
-def test_response_decoder_regrouped_forward_equals_its_formula() -> None:
+def test_response_decoder_adds_each_perturbations_response_to_the_cell_and_its_context() -> None:
     torch.manual_seed(0)
     dec = ResponseDecoder(n_latent=3, n_pert=2, n_ctx=2, n_hidden=8, n_layers=1, n_genes=5, rank=2)
-    for param in (dec.offset, dec.gain, dec.expand.weight, dec.center):
+    for param in (dec.offset, dec.gain, dec.expand, dec.center):
         param.data.normal_()
     z, pert, ctx = (
         torch.randn(4, 3),
         torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]]),
         torch.eye(2)[[0, 1, 0, 1]],
     )
+    table, index = torch.randn(3, 5), torch.tensor([2, 0, 1, 2])  # each cell's context profile row
     m = dec.out(dec.mlp(z, ctx))
-    centred = m - dec.center
-    scores = (centred @ dec.project.weight.T).view(4, 2, 2) * pert.unsqueeze(2)
-    expected = m + pert @ dec.offset + (pert @ dec.gain) * centred + scores.flatten(1) @ dec.expand.weight.T
-    torch.testing.assert_close(dec(z, pert, ctx), expected)
-    assert torch.equal(dec(z, torch.zeros_like(pert), ctx), m)  # control: the unperturbed profile
+    expected = m.clone()
+    for i in range(4):
+        k = table[index[i]] - dec.center
+        for p in range(2):  # r_p = a_p + b_p * (m - mu) + U_p W_p^T (k - mu); combinations add
+            response = (
+                dec.offset[p] + dec.gain[p] * (m[i] - dec.center) + dec.expand[p] @ (dec.project[p] @ k)
+            )
+            expected[i] += pert[i, p] * response
+    torch.testing.assert_close(dec(z, pert, ctx, (table, index)), expected)
+    assert torch.equal(dec(z, torch.zeros_like(pert), ctx, (table, index)), m)  # control: m(z, context)
 
 
 def test_mmd_is_zero_for_one_sample_and_grows_with_a_shift() -> None:
@@ -257,7 +263,7 @@ def test_counterfactual_returns_the_control_cells_when_the_response_is_zero(
     for param in (
         model.module_.decoder.offset,
         model.module_.decoder.gain,
-        model.module_.decoder.expand.weight,
+        model.module_.decoder.expand,
     ):
         param.data.zero_()  # decode(z, perturbation) == decode(z, control): no change to apply
     control = _controls(data, "C1")
@@ -266,6 +272,27 @@ def test_counterfactual_returns_the_control_cells_when_the_response_is_zero(
     model.set_params(mode="A", generate="counterfactual")
     with pytest.raises(ValueError, match="mode B"):
         model.predict(control, "P0", "C1")
+
+
+def test_mode_b_response_reads_the_given_control_cells_profile(synth: AnnData) -> None:
+    data = AnnData(X=lognormalize(synth.X), obs=synth.obs.copy(), var=synth.var.copy())
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 2}).fit(data, LOGNORM_TASK)
+    decoder = model.module_.decoder
+    for param in (decoder.offset, decoder.gain):
+        param.data.zero_()
+    decoder.expand.data.normal_()  # the response is now the read-out of the context profile only
+    p0 = model.perturbation_genes_.index("P0")
+    shifts = []
+    for context in ("C0", "C1"):
+        control = _controls(data, context)
+        cells = dense(control.X)
+        profile = torch.from_numpy(cells.mean(axis=0, keepdims=True).astype(np.float32))
+        with torch.no_grad():
+            expected = decoder.responses(profile)[0, p0].numpy()
+        shift = model.predict(control, "P0", context).X - cells  # Gaussian counterfactual: x + r
+        np.testing.assert_allclose(shift, np.broadcast_to(expected, shift.shape), atol=1e-4)
+        shifts.append(expected)
+    assert np.abs(shifts[0] - shifts[1]).max() > 1e-2  # different control profiles, different responses
 
 
 def test_counterfactual_keeps_each_cells_own_deviation(synth: AnnData, fitted_nb: CVAEPredictor) -> None:

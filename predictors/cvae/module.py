@@ -12,6 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 Likelihood = Literal["gaussian", "nb"]
+Profiles = tuple[torch.Tensor, torch.Tensor]
+"""Context control profiles for the response decoder: a (k x genes) table and each cell's row in it (long)."""
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _EPS = 1e-8
@@ -171,19 +173,25 @@ class MLPDecoder(nn.Module):
         self.mlp = _MLP(n_latent, n_pert + n_ctx, n_hidden, n_layers, 0.0)
         self.out = nn.Linear(n_hidden, n_genes)
 
-    def forward(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles | None = None
+    ) -> torch.Tensor:
+        """Ignores the context profiles (the condition enters every hidden layer instead)."""
         return self.out(self.mlp(z, _cat(pert, ctx)))
 
 
 class ResponseDecoder(nn.Module):
-    """Baseline plus a response that is a function of the baseline: f(z, c) = m + sum_p c_p r_p(m).
+    """The cell's unperturbed profile plus a response that reads the cell and its context's control profile.
 
-    m = V MLP(z, context) + bias is the unperturbed profile (log-normalized mean, or NB logits); each single
-    perturbation p adds r_p(m) = a_p + b_p * (m - mu) + U_p W_p^T (m - mu): a per-gene offset, a per-gene gain
-    on the centred profile and a rank-k read-out of it (mu = training mean). Combinations add their singles'
-    responses. The response sees the cell only through its expression profile, never through the context
-    one-hot, so it can transfer to a context whose perturbed cells were never seen (the cell-level analogue of
-    regressing a context's shift on its control profile, per gene and on a few axes). Starts at zero.
+    f(z, c) = m + sum_p c_p r_p(m, k), with m = V MLP(z, context) + bias the unperturbed profile (log-normalized
+    mean, or NB logits) and k the pseudobulk control profile of the cell's context on the same scale. Each single
+    perturbation p responds with r_p = a_p + b_p * (m - mu) + U_p W_p^T (k - mu) (mu = training mean): a per-gene
+    offset, a per-gene gain on the cell's own centred profile (within-context heterogeneity) and a rank-r
+    read-out of its context's centred control profile (how the response changes across contexts, the cell-level
+    analogue of regressing a context's shift on its control profile). Combinations add their singles'
+    responses. The context enters only through profiles, never through its one-hot, so the response transfers
+    to a context whose perturbed cells were never seen. Reading the read-out from k instead of m measured best
+    on kang2018 (issue #3's notes have the comparison). Gain and read-out start at zero.
     """
 
     def __init__(
@@ -204,25 +212,30 @@ class ResponseDecoder(nn.Module):
         self.register_buffer("center", torch.zeros(n_genes))
         self.offset = nn.Parameter(torch.zeros(n_pert, n_genes))
         self.gain = nn.Parameter(torch.zeros(n_pert, n_genes))
-        self.project = nn.Linear(
-            n_genes, n_pert * rank, bias=False
-        )  # W: profile -> k scores per perturbation
-        self.expand = nn.Linear(n_pert * rank, n_genes, bias=False)  # U: scores -> genes, starts at zero
-        nn.init.normal_(self.project.weight, std=n_genes**-0.5)
-        nn.init.zeros_(self.expand.weight)
+        # W: profile -> r scores per perturbation; U: scores -> genes, starts at zero.
+        self.project = nn.Parameter(torch.randn(n_pert, rank, n_genes) * n_genes**-0.5)
+        self.expand = nn.Parameter(torch.zeros(n_pert, n_genes, rank))
 
-    def forward(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
-        # Same value as m + P a + (P b) * (m - mu) + U (P * W (m - mu)), regrouped so the centring folds into
-        # small P x G terms and the offset and read-out share one matmul: fewer passes over cells x genes.
-        m = self.out(self.mlp(z, ctx))
-        gain = self.gain if self.use_gain else torch.zeros_like(self.gain)
-        inputs, weights = [pert], [self.offset - gain * self.center]
+    def responses(self, profiles: torch.Tensor) -> torch.Tensor:
+        """(k, genes) context control profiles -> (k, perturbations, genes): each response's part that does not
+        depend on the cell, a_p - b_p * mu + U_p W_p^T (k - mu)."""
+        out = self.offset - self.gain * self.center if self.use_gain else self.offset
+        out = out.expand(len(profiles), -1, -1)
         if self.rank > 0:
-            scores = (self.project(m) - self.project(self.center)).view(-1, self.n_pert, self.rank)
-            inputs.append((scores * pert.unsqueeze(2)).flatten(1))
-            weights.append(self.expand.weight.T)
-        out = torch.addmm(m, torch.cat(inputs, dim=1), torch.cat(weights, dim=0))
-        return torch.addcmul(out, pert @ gain, m) if self.use_gain else out
+            scores = torch.einsum("prg,kg->kpr", self.project, profiles - self.center)
+            out = out + torch.einsum("pgr,kpr->kpg", self.expand, scores)
+        return out
+
+    def forward(
+        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles
+    ) -> torch.Tensor:
+        """m(z, context) plus each cell's summed responses: one (cells x k*perturbations) @ (k*perturbations x
+        genes) product and one multiply-add for the gain, i.e. two passes over cells x genes."""
+        table, index = profiles
+        m = self.out(self.mlp(z, ctx))
+        weights = F.one_hot(index, len(table)).to(pert.dtype).unsqueeze(2) * pert.unsqueeze(1)
+        out = torch.addmm(m, weights.flatten(1), self.responses(table).flatten(0, 1))
+        return torch.addcmul(out, pert @ self.gain, m) if self.use_gain else out
 
 
 def _cat(pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
@@ -324,9 +337,11 @@ class CVAEModule(nn.Module):
         mu, logvar = self.enc_out(h).chunk(2, dim=-1)
         return mu, logvar.clamp(-12.0, 8.0)
 
-    def decode(self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+    def decode(
+        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles
+    ) -> torch.Tensor:
         """Gaussian: the mean of x. NB: the per-gene expression fractions (rows sum to 1)."""
-        out = self.decoder(z, pert, ctx)
+        out = self.decoder(z, pert, ctx, profiles)
         return F.softmax(out, dim=-1) if self.likelihood == "nb" else out
 
     def log_likelihood(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
@@ -342,18 +357,20 @@ class CVAEModule(nn.Module):
         pert: torch.Tensor,
         ctx: torch.Tensor | None,
         beta: float,
+        profiles: Profiles,
         generator: torch.Generator | None = None,
         groups: tuple[torch.Tensor, torch.Tensor] | None = None,
         mmd_weight: float = 0.0,
     ) -> LossParts:
         """Negative ELBO (recon + beta * KL), one reparameterized z, plus mmd_weight * the condition MMD of z.
 
-        groups: per-cell (context id, condition id; 0 = control) for the MMD term (skipped when None).
+        profiles: the context control profiles and each cell's row (see Profiles; the response decoder reads
+        them). groups: per-cell (context id, condition id; 0 = control) for the MMD term (skipped when None).
         """
         mu, logvar = self.encode(x, pert, ctx)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + torch.exp(0.5 * logvar) * eps
-        recon = -self.log_likelihood(x, self.decode(z, pert, ctx)).mean()
+        recon = -self.log_likelihood(x, self.decode(z, pert, ctx, profiles)).mean()
         kl = kl_standard_normal(mu, logvar).mean()
         mmd = condition_mmd(z, *groups) if groups is not None and mmd_weight > 0 else z.new_zeros(())
         return LossParts(loss=recon + beta * kl + mmd_weight * mmd, recon=recon, kl=kl, mmd=mmd)
@@ -363,7 +380,8 @@ class CVAEModule(nn.Module):
 
         Forward 2*in*out; backward 2*in*out for the weight gradient plus 2*in*out for the input gradient,
         except where the input is data (the encoder's first layer on x, the covariate projections). The
-        response decoder's offset/gain products (P x G, tiny) are left out.
+        response decoder's per-context responses (contexts x perturbations x genes, tiny) and their product with
+        the cells' (context, perturbation) weights (cells x genes x contexts*perturbations) are left out.
         """
         data_inputs = {id(self.encoder.blocks[0].linear)}
         for block in [*self.encoder.blocks, *self.decoder.mlp.blocks]:
