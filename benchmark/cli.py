@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow store (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
     )
     run.add_argument(
-        "--leaderboard", type=Path, default=None, help="leaderboard file to update after the run"
+        "--leaderboard",
+        type=Path,
+        default=None,
+        help="leaderboard file to update after the run (default .pertbench/LEADERBOARD.md)",
     )
     run.add_argument("--no-leaderboard", action="store_true", help="do not update the leaderboard")
 
@@ -137,7 +140,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark import tracking
-    from benchmark.leaderboard import DEFAULT_PATH, write_leaderboard
+    from benchmark.leaderboard import RUN_PATH, write_leaderboard
     from benchmark.model_cache import default_cache_dir
     from benchmark.runner import RunOptions, run_benchmark
     from benchmark.splits import SPLIT_KINDS, SplitNotApplicable
@@ -171,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ran += 1
         _print_table(result)
     if ran and not args.no_leaderboard:
-        path = write_leaderboard(args.leaderboard or DEFAULT_PATH, args.tracking_uri)
+        path = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
         print(f"leaderboard updated: {path}")
     return 0
 

@@ -27,6 +27,9 @@ from benchmark.errors import PertbenchError
 from benchmark.metrics import METRICS
 
 DEFAULT_PATH = Path("leaderboard") / "LEADERBOARD.md"
+RUN_PATH = Path(".pertbench") / "LEADERBOARD.md"
+"""Where `bench run` writes its leaderboard by default: a local file, so a run in a checkout never rewrites the
+committed leaderboard/ (or drops its figures); `bench leaderboard` writes DEFAULT_PATH."""
 
 
 @dataclass

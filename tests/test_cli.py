@@ -154,7 +154,17 @@ def test_split_kind_that_does_not_apply_is_reported_not_run(workdir, capsys):
     )
     assert code == 0
     assert "does not apply" in capsys.readouterr().out
-    assert not (workdir / "leaderboard" / "LEADERBOARD.md").exists()
+    assert not (workdir / ".pertbench" / "LEADERBOARD.md").exists()
+
+
+def test_run_writes_a_local_leaderboard_and_leaves_the_committed_one_alone(workdir):
+    committed = workdir / "leaderboard" / "LEADERBOARD.md"
+    committed.parent.mkdir()
+    committed.write_text("committed board\n")
+    path = user_file(workdir / "u.h5ad")
+    assert main(["run", "--predictor", "mean_shift", *data_args(path), "--no-figures"]) == 0
+    assert committed.read_text() == "committed board\n"
+    assert "mean_shift" in (workdir / ".pertbench" / "LEADERBOARD.md").read_text()
 
 
 def test_failed_run_leaves_the_leaderboard_as_it_was(workdir, capsys):
@@ -162,7 +172,7 @@ def test_failed_run_leaves_the_leaderboard_as_it_was(workdir, capsys):
 
     path = user_file(workdir / "u.h5ad")
     assert main(["run", "--predictor", "mean_shift", *data_args(path), "--no-figures"]) == 0
-    board = workdir / "leaderboard" / "LEADERBOARD.md"
+    board = workdir / ".pertbench" / "LEADERBOARD.md"
     before = board.read_text()
     assert "mean_shift" in before
     hp.FailingPredictor.fits = 0

@@ -53,7 +53,7 @@ def test_readme_example_runs_with_bench_run(example_module, capsys):
     parent = [r for r in runs if r.data.tags.get("pertbench.level") == "parent"]
     assert parent[0].data.params["hp.scale"] == "0.5"
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert (example_module / "leaderboard" / "LEADERBOARD.md").read_text().count(
+    assert (example_module / ".pertbench" / "LEADERBOARD.md").read_text().count(
         "my_predictors:PooledShift"
     ) >= 1
 
