@@ -3,8 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PREDICTOR ?= mean_shift
 DATASET ?= kang2018
-# `make run` keeps its own leaderboard (of the local mlflow.db) out of git; `make leaderboard` writes the committed one.
-LOCAL_LEADERBOARD ?= .pertbench/LEADERBOARD.md
+# `make run` (like any `bench run`) writes the local store's leaderboard to .pertbench/LEADERBOARD.md, out of git;
+# `make leaderboard` writes the committed one.
 BIN := $(VENV)/bin
 # Real data sit beside the project in ../shared/data when present; otherwise the loader's own default applies.
 SHARED_DATA := $(abspath ../shared/data)
@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET) --leaderboard $(LOCAL_LEADERBOARD)
+	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -206,7 +206,7 @@ class ResponseDecoder(nn.Module):
         gain: bool = True,
     ) -> None:
         super().__init__()
-        self.n_pert, self.rank, self.use_gain = n_pert, rank, gain
+        self.rank, self.use_gain = rank, gain
         self.mlp = _MLP(n_latent, n_ctx, n_hidden, n_layers, 0.0)
         self.out = nn.Linear(n_hidden, n_genes)
         self.register_buffer("center", torch.zeros(n_genes))
@@ -298,7 +298,7 @@ class CVAEModule(nn.Module):
         Gaussian: output bias = mean, log sigma = log std (floored). NB: output bias = log mean fraction,
         theta by the method of moments, mean^2 / (var - mean), clipped to [0.1, 1000]. shifts (perturbation
         genes x genes, on the decoder's output scale) start the response decoder's offsets at each
-        perturbation's pooled mean shift: Adam moves a parameter by about lr per step, so a zero start needs
+        perturbation's mean shift (the caller's estimate; the CVAE's is averaged over contexts): Adam moves a parameter by about lr per step, so a zero start needs
         hundreds of steps to reach a shift of a few log units, and early stopping can end training first.
         """
         if self.likelihood == "nb":
