@@ -103,6 +103,20 @@ def test_gaussian_log_prob_matches_scipy_norm() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
+def test_gaussian_log_prob_gradients_match_autograd_of_the_formula() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    mean = torch.randn(5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_sigma = (0.3 * torch.randn(6, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda m, s: gaussian_log_prob(x, m, s), (mean, log_sigma))
+    weights = torch.randn(5, generator=gen, dtype=torch.float64)  # any downstream use of the per-cell values
+    ours = torch.autograd.grad((gaussian_log_prob(x, mean, log_sigma) * weights).sum(), (mean, log_sigma))
+    formula = torch.distributions.Normal(mean, log_sigma.exp()).log_prob(x).sum(dim=-1)
+    reference = torch.autograd.grad((formula * weights).sum(), (mean, log_sigma))
+    for got, expected in zip(ours, reference, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 def test_nb_sampler_has_the_nb_mean_and_variance() -> None:
     mu, theta = torch.full((20000, 2), 8.0), torch.tensor([0.5, 5.0])
     draws = sample_nb(mu, theta, torch.Generator().manual_seed(0)).numpy()
