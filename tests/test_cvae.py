@@ -142,7 +142,7 @@ def test_nb_quantile_transfer_keeps_counts_under_the_same_law_and_maps_one_nb_on
 def test_response_decoder_adds_each_perturbations_response_to_the_cell_and_its_context() -> None:
     torch.manual_seed(0)
     dec = ResponseDecoder(n_latent=3, n_pert=2, n_ctx=2, n_hidden=8, n_layers=1, n_genes=5, rank=2)
-    for param in (dec.offset, dec.gain, dec.expand, dec.center):
+    for param in (dec.offset, dec.gain, dec.loadings, dec.center):
         param.data.normal_()
     z, pert, ctx = (
         torch.randn(4, 3),
@@ -154,10 +154,8 @@ def test_response_decoder_adds_each_perturbations_response_to_the_cell_and_its_c
     expected = m.clone()
     for i in range(4):
         k = table[index[i]] - dec.center
-        for p in range(2):  # r_p = a_p + b_p * (m - mu) + U_p W_p^T (k - mu); combinations add
-            response = (
-                dec.offset[p] + dec.gain[p] * (m[i] - dec.center) + dec.expand[p] @ (dec.project[p] @ k)
-            )
+        for p in range(2):  # r_p = a_p + b_p * (m - mu) + U_p A (k - mu); combinations add
+            response = dec.offset[p] + dec.gain[p] * (m[i] - dec.center) + dec.loadings[p] @ (dec.axes @ k)
             expected[i] += pert[i, p] * response
     torch.testing.assert_close(dec(z, pert, ctx, (table, index)), expected)
     assert torch.equal(dec(z, torch.zeros_like(pert), ctx, (table, index)), m)  # control: m(z, context)
@@ -213,10 +211,19 @@ def test_response_offsets_start_at_the_context_averaged_mean_shift_of_each_singl
             axis=0
         )
 
+    def control(context: str) -> np.ndarray:
+        return x[(labels == "control") & (contexts == context)].mean(axis=0)
+
+    # averaged over the gene's contexts the response starts at its mean shift (P1's read-out starts at a
+    # regression through those contexts, which averages out; P0, in two contexts only, starts constant)
     for gene, seen_in in (("P0", ("C0", "C2")), ("P1", ("C0", "C1", "C2"))):
         expected = np.mean([shift(gene, c) for c in seen_in], axis=0)
-        got = model.module_.decoder.offset[model.perturbation_genes_.index(gene)].detach().numpy()
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+        profiles = torch.from_numpy(np.array([control(c) for c in seen_in], dtype=np.float32))
+        with torch.no_grad():
+            got = model.module_.decoder.responses(profiles)[:, model.perturbation_genes_.index(gene)]
+        np.testing.assert_allclose(got.mean(dim=0).numpy(), expected, atol=1e-5)
+    p0 = model.perturbation_genes_.index("P0")
+    assert not model.module_.decoder.loadings[p0].any()
 
 
 def test_combination_is_predicted_from_its_singles(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
@@ -277,7 +284,7 @@ def test_counterfactual_returns_the_control_cells_when_the_response_is_zero(
     for param in (
         model.module_.decoder.offset,
         model.module_.decoder.gain,
-        model.module_.decoder.expand,
+        model.module_.decoder.loadings,
     ):
         param.data.zero_()  # decode(z, perturbation) == decode(z, control): no change to apply
     control = _controls(data, "C1")
@@ -294,7 +301,7 @@ def test_mode_b_response_reads_the_given_control_cells_profile(synth: AnnData) -
     decoder = model.module_.decoder
     for param in (decoder.offset, decoder.gain):
         param.data.zero_()
-    decoder.expand.data.normal_()  # the response is now the read-out of the context profile only
+    decoder.loadings.data.normal_()  # the response is now the read-out of the context profile only
     p0 = model.perturbation_genes_.index("P0")
     shifts = []
     for context in ("C0", "C1"):
@@ -307,6 +314,37 @@ def test_mode_b_response_reads_the_given_control_cells_profile(synth: AnnData) -
         np.testing.assert_allclose(shift, np.broadcast_to(expected, shift.shape), atol=1e-4)
         shifts.append(expected)
     assert np.abs(shifts[0] - shifts[1]).max() > 1e-2  # different control profiles, different responses
+
+
+def test_readout_starts_at_the_pseudobulk_regression_along_the_controls_fixed_top_axis(
+    synth: AnnData,
+) -> None:
+    data = AnnData(X=lognormalize(synth.X), obs=synth.obs.copy(), var=synth.var.copy())
+    contexts = sorted(set(data.obs["cell_type"].astype(str)))  # C0, C1, C2: P0 is seen in all three
+    x, obs = dense(data.X), data.obs.astype(str)
+    group = lambda t, p: x[((obs["cell_type"] == t) & (obs["condition"] == p)).to_numpy()].mean(axis=0)  # noqa: E731
+    controls = np.array([group(t, "control") for t in contexts])
+    shifts = np.array([group(t, "P0") - controls[i] for i, t in enumerate(contexts)])
+    axis = np.linalg.svd(controls - controls.mean(axis=0))[2][0]
+    scores = controls @ axis - (controls @ axis).mean()
+    slope = scores @ (shifts - shifts.mean(axis=0)) / (scores @ scores * (1.0 + 1.0 / 3))  # readout_penalty 1
+    expected = shifts.mean(axis=0) + np.outer(scores, slope)  # P0's start in each context
+
+    # lr 0: every parameter stays at its start (val_fraction 0: the start uses all cells, as computed above)
+    start = CVAEPredictor(**{**SMALL, "max_epochs": 1, "lr": 0.0, "val_fraction": 0.0}).fit(
+        data, LOGNORM_TASK
+    )
+    decoder, p0 = start.module_.decoder, start.perturbation_genes_.index("P0")
+    table = torch.from_numpy(controls.astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(decoder.responses(table)[:, p0].numpy(), expected, atol=2e-4)
+
+    # training moves the loadings but never the axis: it is a buffer, still the controls' top principal axis
+    trained = CVAEPredictor(**{**SMALL, "max_epochs": 3, "val_fraction": 0.0}).fit(data, LOGNORM_TASK)
+    assert "decoder.axes" not in dict(trained.module_.named_parameters())
+    axes = trained.module_.decoder.axes.numpy()
+    assert axes.shape == (1, synth.n_vars) and abs(float(axes[0] @ axis)) == pytest.approx(1.0, abs=1e-4)
+    assert not torch.equal(trained.module_.decoder.loadings, decoder.loadings)
 
 
 def test_counterfactual_keeps_each_cells_own_deviation(synth: AnnData, fitted_nb: CVAEPredictor) -> None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.task import Task, lognormalize
-from predictors.baselines import group_sums, split_controls
+from predictors.baselines import group_sums, pca_basis, split_controls
 from predictors.cvae.module import CVAEModule, Likelihood, nb_quantile_transfer, sample_nb
 
 _STATE_FILE = "cvae_state.json"
@@ -174,9 +174,10 @@ class CVAEPredictor(Predictor):
     kang2018 holdout_context (7 cell types x 3 seeds, measured when the read-out still read m) it raised r from
     0.81 to 0.90 and cut the energy distance from 2.8 to 0.65. decoder "response" (default) = unperturbed
     profile m(z, context) plus a per-perturbation response with a gain on m and a read-out of the context's
-    control profile, which predict takes from the given control cells (see ResponseDecoder); "mlp" = the
-    classic CVAE decoder
-    with the condition injected into every hidden layer. mmd_weight weighs an MMD penalty between the control
+    control profile along `rank` fixed principal axes of the training contexts' control profiles, which predict
+    takes from the given control cells (see ResponseDecoder; readout_penalty is the ridge penalty of its
+    pseudobulk start, see _readout_start); "mlp" = the classic CVAE decoder with the condition injected into
+    every hidden layer. mmd_weight weighs an MMD penalty between the control
     and perturbed cells' z within each context: without it z encodes the condition (a linear probe separated
     them with 95-100% accuracy on kang2018) and decoding a control cell under the perturbation recovered only
     60-80% of the effect; with it the probe is near chance and the in-distribution effect is recovered (slope 1).
@@ -193,8 +194,9 @@ class CVAEPredictor(Predictor):
         n_layers: int = 1,
         use_context: bool = True,
         decoder: Literal["response", "mlp"] = "response",
-        rank: int = 4,
+        rank: int = 1,
         gain: bool = True,
+        readout_penalty: float = 1.0,
         beta: float = 1.0,
         mmd_weight: float = 10000.0,
         kl_warmup_epochs: int = 10,
@@ -219,6 +221,7 @@ class CVAEPredictor(Predictor):
         self.decoder = decoder
         self.rank = rank
         self.gain = gain
+        self.readout_penalty = readout_penalty
         self.beta = beta
         self.mmd_weight = mmd_weight
         self.kl_warmup_epochs = kl_warmup_epochs
@@ -333,8 +336,15 @@ class CVAEPredictor(Predictor):
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
         mean, std = _gene_moments(data.x[fit_idx])
-        table, shifts = self._pseudobulk_start(data.x[fit_idx], perts[fit_idx], contexts[fit_idx], task)
-        self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), torch.from_numpy(shifts))
+        table, shifts, readout = self._pseudobulk_start(
+            data.x[fit_idx], perts[fit_idx], contexts[fit_idx], task
+        )
+        self.module_.init_from_data(
+            torch.from_numpy(mean),
+            torch.from_numpy(std),
+            torch.from_numpy(shifts),
+            None if readout is None else tuple(torch.from_numpy(a) for a in readout),
+        )
         self.module_.to(self.device_)
         data.profiles = torch.from_numpy(table).to(self.device_)
         with _torch_threads(self._n_threads()):
@@ -349,8 +359,9 @@ class CVAEPredictor(Predictor):
         return sums / sizes[:, None]
 
     def _pseudobulk_start(self, x, perts: np.ndarray, contexts: np.ndarray, task: Task):
-        """The context control profiles the response reads (contexts_ order) and each single perturbation
-        gene's mean shift its offset starts at (perturbation_genes_ order), on the decoder's output scale.
+        """The context control profiles the response reads (contexts_ order), each single perturbation gene's
+        mean shift its offset starts at (perturbation_genes_ order), on the decoder's output scale, and the
+        read-out's axes and starting loadings (see _readout_start).
 
         A shift is taken against the controls of the same context and averaged with equal weight over the gene's
         contexts (the mean_shift baseline's estimate; pooling cells across contexts would add the contexts' own
@@ -367,7 +378,38 @@ class CVAEPredictor(Predictor):
             per_context = [shift for (_, label), shift in shifts.items() if label == gene]
             if per_context:
                 starts[i] = np.mean(per_context, axis=0)
-        return table, starts
+        return table, starts, self._readout_start(controls, shifts)
+
+    def _readout_start(self, controls: dict[str, np.ndarray], shifts: dict) -> tuple[np.ndarray, ...] | None:
+        """(axes, slopes, anchors) for CVAEModule.init_from_data; None with fewer than 2 context profiles.
+
+        axes: the top `rank` principal axes (unit rows) of the training contexts' control profiles, the fixed
+        directions the response reads a context's profile along. slopes, anchors: for each single perturbation
+        gene seen in at least 3 contexts, the ridge slope of its shifts on those contexts' scores along axes[0]
+        (penalty readout_penalty x the centred scores' mean square, as Linear's low-rank ridge) and the scores'
+        mean; zero (and the loading starts at zero) otherwise.
+        """
+        if self.rank < 1 or len(controls) < 2:
+            return None
+        axes = pca_basis(np.array(list(controls.values())), self.rank)[1]
+        if len(axes) == 0:  # identical control profiles: nothing to read
+            return None
+        axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+        slopes = np.zeros((len(self.perturbation_genes_), axes.shape[1]), dtype=np.float32)
+        anchors = np.zeros(len(self.perturbation_genes_), dtype=np.float32)
+        for i, gene in enumerate(self.perturbation_genes_):
+            seen = [(controls[t], d) for (t, label), d in shifts.items() if label == gene]
+            if len(seen) < 3:
+                continue
+            scores = np.array([c @ axes[0] for c, _ in seen])
+            centred, d = scores - scores.mean(), np.array([d for _, d in seen])
+            sum_sq = float(centred @ centred)
+            if sum_sq > 0:
+                slopes[i] = (
+                    centred @ (d - d.mean(axis=0)) / (sum_sq * (1.0 + self.readout_penalty / len(seen)))
+                )
+                anchors[i] = scores.mean()
+        return axes.astype(np.float32), slopes, anchors
 
     def _epoch_beta(self, epoch: int) -> float:
         """Linear KL warm-up from beta / warmup to beta over the first kl_warmup_epochs epochs."""

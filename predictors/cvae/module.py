@@ -210,13 +210,18 @@ class ResponseDecoder(nn.Module):
 
     f(z, c) = m + sum_p c_p r_p(m, k), with m = V MLP(z, context) + bias the unperturbed profile (log-normalized
     mean, or NB logits) and k the pseudobulk control profile of the cell's context on the same scale. Each single
-    perturbation p responds with r_p = a_p + b_p * (m - mu) + U_p W_p^T (k - mu) (mu = training mean): a per-gene
-    offset, a per-gene gain on the cell's own centred profile (within-context heterogeneity) and a rank-r
-    read-out of its context's centred control profile (how the response changes across contexts, the cell-level
-    analogue of regressing a context's shift on its control profile). Combinations add their singles'
-    responses. The context enters only through profiles, never through its one-hot, so the response transfers
-    to a context whose perturbed cells were never seen. Reading the read-out from k instead of m measured best
-    on kang2018 (issue #3's notes have the comparison). Gain and read-out start at zero.
+    perturbation p responds with r_p = a_p + b_p * (m - mu) + U_p A (k - mu) (mu = training mean): a per-gene
+    offset, a per-gene gain on the cell's own centred profile (within-context heterogeneity) and a read-out of
+    its context's centred control profile along `rank` fixed axes A (how the response changes across contexts,
+    the cell-level analogue of regressing a context's shift on its control profile), with learned per-gene
+    loadings U_p. Combinations add their singles' responses. The context enters only through profiles, never
+    through its one-hot, so the response transfers to a context whose perturbed cells were never seen.
+
+    The axes are a buffer, not trained: the model sets them to the top principal axes of the training contexts'
+    control profiles (CVAEModule.init_from_data). A data set has only a handful of contexts, and a learned axis
+    can separate them in any direction, so what it predicts for a new context was erratic (issue #3's note has
+    the measurements). Without that start they are random unit directions (e.g. one context: k is constant).
+    Gain and loadings start at zero.
     """
 
     def __init__(
@@ -227,7 +232,7 @@ class ResponseDecoder(nn.Module):
         n_hidden: int,
         n_layers: int,
         n_genes: int,
-        rank: int = 4,
+        rank: int = 1,
         gain: bool = True,
     ) -> None:
         super().__init__()
@@ -237,18 +242,17 @@ class ResponseDecoder(nn.Module):
         self.register_buffer("center", torch.zeros(n_genes))
         self.offset = nn.Parameter(torch.zeros(n_pert, n_genes))
         self.gain = nn.Parameter(torch.zeros(n_pert, n_genes))
-        # W: profile -> r scores per perturbation; U: scores -> genes, starts at zero.
-        self.project = nn.Parameter(torch.randn(n_pert, rank, n_genes) * n_genes**-0.5)
-        self.expand = nn.Parameter(torch.zeros(n_pert, n_genes, rank))
+        self.register_buffer("axes", F.normalize(torch.randn(rank, n_genes), dim=1))
+        self.loadings = nn.Parameter(torch.zeros(n_pert, n_genes, rank))
 
     def responses(self, profiles: torch.Tensor) -> torch.Tensor:
         """(k, genes) context control profiles -> (k, perturbations, genes): each response's part that does not
-        depend on the cell, a_p - b_p * mu + U_p W_p^T (k - mu)."""
+        depend on the cell, a_p - b_p * mu + U_p A (k - mu)."""
         out = self.offset - self.gain * self.center if self.use_gain else self.offset
         out = out.expand(len(profiles), -1, -1)
         if self.rank > 0:
-            scores = torch.einsum("prg,kg->kpr", self.project, profiles - self.center)
-            out = out + torch.einsum("pgr,kpr->kpg", self.expand, scores)
+            scores = (profiles - self.center) @ self.axes.T
+            out = out + torch.einsum("pgr,kr->kpg", self.loadings, scores)
         return out
 
     def forward(
@@ -296,7 +300,7 @@ class CVAEModule(nn.Module):
         decoder: str = "response",
         dropout: float = 0.0,
         min_sigma: float = 0.1,
-        rank: int = 4,
+        rank: int = 1,
         gain: bool = True,
     ) -> None:
         super().__init__()
@@ -316,7 +320,11 @@ class CVAEModule(nn.Module):
 
     @torch.no_grad()
     def init_from_data(
-        self, mean: torch.Tensor, std: torch.Tensor, shifts: torch.Tensor | None = None
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        shifts: torch.Tensor | None = None,
+        readout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Start the decoder at the data's per-gene moments, which saves many epochs of fitting offsets.
 
@@ -325,6 +333,10 @@ class CVAEModule(nn.Module):
         genes x genes, on the decoder's output scale) start the response decoder's offsets at each
         perturbation's mean shift (the caller's estimate; the CVAE's is averaged over contexts): Adam moves a parameter by about lr per step, so a zero start needs
         hundreds of steps to reach a shift of a few log units, and early stopping can end training first.
+        readout = (axes, slopes, anchors) (up to rank x genes; perturbations x genes; one per perturbation) sets
+        the response decoder's read-out axes and starts the loadings on axes[0] at a regression of each shift on
+        the context's control profile k along that axis, for the same reason: p's response in context k starts
+        at shifts_p + slopes_p * (axes[0] . k - anchors_p).
         """
         if self.likelihood == "nb":
             self.decoder.out.bias.copy_(torch.log(mean / mean.sum().clamp_min(_EPS) + _EPS))
@@ -337,6 +349,12 @@ class CVAEModule(nn.Module):
             self.decoder.center.copy_(self.decoder.out.bias)
             if shifts is not None:
                 self.decoder.offset.copy_(shifts)
+            if readout is not None and self.decoder.rank > 0:
+                axes, slopes, anchors = readout
+                self.decoder.axes[: len(axes)] = axes[: self.decoder.rank]
+                self.decoder.loadings[:, :, 0] = slopes
+                # the decoder reads axes . (k - center): the constant part goes into the offsets
+                self.decoder.offset += slopes * (axes[0] @ self.decoder.center - anchors)[:, None]
 
     def sigma(self) -> torch.Tensor:
         """Per-gene Gaussian standard deviation (floored at min_sigma)."""
