@@ -336,8 +336,9 @@ class CVAEPredictor(Predictor):
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
         mean, std = _gene_moments(data.x[fit_idx])
+        fit_lognorm = data.x[fit_idx] if self.likelihood_ == "gaussian" else task.lognorm(train[fit_idx])
         table, shifts, readout = self._pseudobulk_start(
-            data.x[fit_idx], perts[fit_idx], contexts[fit_idx], task
+            data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
         )
         self.module_.init_from_data(
             torch.from_numpy(mean),
@@ -358,20 +359,26 @@ class CVAEPredictor(Predictor):
             return np.log((sums + 0.5) / np.maximum(sums.sum(axis=1, keepdims=True), 1.0))
         return sums / sizes[:, None]
 
-    def _pseudobulk_start(self, x, perts: np.ndarray, contexts: np.ndarray, task: Task):
+    def _pseudobulk_start(self, x, lognorm, perts: np.ndarray, contexts: np.ndarray, task: Task):
         """The context control profiles the response reads (contexts_ order), each single perturbation gene's
-        mean shift its offset starts at (perturbation_genes_ order), on the decoder's output scale, and the
-        read-out's axes and starting loadings (see _readout_start).
+        mean shift its offset starts at (perturbation_genes_ order) and the read-out's axes and starting
+        loadings (see _readout_start).
 
-        A shift is taken against the controls of the same context and averaged with equal weight over the gene's
-        contexts (the mean_shift baseline's estimate; pooling cells across contexts would add the contexts' own
-        differences to it); zero for a gene seen only in combinations. A context without training controls
-        reads the profile of all training cells.
+        Shifts are on the decoder's output scale (from x, the training data); a context's profile is the mean
+        log-normalized profile of its control cells (from lognorm, the same cells log-normalized; for Gaussian
+        data x itself), on either likelihood: log pseudobulk fractions of counts would let the genes with few
+        counts, whose logs are mostly noise, dominate the profiles' principal axes. A shift is taken against the
+        controls of the same context and averaged with equal weight over the gene's contexts (the mean_shift
+        baseline's estimate; pooling cells across contexts would add the contexts' own differences to it); zero
+        for a gene seen only in combinations. A context without training controls reads the mean profile of all
+        training cells.
         """
         groups, sums, sizes = group_sums(x, contexts, perts)
-        profiles = self._decoder_scale(sums, sizes)
-        controls, shifts = split_controls({g: profiles[i] for i, g in enumerate(groups)}, task)
-        overall = self._decoder_scale(sums.sum(axis=0, keepdims=True), sizes.sum(keepdims=True))[0]
+        _, shifts = split_controls(dict(zip(groups, self._decoder_scale(sums, sizes), strict=True)), task)
+        if lognorm is not x:  # same cells, same groups in the same order
+            sums = group_sums(lognorm, contexts, perts)[1]
+        controls, _ = split_controls(dict(zip(groups, sums / sizes[:, None], strict=True)), task)
+        overall = sums.sum(axis=0) / sizes.sum()
         table = np.array([controls.get(c, overall) for c in self.contexts_], dtype=np.float32)
         starts = np.zeros((len(self.perturbation_genes_), x.shape[1]), dtype=np.float32)
         for i, gene in enumerate(self.perturbation_genes_):
@@ -543,9 +550,9 @@ class CVAEPredictor(Predictor):
         module = self.module_
         module.eval()
         # The response reads the target context's control profile, taken from the given control cells.
-        sums = np.asarray(x.sum(axis=0), dtype=np.float64).reshape(1, -1)
-        table = torch.from_numpy(self._decoder_scale(sums, np.array([float(n)])).astype(np.float32))
-        table = table.to(self.device_)
+        lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
+        profile = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / n
+        table = torch.from_numpy(profile.astype(np.float32)).to(self.device_)
         out = np.empty((n, len(self.var_names_)), dtype=np.float32)
         with torch.no_grad(), _torch_threads(self._n_threads()):
             for batch in np.array_split(np.arange(n), max(1, math.ceil(n / 1024))):

@@ -209,7 +209,7 @@ class ResponseDecoder(nn.Module):
     """The cell's unperturbed profile plus a response that reads the cell and its context's control profile.
 
     f(z, c) = m + sum_p c_p r_p(m, k), with m = V MLP(z, context) + bias the unperturbed profile (log-normalized
-    mean, or NB logits) and k the pseudobulk control profile of the cell's context on the same scale. Each single
+    mean, or NB logits) and k the mean log-normalized profile of the control cells of the cell's context. Each single
     perturbation p responds with r_p = a_p + b_p * (m - mu) + U_p A (k - mu) (mu = training mean): a per-gene
     offset, a per-gene gain on the cell's own centred profile (within-context heterogeneity) and a read-out of
     its context's centred control profile along `rank` fixed axes A (how the response changes across contexts,
