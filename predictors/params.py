@@ -69,7 +69,7 @@ def check_bool(name: str, value: Any) -> None:
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
     """One of a fixed set of values."""
     choices = tuple(choices)
-    if not any(value == c and type(value) is type(c) for c in choices):
+    if not any(isinstance(value, type(c)) and value == c for c in choices):
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
