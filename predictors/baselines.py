@@ -1,10 +1,13 @@
-"""Simple, honest baselines: no change, mean shift, additive combinations and a cross-validated linear model.
+"""Simple, honest baselines: no change, mean shift, additive combinations and a multi-family linear selector.
 
 All but NoChange learn the same pseudobulk state in `fit`: the mean log-normalized profile of the control cells
 of every training context t, and the shift d[t, p] = mean(cells of (t, p)) - mean(control cells of t) of every
 (t, p) group that has both perturbed and control cells in training. Predictions are the given control cells
 plus a predicted shift, so the predicted pseudobulk change is exactly that shift. Values are not clipped at 0:
 clipping would bias the predicted means, which is what these baselines get right.
+
+The plain ridge baseline `linear` lives in predictors/linear.py; LinearCV here (`linear_cv`) chooses among 41
+closed-form ridge models of several families by cross-validation on the training pseudobulks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from threadpoolctl import threadpool_limits
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.task import Task, dense
+from predictors.params import ValidatedParams, check_float, check_int, check_int_grid, check_positive_grid
 
 Group = tuple[str, str]  # (context, perturbation)
 
@@ -162,13 +166,13 @@ class Additive(_ShiftBaseline):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Linear: closed-form ridge models on pseudobulks, and their cross-validation
+# LinearCV: closed-form ridge models of several families on pseudobulks, and their cross-validation
 # ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One model of Linear's CV grid: a family, its ridge penalties and its rank (None: full rank)."""
+    """One model of LinearCV's CV grid: a family, its ridge penalties and its rank (None: full rank)."""
 
     family: str  # "mean_shift", "per_gene", "low_rank", "two_way" (context transfer) or "multi_hot" (combinations)
     penalty: float = np.inf  # on the slopes / kernel weights / perturbation effects / multi-hot coefficients
@@ -360,9 +364,9 @@ def mean_errors(cands: list[Candidate], errors: np.ndarray) -> dict[str, float]:
     )
 
 
-class Linear(_ShiftBaseline):
-    """Cross-validated closed-form ridge models of the training pseudobulk shifts (in the spirit of Ahlmann-Eltze
-    et al. 2025); which model applies depends on the target (t*, p).
+class LinearCV(ValidatedParams, _ShiftBaseline):
+    """Cross-validated choice among closed-form ridge models of the training pseudobulk shifts (in the spirit of
+    Ahlmann-Eltze et al. 2025); which model applies depends on the target (t*, p).
 
     Context transfer (p seen in training contexts T_p, predicted in context t* from t*'s control cells): the shift
     is predicted by one of
@@ -386,6 +390,10 @@ class Linear(_ShiftBaseline):
     least mean squared error in leave-one-label-out CV over the training combinations whose genes stay seen
     without them (over all such labels if fewer than 2 combinations qualify; with fewer than 2 folds, penalty 0.1
     at full rank, which is close to additive). NotApplicable when a gene of p was never seen in training.
+
+    After fit, `selection_` records both choices (chosen candidate, every candidate's mean CV error, the folds)
+    as a JSON-serializable dict. random_state seeds the subsample of transfer folds when there are more than
+    max_cv_folds (the only randomness; with fewer folds the fit does not depend on it).
     """
 
     def __init__(
@@ -394,22 +402,27 @@ class Linear(_ShiftBaseline):
         ranks: tuple[int, ...] = (1, 2, 4, 8),
         min_cv_gain: float = 0.1,
         max_cv_folds: int = 200,
-        seed: int = 0,
+        random_state: int = 0,
     ):
         self.penalties = penalties
         self.ranks = ranks
         self.min_cv_gain = min_cv_gain
         self.max_cv_folds = max_cv_folds
-        self.seed = seed
+        self.random_state = random_state
+        self._validate()
+
+    def _validate(self) -> None:
+        """Penalties finite and > 0 (the mean_shift limit is always a candidate), ranks >= 1, and so on."""
+        check_positive_grid("penalties", self.penalties)
+        check_int_grid("ranks", self.ranks, 1)
+        check_float("min_cv_gain", self.min_cv_gain, 0.0)
+        check_int("max_cv_folds", self.max_cv_folds, 1)
+        check_int("random_state", self.random_state, 0)
 
     # -- fit ------------------------------------------------------------------------------------------------
 
-    def fit(self, train: AnnData, task: Task) -> Linear:
+    def fit(self, train: AnnData, task: Task) -> LinearCV:
         """Learn the pseudobulk state, choose the transfer and multi-hot models by CV, and fit the chosen ones."""
-        if not self.penalties or any(not 0 < p < np.inf for p in self.penalties):
-            raise ValueError(
-                "Linear penalties must be finite and > 0 (the mean_shift limit is always a candidate)"
-            )
         super().fit(train, task)
         self.basis_ = pca_basis(self._pseudobulks(), self._max_rank())
         with threadpool_limits(limits=1, user_api="blas"):  # many tiny solves: threads only add overhead
@@ -420,6 +433,20 @@ class Linear(_ShiftBaseline):
             self.two_way_ = TwoWayRidge.fit(*self._shift_table(), self.transfer_model_)
         labels, shifts = self._label_shifts()
         self.combo_ridge_ = MultiHotRidge.fit(labels, shifts, self.combo_model_) if labels else None
+        self.selection_ = {
+            "transfer": {
+                "protocol": "leave-one-training-group-out",
+                "chosen": str(self.transfer_model_),
+                "cv_error": self.transfer_cv_,
+                "folds": [list(g) for g in self._transfer_folds()],
+            },
+            "combination": {
+                "protocol": "leave-one-training-label-out",
+                "chosen": str(self.combo_model_),
+                "cv_error": self.combo_cv_,
+                "folds": self._combo_folds() if self.combo_cv_ else [],
+            },
+        }
         return self
 
     def _max_rank(self) -> int:
@@ -454,7 +481,9 @@ class Linear(_ShiftBaseline):
         """Training groups whose perturbation has another training context (at most max_cv_folds, seeded)."""
         folds = [(t, p) for (t, p) in sorted(self.shifts_) if len(self._contexts_seen(p)) >= 2]
         if len(folds) > self.max_cv_folds:
-            keep = np.random.default_rng(self.seed).choice(len(folds), self.max_cv_folds, replace=False)
+            keep = np.random.default_rng(self.random_state).choice(
+                len(folds), self.max_cv_folds, replace=False
+            )
             folds = [folds[i] for i in sorted(keep)]
         return folds
 

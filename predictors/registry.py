@@ -35,10 +35,21 @@ BUILTINS: dict[str, PredictorSpec] = {
         "predictors.baselines:Additive", {}, "control + sum of the single shifts (combos)"
     ),
     "linear": PredictorSpec(
-        "predictors.baselines:Linear", {}, "cross-validated ridge on training pseudobulks"
+        "predictors.linear:Linear", {}, "ridge on training pseudobulks, CV-chosen penalty"
     ),
+    "linear_cv": PredictorSpec("predictors.baselines:LinearCV", {}, "CV choice among 41 ridge models"),
     "cvae_modeA": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)"),
     "cvae_modeB": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells"),
+    "cvae_mlp_modeA": PredictorSpec(
+        "predictors.cvae:CVAEPredictor",
+        {"mode": "A", "decoder": "mlp"},
+        "plain CVAE (MLP decoder), z ~ N(0, I)",
+    ),
+    "cvae_mlp_modeB": PredictorSpec(
+        "predictors.cvae:CVAEPredictor",
+        {"mode": "B", "decoder": "mlp"},
+        "plain CVAE (MLP decoder), encode controls",
+    ),
 }
 
 
@@ -89,5 +100,12 @@ def make_predictor(name: str, **overrides: Any) -> tuple[str, Predictor]:
         raise PertbenchError(f"unknown predictor {name!r}; known predictors: {known} (or give module:Class)")
     try:
         return name, cls(**params)
-    except TypeError as exc:
-        raise PertbenchError(f"cannot build predictor {name!r} with parameters {params}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # an unknown parameter, or a value out of its range
+        raise PertbenchError(
+            f"cannot build predictor {name!r} with parameters {params}: {_one_line(exc)}"
+        ) from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """The exception's message on one line (a TypeError about an unknown keyword names the parameter)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

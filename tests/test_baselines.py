@@ -3,6 +3,8 @@ output alignment, and the linear model's planted-relation, strong-penalty and pu
 
 from __future__ import annotations
 
+import json
+
 import anndata
 import numpy as np
 import pandas as pd
@@ -15,12 +17,13 @@ from predictors.baselines import (
     MULTI_HOT_DEFAULT,
     Additive,
     Candidate,
-    Linear,
+    LinearCV,
     MeanShift,
     NoChange,
     pca_basis,
     transfer_shift,
 )
+from predictors.linear import Linear, ridge_multi_hot, ridge_transfer
 from predictors.registry import make_predictor
 
 TASK = Task(perturbation_key="condition", control_label="control", context_key="cell_type")
@@ -122,7 +125,7 @@ def test_unknown_control_gene_is_an_error():
 
 def test_predict_before_fit_is_an_error():
     adata = make_adata(CELLS)
-    for model in (NoChange(), MeanShift(), Additive(), Linear()):
+    for model in (NoChange(), MeanShift(), Additive(), Linear(), LinearCV()):
         with pytest.raises(RuntimeError, match="fitted"):
             model.predict(control_of(adata, "t3"), "P", "t3")
 
@@ -172,7 +175,7 @@ def test_count_data_is_predicted_on_the_lognorm_scale():
     np.testing.assert_allclose(values(pred), np.log1p([[5000.0, 5000.0]] * 2) + expected_shift, rtol=1e-5)
 
 
-# --- Linear: context transfer -----------------------------------------------------------------------------
+# --- LinearCV (linear_cv): context transfer ---------------------------------------------------------------
 
 
 def planted_contexts(slope_scale: float, n_contexts=10, n_genes=40, seed=0):
@@ -204,20 +207,20 @@ def predicted_shift(model, train, control, perturbation: str, context: str) -> n
     return values(pred).mean(axis=0) - values(control).mean(axis=0)
 
 
-def test_linear_recovers_a_planted_control_to_shift_relation():
+def test_linear_cv_recovers_a_planted_control_to_shift_relation():
     adata, shift = planted_contexts(slope_scale=1.0)
     train, control = held_out(adata, "t0", "P")
-    linear = Linear()
+    linear = LinearCV()
     linear_err = np.mean((predicted_shift(linear, train, control, "P", "t0") - shift[0]) ** 2)
     mean_err = np.mean((predicted_shift(MeanShift(), train, control, "P", "t0") - shift[0]) ** 2)
     assert linear.transfer_model_.family != "mean_shift"
     assert linear_err < 0.1 * mean_err
 
 
-def test_linear_equals_mean_shift_in_the_strong_penalty_limit():
+def test_linear_cv_equals_mean_shift_in_the_strong_penalty_limit():
     adata, _ = planted_contexts(slope_scale=1.0)
     train, control = held_out(adata, "t0", "P")
-    strong = predicted_shift(Linear(penalties=(1e9,)), train, control, "P", "t0")
+    strong = predicted_shift(LinearCV(penalties=(1e9,)), train, control, "P", "t0")
     mean = predicted_shift(MeanShift(), train, control, "P", "t0")
     np.testing.assert_allclose(strong, mean, atol=1e-4)
 
@@ -237,7 +240,7 @@ def test_each_transfer_ridge_tends_to_the_mean_shift(family):
 def test_linear_cv_picks_mean_shift_on_pure_noise(seed):
     adata, _ = planted_contexts(slope_scale=0.0, seed=seed)
     train, control = held_out(adata, "t0", "P")
-    linear = Linear().fit(train, TASK)
+    linear = LinearCV().fit(train, TASK)
     assert linear.transfer_model_.family == "mean_shift"
     np.testing.assert_allclose(
         values(linear.predict(control, "P", "t0")),
@@ -245,15 +248,15 @@ def test_linear_cv_picks_mean_shift_on_pure_noise(seed):
     )
 
 
-def test_linear_falls_back_to_mean_shift_with_too_few_contexts():
+def test_linear_cv_falls_back_to_mean_shift_with_too_few_contexts():
     adata = make_adata(CELLS)  # P seen in two contexts: a single CV fold would be uninformative
-    linear = Linear().fit(adata, TASK)
+    linear = LinearCV().fit(adata, TASK)
     assert linear.transfer_model_.family == "mean_shift"
     pred = linear.predict(control_of(adata, "t3"), "P", "t3")
     np.testing.assert_allclose(values(pred), np.array(T3_CONTROL) + np.array(P_MEAN_SHIFT), atol=1e-6)
 
 
-def test_linear_learns_a_contexts_systematic_shift_from_its_other_perturbations():
+def test_linear_cv_learns_a_contexts_systematic_shift_from_its_other_perturbations():
     # Every perturbation in context t shifts by the same context effect gamma_t (plus small noise): the held-out
     # (t0, Q0) is predicted from t0's other perturbations; mean_shift only sees Q0 in the other contexts.
     rng = np.random.default_rng(0)
@@ -265,14 +268,14 @@ def test_linear_learns_a_contexts_systematic_shift_from_its_other_perturbations(
             profile = 1.0 + gamma[t] + rng.normal(0, 0.05, size=20)
             cells += [(f"t{t}", f"Q{q}", list(profile))]
     train, control = held_out(make_adata(cells), "t0", "Q0")
-    linear = Linear()
+    linear = LinearCV()
     linear_err = np.mean((predicted_shift(linear, train, control, "Q0", "t0") - gamma[0]) ** 2)
     mean_err = np.mean((predicted_shift(MeanShift(), train, control, "Q0", "t0") - gamma[0]) ** 2)
     assert linear.transfer_model_.family == "two_way"
     assert linear_err < 0.05 * mean_err
 
 
-# --- Linear: combinations ---------------------------------------------------------------------------------
+# --- LinearCV (linear_cv): combinations -------------------------------------------------------------------
 
 
 def additive_world(labels: list[str], effects: dict[str, list[float]]):
@@ -287,36 +290,36 @@ def additive_world(labels: list[str], effects: dict[str, list[float]]):
 EFFECTS = {"A": [1.0, 0, 0], "B": [0, 1.0, 0], "C": [0, 0, 1.0], "D": [0.5, -0.5, 0]}
 
 
-def test_linear_predicts_a_combination_whose_single_is_missing():
+def test_linear_cv_predicts_a_combination_whose_single_is_missing():
     adata = additive_world(["A", "B", "A+C"], EFFECTS)  # C only inside A+C: additive cannot predict B+C
     control = control_of(adata, "k")
     with pytest.raises(NotApplicable):
         Additive().fit(adata, TASK).predict(control, "B+C", "k")
-    linear = Linear()
+    linear = LinearCV()
     shift = predicted_shift(linear, adata, control, "B+C", "k")
     assert linear.combo_model_ == MULTI_HOT_DEFAULT  # one CV fold only (A, from A+C): the documented default
     np.testing.assert_allclose(shift, [0, 1, 1], atol=0.2)  # B + C; exact as the penalty -> 0
 
 
-def test_linear_matches_additive_truth_on_combinations():
+def test_linear_cv_matches_additive_truth_on_combinations():
     adata = additive_world(["A", "B", "C", "D", "A+C", "B+C", "C+D", "A+D"], EFFECTS)
     control = control_of(adata, "k")
-    linear = Linear()
+    linear = LinearCV()
     shift = predicted_shift(linear, adata, control, "A+B", "k")
     assert linear.combo_model_.family == "multi_hot" and linear.combo_cv_
     np.testing.assert_allclose(shift, [1, 1, 0], atol=0.05)
 
 
-def test_linear_not_applicable_for_an_unseen_gene():
+def test_linear_cv_not_applicable_for_an_unseen_gene():
     adata = additive_world(["A", "B", "A+C"], EFFECTS)
     with pytest.raises(NotApplicable, match="never seen"):
-        Linear().fit(adata, TASK).predict(control_of(adata, "k"), "A+Z", "k")
+        LinearCV().fit(adata, TASK).predict(control_of(adata, "k"), "A+Z", "k")
 
 
-def test_linear_output_follows_the_control_gene_order():
+def test_linear_cv_output_follows_the_control_gene_order():
     adata = additive_world(["A", "B", "A+C"], EFFECTS)
     control = control_of(adata, "k")[:, ["g1", "g2", "g0"]].copy()
-    pred = Linear().fit(adata, TASK).predict(control, "A", "k")
+    pred = LinearCV().fit(adata, TASK).predict(control, "A", "k")
     assert list(pred.var_names) == ["g1", "g2", "g0"] and pred.shape == control.shape
     np.testing.assert_allclose(values(pred), [[1, 1, 2]] * 2, atol=1e-6)  # A's own shift [1, 0, 0], reordered
 
@@ -327,7 +330,125 @@ def test_registry_builds_the_baselines():
         ("mean_shift", MeanShift),
         ("additive", Additive),
         ("linear", Linear),
+        ("linear_cv", LinearCV),
     ]:
         _, model = make_predictor(name)
         assert type(model) is cls
-    assert Linear(penalties=(1.0,)).get_params()["penalties"] == (1.0,)
+    assert LinearCV(penalties=(1.0,)).get_params()["penalties"] == (1.0,)
+
+
+# --- Linear (linear): one ridge family, the penalty chosen by leave-one-training-context-out CV ------------------
+
+
+def profile_driven_contexts(n_contexts=8, n_genes=30, seed=0):
+    """Contexts whose control profiles vary along one direction u (score s_t), and P's shift = a + s_t v: a relation
+    that the ridge of the shift on the control profile can represent. Two cells per group, profile +- 0.05."""
+    rng = np.random.default_rng(seed)
+    u, v, a = rng.normal(0, 1, n_genes), rng.normal(0, 1, n_genes), rng.normal(0, 0.5, n_genes)
+    scores = rng.normal(0, 1, n_contexts)
+    control = 2.0 + np.outer(scores, u) + rng.normal(0, 0.02, (n_contexts, n_genes))
+    shift = a + np.outer(scores, v)
+    cells = []
+    for t in range(n_contexts):
+        for label, profile in (("control", control[t]), ("P", control[t] + shift[t])):
+            cells += [(f"t{t}", label, list(profile + 0.05)), (f"t{t}", label, list(profile - 0.05))]
+    return make_adata(cells), shift
+
+
+def test_ridge_transfer_spans_mean_shift_to_interpolation():
+    rng = np.random.default_rng(0)
+    c, d, c_new = rng.uniform(0, 3, (5, 6)), rng.normal(0, 1, (5, 6)), rng.uniform(0, 3, 6)
+    np.testing.assert_allclose(ridge_transfer(c, d, c_new, np.inf), d.mean(axis=0))
+    np.testing.assert_allclose(ridge_transfer(c, d, c_new, 1e9), d.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(
+        ridge_transfer(c, d, c[2], 1e-9), d[2], atol=1e-4
+    )  # a training context, no penalty
+    np.testing.assert_allclose(ridge_transfer(c[:1], d[:1], c_new, 0.1), d[0])  # one context: its shift
+
+
+def test_linear_recovers_a_shift_driven_by_the_control_profile():
+    adata, shift = profile_driven_contexts()
+    train, control = held_out(adata, "t0", "P")
+    linear = Linear()
+    linear_err = np.mean((predicted_shift(linear, train, control, "P", "t0") - shift[0]) ** 2)
+    mean_err = np.mean((predicted_shift(MeanShift(), train, control, "P", "t0") - shift[0]) ** 2)
+    assert linear.transfer_penalty_ < 1.0
+    assert linear_err < 0.05 * mean_err
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_linear_on_pure_noise_chooses_the_mean_shift_limit(seed):
+    # Shifts independent of the control profiles: the CV error is least at the infinite penalty (the mean shift).
+    adata, _ = planted_contexts(slope_scale=0.0, seed=seed)
+    train, control = held_out(adata, "t0", "P")
+    linear = Linear().fit(train, TASK)
+    assert linear.selection_["transfer"]["chosen"] == "penalty=inf"
+    np.testing.assert_allclose(
+        values(linear.predict(control, "P", "t0")),
+        values(MeanShift().fit(train, TASK).predict(control, "P", "t0")),
+        atol=1e-5,
+    )
+
+
+def test_linear_selection_records_the_cv_on_training_contexts_only():
+    adata, _ = profile_driven_contexts()
+    train, _ = held_out(adata, "t0", "P")
+    linear = Linear(penalties=(0.1, 10.0)).fit(train, TASK)
+    record = linear.selection_["transfer"]
+    assert json.loads(json.dumps(linear.selection_)) == linear.selection_
+    assert record["protocol"] == "leave-one-training-context-out"
+    assert set(record["cv_error"]) == {"penalty=inf", "penalty=10", "penalty=0.1"}
+    assert min(record["cv_error"], key=record["cv_error"].get) == record["chosen"]
+    # t0's P cells are the test target: t0 has no training shift, so it is never a fold
+    assert record["folds"] == [f"t{t}" for t in range(1, 8)]
+    assert linear.selection_["combination"]["folds"] == []
+
+
+def test_linear_with_too_few_contexts_is_the_mean_shift():
+    adata = make_adata(CELLS)  # P seen in two contexts: no fold keeps 2 other contexts
+    linear = Linear().fit(adata, TASK)
+    assert linear.selection_["transfer"] == {
+        "protocol": "leave-one-training-context-out",
+        "chosen": "penalty=inf",
+        "cv_error": {},
+        "folds": [],
+    }
+    pred = linear.predict(control_of(adata, "t3"), "P", "t3")
+    np.testing.assert_allclose(values(pred), np.array(T3_CONTROL) + np.array(P_MEAN_SHIFT), atol=1e-6)
+
+
+def test_linear_matches_additive_truth_on_combinations_with_leave_one_combination_out():
+    adata = additive_world(["A", "B", "C", "D", "A+C", "B+C", "C+D", "A+D"], EFFECTS)
+    control = control_of(adata, "k")
+    linear = Linear()
+    shift = predicted_shift(linear, adata, control, "A+B", "k")
+    record = linear.selection_["combination"]
+    assert record["folds"] == ["A+C", "A+D", "B+C", "C+D"]  # combinations only
+    assert record["chosen"] == "penalty=0.01"  # exact additivity: the weakest penalty predicts best
+    np.testing.assert_allclose(shift, [1, 1, 0], atol=0.05)
+
+
+def test_linear_predicts_a_combination_whose_single_is_missing_and_declines_an_unseen_gene():
+    adata = additive_world(["A", "B", "A+C"], EFFECTS)  # C only inside A+C
+    control = control_of(adata, "k")
+    linear = Linear()
+    np.testing.assert_allclose(predicted_shift(linear, adata, control, "B+C", "k"), [0, 1, 1], atol=0.1)
+    assert linear.selection_["combination"]["chosen"] == "penalty=0.01"  # no fold: the grid's smallest
+    with pytest.raises(NotApplicable, match="never seen"):
+        linear.predict(control, "A+Z", "k")
+
+
+def test_ridge_multi_hot_tends_to_the_mean_shift_and_to_additive():
+    labels, shifts = [["A"], ["B"], ["A", "B"]], np.array([[1.0, 0], [0, 1.0], [1.0, 1.0]])
+    np.testing.assert_allclose(ridge_multi_hot(labels, shifts, ["A", "B"], np.inf), shifts.mean(axis=0))
+    np.testing.assert_allclose(ridge_multi_hot(labels, shifts, ["A", "B"], 1e-6), [1, 1], atol=1e-4)
+
+
+def test_linear_cv_records_its_selection():
+    adata, _ = planted_contexts(slope_scale=1.0)
+    train, _ = held_out(adata, "t0", "P")
+    linear = LinearCV().fit(train, TASK)
+    record = linear.selection_["transfer"]
+    assert json.loads(json.dumps(linear.selection_)) == linear.selection_
+    assert record["chosen"] == str(linear.transfer_model_) and len(record["cv_error"]) == 41
+    assert ["t0", "P"] not in record["folds"] and len(record["folds"]) == 9

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -14,6 +16,7 @@ from benchmark.synthetic import make_synthetic, true_lfc
 from benchmark.task import Task, dense, lognormalize, mean_profile
 from predictors.cvae import CVAEPredictor
 from predictors.cvae.module import (
+    MLPDecoder,
     ResponseDecoder,
     condition_mmd,
     gaussian_log_prob,
@@ -23,6 +26,7 @@ from predictors.cvae.module import (
     nb_quantile_transfer,
     sample_nb,
 )
+from predictors.registry import make_predictor
 
 COUNTS_TASK = Task("condition", "control", "cell_type", expression="counts")
 LOGNORM_TASK = Task("condition", "control", "cell_type", expression="lognorm")
@@ -200,7 +204,9 @@ def test_response_offsets_start_at_the_context_averaged_mean_shift_of_each_singl
     keep = ~((obs["condition"].astype(str) == "P0") & (obs["cell_type"].astype(str) == "C1"))
     data = synth[keep.to_numpy()]  # P0 is missing from C1, whose controls stay: pooling would be confounded
     lognorm = AnnData(X=lognormalize(data.X), obs=data.obs.copy(), var=data.var.copy())
-    model = CVAEPredictor(**{**SMALL, "max_epochs": 0, "val_fraction": 0.0}).fit(lognorm, LOGNORM_TASK)
+    # one epoch at a negligible learning rate: the decoder as initialised (max_epochs must be >= 1)
+    start = {**SMALL, "max_epochs": 1, "lr": 1e-12, "val_fraction": 0.0}
+    model = CVAEPredictor(**start).fit(lognorm, LOGNORM_TASK)
     labels = lognorm.obs["condition"].astype(str).to_numpy()
     contexts = lognorm.obs["cell_type"].astype(str).to_numpy()
     x = dense(lognorm.X)
@@ -223,7 +229,9 @@ def test_response_offsets_start_at_the_context_averaged_mean_shift_of_each_singl
             got = model.module_.decoder.responses(profiles)[:, model.perturbation_genes_.index(gene)]
         np.testing.assert_allclose(got.mean(dim=0).numpy(), expected, atol=1e-5)
     p0 = model.perturbation_genes_.index("P0")
-    assert not model.module_.decoder.loadings[p0].any()
+    assert (
+        model.module_.decoder.loadings[p0].abs().max() < 1e-9
+    )  # started at zero (moved by lr = 1e-12 at most)
 
 
 def test_combination_is_predicted_from_its_singles(synth: AnnData, fitted_nb: CVAEPredictor) -> None:
@@ -290,9 +298,9 @@ def test_counterfactual_returns_the_control_cells_when_the_response_is_zero(
     control = _controls(data, "C1")
     pred = model.predict(control, "P0", "C1")
     np.testing.assert_allclose(pred.X, dense(task.lognorm(control)), atol=1e-5)
-    model.set_params(mode="A", generate="counterfactual")
-    with pytest.raises(ValueError, match="mode B"):
-        model.predict(control, "P0", "C1")
+    with pytest.raises(ValueError, match="needs mode='B'"):  # rejected when set, before any prediction
+        model.set_params(mode="A", generate="counterfactual")
+    assert (model.mode, model.generate) == ("B", "auto")
 
 
 def test_mode_b_response_reads_the_given_control_cells_profile(synth: AnnData) -> None:
@@ -331,8 +339,8 @@ def test_readout_starts_at_the_pseudobulk_regression_along_the_controls_fixed_to
     slope = scores @ (shifts - shifts.mean(axis=0)) / (scores @ scores * 1.3)
     expected = shifts.mean(axis=0) + np.outer(scores, slope)  # P0's start in each context
 
-    # lr 0: every parameter stays at its start (val_fraction 0: the start uses all cells, as computed above)
-    start = CVAEPredictor(**{**SMALL, "max_epochs": 1, "lr": 0.0, "val_fraction": 0.0}).fit(
+    # lr 1e-12 (lr must be > 0): every parameter stays at its start (val_fraction 0: the start uses all cells)
+    start = CVAEPredictor(**{**SMALL, "max_epochs": 1, "lr": 1e-12, "val_fraction": 0.0}).fit(
         data, LOGNORM_TASK
     )
     decoder, p0 = start.module_.decoder, start.perturbation_genes_.index("P0")
@@ -440,3 +448,33 @@ def test_classic_mlp_decoder_and_no_mmd_also_train_and_predict(synth: AnnData) -
     control = _controls(synth, "C1")
     assert model.predict(control, "P0+P1", "C1").shape == control.shape
     assert all(h["mmd"] == 0.0 for h in model.history_)
+
+
+def test_registered_plain_cvae_uses_the_mlp_decoder_without_pseudobulk_starts(synth: AnnData) -> None:
+    _, model = make_predictor("cvae_mlp_modeB", **{**SMALL, "max_epochs": 2})
+    assert model.get_params()["decoder"] == "mlp" and model.mode == "B"
+    model.fit(_without(synth, "P0+P1"), COUNTS_TASK)
+    decoder = model.module_.decoder
+    assert isinstance(decoder, MLPDecoder)
+    assert not any(
+        name.startswith(("offset", "gain", "loadings", "axes")) for name, _ in decoder.named_parameters()
+    )
+    control = _controls(synth, "C1")
+    pred = model.predict(control, "P0+P1", "C1")
+    assert pred.shape == control.shape and np.isfinite(pred.X).all()
+    # Mode A and Mode B of the plain CVAE share one fit (same cache key), as the response-decoder pair does
+    assert (
+        make_predictor("cvae_mlp_modeA")[1].fit_params() == make_predictor("cvae_mlp_modeB")[1].fit_params()
+    )
+
+
+def test_max_steps_caps_the_epochs_by_optimizer_steps(synth: AnnData) -> None:
+    params = {**SMALL, "max_epochs": 50, "patience": 50, "kl_warmup_epochs": 1, "n_hidden": 16}
+    model = CVAEPredictor(**params, max_steps=15).fit(synth, COUNTS_TASK)
+    per_epoch = math.ceil((synth.n_obs - round(0.1 * synth.n_obs)) / params["batch_size"])  # 7 batches
+    assert 2 <= 15 // per_epoch < 50  # the budget allows a few whole epochs, not 50
+    assert model.train_stats_["epoch_budget"] == 15 // per_epoch == len(model.history_)
+    assert model.train_stats_["steps"] == len(model.history_) * per_epoch <= 15
+    assert CVAEPredictor(max_steps=None)._epoch_budget(10**6) == 300
+    assert CVAEPredictor(max_steps=1)._epoch_budget(10**6) == 1  # at least one epoch
+    assert CVAEPredictor()._epoch_budget(3400) == 300  # the default never binds on <= 3.4k cells

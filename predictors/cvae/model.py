@@ -25,6 +25,14 @@ from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.task import Task, lognormalize
 from predictors.baselines import group_sums, pca_basis, split_controls
 from predictors.cvae.module import CVAEModule, Likelihood, nb_quantile_transfer, sample_nb
+from predictors.params import (
+    ValidatedParams,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_optional_int,
+)
 
 _STATE_FILE = "cvae_state.json"
 _WEIGHTS_FILE = "cvae_weights.pt"
@@ -148,7 +156,23 @@ def _label_seed(random_state: int, *labels: str | None) -> int:
     return (int(random_state) * 1_000_003 + zlib.crc32(key.encode())) % (2**63 - 1)
 
 
-class CVAEPredictor(Predictor):
+def check_device(name: str, value: object) -> None:
+    """'auto', 'cpu', or (when torch sees a CUDA device) 'cuda' / 'cuda:<index>' of an existing device."""
+    allowed = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        allowed += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if isinstance(value, str) and value in allowed:
+        return
+    if torch.cuda.is_available():
+        why = f"{torch.cuda.device_count()} CUDA device(s) visible"
+    else:
+        why = (
+            "no CUDA device is visible" if torch.backends.cuda.is_built() else "this torch build has no CUDA"
+        )
+    raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))} ({why}), got {value!r}")
+
+
+class CVAEPredictor(ValidatedParams, Predictor):
     """Conditional VAE: z ~ q(z | x, c), x ~ p(x | z, c), c = multi-hot single perturbations (+ context).
 
     mode "A" decodes z ~ N(0, I) under the target condition; mode "B" encodes the control cells under
@@ -181,6 +205,15 @@ class CVAEPredictor(Predictor):
     and perturbed cells' z within each context: without it z encodes the condition (a linear probe separated
     them with 95-100% accuracy on kang2018) and decoding a control cell under the perturbation recovered only
     60-80% of the effect; with it the probe is near chance and the in-distribution effect is recovered (slope 1).
+
+    max_steps bounds training by optimizer steps (mini-batches): the epochs run are at most
+    max(1, max_steps // batches per epoch), so a fit's cost grows at most linearly with the number of cells
+    (early stopping may end it sooner). The default, 10,000, is about 2.8 times the most any visible dataset
+    can use (300 epochs x 12 batches of 256 for <= 3.4k cells, 10% held out), so it never binds there; at 50k
+    cells it allows about 56 epochs. Chosen from that arithmetic, not from any score.
+
+    Every hyperparameter is checked on construction and by set_params (ValueError naming the parameter and
+    what it accepts; see _validate).
     """
 
     cacheable = True
@@ -202,6 +235,7 @@ class CVAEPredictor(Predictor):
         kl_warmup_epochs: int = 10,
         dropout: float = 0.0,
         max_epochs: int = 300,
+        max_steps: int | None = 10_000,
         batch_size: int = 256,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
@@ -227,6 +261,7 @@ class CVAEPredictor(Predictor):
         self.kl_warmup_epochs = kl_warmup_epochs
         self.dropout = dropout
         self.max_epochs = max_epochs
+        self.max_steps = max_steps
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
@@ -236,6 +271,39 @@ class CVAEPredictor(Predictor):
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
+        self._validate()
+
+    def _validate(self) -> None:
+        """Raise ValueError (one line, naming the parameter and its allowed values) for the first bad one."""
+        check_choice("mode", self.mode, ("A", "B"))
+        check_choice("likelihood", self.likelihood, ("auto", "gaussian", "nb"))
+        check_int("n_latent", self.n_latent, 1)
+        check_int("n_hidden", self.n_hidden, 1)
+        check_int("n_layers", self.n_layers, 1)
+        check_bool("use_context", self.use_context)
+        check_choice("decoder", self.decoder, ("response", "mlp"))
+        check_int("rank", self.rank, 0)
+        check_bool("gain", self.gain)
+        check_float("readout_penalty", self.readout_penalty, 0.0)
+        check_float("beta", self.beta, 0.0)
+        check_float("mmd_weight", self.mmd_weight, 0.0)
+        check_int("kl_warmup_epochs", self.kl_warmup_epochs, 0)
+        check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_int("max_epochs", self.max_epochs, 1)
+        check_optional_int("max_steps", self.max_steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_float("lr", self.lr, 0.0, low_open=True)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        check_float("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        check_int("patience", self.patience, 0)
+        check_choice("generate", self.generate, ("auto", "counterfactual", "sample", "mean"))
+        if self.generate == "counterfactual" and self.mode == "A":
+            raise ValueError(
+                "generate='counterfactual' needs mode='B' (mode A has no real cell to start from)"
+            )
+        check_int("random_state", self.random_state, 0, 2**32 - 1)
+        check_device("device", self.device)
+        check_bool("verbose", self.verbose)
 
     # ---------------------------------------------------------------- configuration
 
@@ -470,6 +538,13 @@ class CVAEPredictor(Predictor):
             )
         return sums / len(order)
 
+    def _epoch_budget(self, n_train: int) -> int:
+        """Epochs allowed: max_epochs, capped by max_steps // (batches per epoch), at least 1."""
+        if self.max_steps is None:
+            return self.max_epochs
+        per_epoch = max(1, math.ceil(n_train / self.batch_size))
+        return min(self.max_epochs, max(1, self.max_steps // per_epoch))
+
     def _train(
         self, data: _TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
     ) -> None:
@@ -480,8 +555,9 @@ class CVAEPredictor(Predictor):
         self.history_: list[dict[str, float]] = []
         stopper = _EarlyStopping(self.patience, after=self.kl_warmup_epochs - 1)
         start = time.perf_counter()
-        progress = _Progress(self.verbose, self.max_epochs)
-        for epoch in range(self.max_epochs):
+        max_epochs = self._epoch_budget(len(train_idx))
+        progress = _Progress(self.verbose, max_epochs)
+        for epoch in range(max_epochs):
             beta = self._epoch_beta(epoch)
             train_loss, recon, kl, mmd = self._train_epoch(data, rng.permutation(train_idx), beta, opt, gen)
             val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
@@ -498,6 +574,8 @@ class CVAEPredictor(Predictor):
         flops = float(module.train_flops_per_cell()) * len(train_idx) * len(self.history_)
         self.train_stats_ = {
             "epochs": len(self.history_),
+            "epoch_budget": max_epochs,
+            "steps": len(self.history_) * max(1, math.ceil(len(train_idx) / self.batch_size)),
             "best_epoch": self.best_epoch_,
             "stopped_early": stopper.stopped,
             "train_seconds": wall,

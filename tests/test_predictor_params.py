@@ -1,0 +1,195 @@
+"""Every registered predictor checks every hyperparameter on construction and in set_params (one-line ValueError
+naming the parameter), get_params/set_params round-trip, and the run seed reaches every predictor that uses
+randomness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.errors import PertbenchError
+from benchmark.runner import _fresh
+from benchmark.synthetic import make_synthetic
+from benchmark.task import Task
+from predictors.baselines import LinearCV
+from predictors.cvae import CVAEPredictor
+from predictors.linear import Linear
+from predictors.registry import BUILTINS, load_class, make_predictor
+
+NAN, INF = math.nan, math.inf
+INTS_GE_1 = [0, -5, 2.5, 3.0, "4", True, None]
+INTS_GE_0 = [-1, 1.5, "2", True, None]
+NONNEG_FLOATS = [-0.1, NAN, INF, "1", True, None]
+BOOLS = ["false", "True", 0, 1, None]
+
+BAD: dict[type, dict[str, list]] = {
+    Linear: {"penalties": [(), [0.0], (1.0, -1.0), (INF,), (NAN,), 1.0, "1", (True,)]},
+    LinearCV: {
+        "penalties": [(), (0.0,), (INF,), 1.0, "0.1"],
+        "ranks": [(), (0,), (1.5,), 2, (True,)],
+        "min_cv_gain": NONNEG_FLOATS,
+        "max_cv_folds": INTS_GE_1,
+        "random_state": INTS_GE_0,
+    },
+    CVAEPredictor: {
+        "mode": ["C", "b", 1, None],
+        "likelihood": ["poisson", "NB", None],
+        "n_latent": INTS_GE_1,
+        "n_hidden": INTS_GE_1,
+        "n_layers": INTS_GE_1,
+        "use_context": BOOLS,
+        "decoder": ["transformer", None],
+        "rank": INTS_GE_0,
+        "gain": BOOLS,
+        "readout_penalty": NONNEG_FLOATS,
+        "beta": NONNEG_FLOATS,
+        "mmd_weight": NONNEG_FLOATS,
+        "kl_warmup_epochs": INTS_GE_0,
+        "dropout": [-0.1, 1.0, 1.5, NAN, "0.1"],
+        "max_epochs": INTS_GE_1,
+        "max_steps": [0, -1, 10.5, "100", True],
+        "batch_size": INTS_GE_1,
+        "lr": [0.0, -1e-3, NAN, INF, "1e-3", None],
+        "weight_decay": NONNEG_FLOATS,
+        "val_fraction": [-0.1, 1.0, NAN, "0.1"],
+        "patience": INTS_GE_0,
+        "generate": ["samples", "", None],
+        "random_state": [-1, 2**40, 0.5, "0", True, None],
+        "device": (["cuda", "cuda:0"] if not torch.cuda.is_available() else []) + ["gpu", "", 0, None],
+        "verbose": BOOLS,
+    },
+}
+"""Values every predictor must reject, per constructor parameter (each is checked for being listed below)."""
+
+GOOD: dict[type, dict[str, object]] = {
+    Linear: {"penalties": [0.5, 5]},
+    LinearCV: {"penalties": (0.5,), "ranks": [3], "min_cv_gain": 0, "max_cv_folds": 5, "random_state": 7},
+    CVAEPredictor: {
+        "mode": "A",
+        "likelihood": "nb",
+        "n_latent": np.int64(4),
+        "use_context": np.bool_(False),
+        "decoder": "mlp",
+        "rank": 0,
+        "beta": 2,
+        "dropout": 0.5,
+        "max_steps": None,
+        "val_fraction": 0.0,
+        "patience": 0,
+        "generate": "sample",
+        "random_state": 3,
+        "device": "cpu",
+        "verbose": True,
+    },
+}
+"""Accepted non-default values (ints for floats, numpy scalars, None where allowed)."""
+
+CASES = [
+    (cls, name, value) for cls, params in BAD.items() for name, values in params.items() for value in values
+]
+
+
+def _classes() -> set[type]:
+    """Every built-in predictor class that has constructor parameters."""
+    classes = {load_class(spec.target) for spec in BUILTINS.values()}
+    return {cls for cls in classes if cls._param_names()}
+
+
+def test_every_parameter_of_every_builtin_predictor_has_bad_values_listed():
+    assert _classes() == set(BAD)
+    for cls in BAD:
+        assert set(BAD[cls]) == set(cls._param_names()), cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("cls", "name", "value"), CASES, ids=[f"{c.__name__}-{n}-{v!r}" for c, n, v in CASES]
+)
+def test_bad_value_is_rejected_on_construction_and_by_set_params(cls, name, value):
+    with pytest.raises(ValueError) as info:
+        cls(**{name: value})
+    message = str(info.value)
+    assert message.startswith(f"{name} must be") and "\n" not in message and "got" in message
+    model = cls()
+    before = model.get_params()
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        model.set_params(**{name: value})
+    assert repr(model.get_params()) == repr(before)  # a rejected value leaves the predictor unchanged
+
+
+@pytest.mark.parametrize("cls", list(BAD), ids=lambda c: c.__name__)
+def test_defaults_validate_and_params_round_trip(cls):
+    default = cls()
+    assert repr(cls(**default.get_params()).get_params()) == repr(default.get_params())
+    model = cls().set_params(**GOOD[cls])
+    for name, value in GOOD[cls].items():
+        assert model.get_params()[name] is value
+    assert repr(cls(**model.get_params()).get_params()) == repr(model.get_params())
+
+
+def test_cross_parameter_rule_and_messages_users_see():
+    with pytest.raises(ValueError, match="generate='counterfactual' needs mode='B'"):
+        CVAEPredictor(mode="A", generate="counterfactual")
+    with pytest.raises(ValueError, match=r"^max_epochs must be an integer >= 1, got -5$"):
+        CVAEPredictor(max_epochs=-5)
+    with pytest.raises(ValueError, match=r"^n_latent must be an integer >= 1, got 0$"):
+        CVAEPredictor(n_latent=0)
+    with pytest.raises(ValueError, match="use_context must be True or False, got the string 'false'"):
+        CVAEPredictor(use_context="false")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device must be 'auto' or 'cpu' \(.*CUDA.*\), got 'cuda'"):
+            CVAEPredictor(device="cuda")
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "needle"),
+    [
+        ("cvae_modeB", {"max_epochs": -5}, "max_epochs must be an integer >= 1, got -5"),
+        ("cvae_modeB", {"max_epochs": "abc"}, "max_epochs must be an integer >= 1, got 'abc'"),
+        ("linear", {"penalties": 0.1}, "penalties must be a non-empty tuple"),
+        ("linear_cv", {"seed": 3}, "seed"),
+        ("mean_shift", {"random_state": 3}, "random_state"),
+    ],
+)
+def test_make_predictor_turns_bad_parameters_into_one_line_errors(name, params, needle):
+    with pytest.raises(PertbenchError) as info:
+        make_predictor(name, **params)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ run seed
+
+DETERMINISTIC = {"no_change", "mean_shift", "additive", "linear"}
+"""Registered predictors without any randomness: they take no random_state (checked below to be deterministic)."""
+
+
+def test_the_run_seed_reaches_every_predictor_that_uses_randomness():
+    for name in BUILTINS:
+        _, template = make_predictor(name)
+        params = template.get_params()
+        if name in DETERMINISTIC:
+            assert "random_state" not in params, name
+            continue
+        assert params["random_state"] == 0, name
+        fresh = _fresh(template, 11)
+        assert fresh.get_params()["random_state"] == 11 and type(fresh) is type(template), name
+        assert {k: v for k, v in fresh.get_params().items() if k != "random_state"} == {
+            k: v for k, v in params.items() if k != "random_state"
+        }
+
+
+def test_predictors_without_random_state_are_deterministic():
+    adata = make_synthetic(
+        n_genes=20, n_contexts=4, n_perturbations=2, cells_per_group=12, seed=1, n_combos=1
+    )
+    task = Task("condition", "control", "cell_type", expression="counts")
+    train = adata[~((adata.obs["cell_type"] == "C0") & (adata.obs["condition"] == "P0")).to_numpy()].copy()
+    control = adata[
+        ((adata.obs["cell_type"] == "C0") & (adata.obs["condition"] == "control")).to_numpy()
+    ].copy()
+    for name in sorted(DETERMINISTIC):
+        label = "P0+P1" if name == "additive" else "P0"  # additive predicts combinations only
+        preds = [make_predictor(name)[1].fit(train, task).predict(control, label, "C0").X for _ in range(2)]
+        np.testing.assert_array_equal(preds[0], preds[1])
