@@ -37,6 +37,9 @@ BUILTINS: dict[str, PredictorSpec] = {
     "linear": PredictorSpec(
         "predictors.baselines:Linear", {}, "cross-validated ridge on training pseudobulks"
     ),
+    "collapsed_mean": PredictorSpec("predictors.gaming:CollapsedMean", {}, "gaming: mean_shift's mean only"),
+    "inflated_variance": PredictorSpec("predictors.gaming:InflatedVariance", {}, "gaming: 2x spread"),
+    "wrong_context": PredictorSpec("predictors.gaming:WrongContext", {}, "gaming: farthest context's shift"),
     "cvae_modeA": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)"),
     "cvae_modeB": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells"),
 }
