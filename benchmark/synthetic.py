@@ -87,7 +87,8 @@ def make_synthetic(
     chunk_cells: int = CHUNK_CELLS,
 ) -> AnnData:
     """Negative Binomial counts (CSR float32) for every (context, condition) group, with the truth in uns;
-    `n_controls` control cells per context (default cells_per_group)."""
+    `n_controls` control cells per context (default cells_per_group). `chunk_cells` only bounds memory: the
+    data are the same for every value."""
     params = _check_params({k: v for k, v in locals().items() if k not in _NOT_PARAMS})
     truth, ctx, cond, blocks = _plan(params)
     chunks = list(_chunks(blocks, truth, params, ctx, cond, chunk_cells))
@@ -114,6 +115,8 @@ def write_synthetic(path: Path | str, *, chunk_cells: int = CHUNK_CELLS, **kwarg
 def sample_cells(adata: AnnData, context: str, perturbation: str, n_cells: int, seed: int) -> sp.csr_matrix:
     """Fresh counts of `n_cells` cells from the true law of (context, perturbation or control) of a synthetic
     dataset: what a predictor that knew the generator exactly would return."""
+    if n_cells < 1:
+        raise ValueError(f"n_cells must be at least 1, got {n_cells}")
     gt = adata.uns["ground_truth"]
     truth = {
         k: np.asarray(gt[k], dtype=np.float64) for k in ("baseline", "lfc", "dispersion_lfc", "dispersion")
@@ -122,7 +125,11 @@ def sample_cells(adata: AnnData, context: str, perturbation: str, n_cells: int, 
     labels = [CONTROL, *map(str, gt["perturbations"])]
     p = labels.index(perturbation)
     rng = np.random.default_rng(seed)
-    return _draw_counts(rng, truth, gt["params"], np.full(n_cells, c), np.full(n_cells, p))
+    blocks = [
+        _draw_counts(rng, truth, gt["params"], np.full(n, c), np.full(n, p))
+        for n in np.diff(np.r_[np.arange(0, n_cells, BLOCK_CELLS), n_cells])
+    ]
+    return sp.vstack(blocks, format="csr")
 
 
 def true_lfc(adata: AnnData, context: str, perturbation: str) -> np.ndarray:
