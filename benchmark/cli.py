@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--readme", type=Path, default=None, help="also regenerate this file's results block")
 
     sub.add_parser("list", help="show predictors, datasets and split kinds")
+
+    synth = sub.add_parser("make-synthetic", help="write a large synthetic count .h5ad, chunk by chunk")
+    synth.add_argument("--cells", type=int, required=True, help="total cells (controls included)")
+    synth.add_argument("--genes", type=int, required=True)
+    synth.add_argument("--perturbations", type=int, required=True, help="perturbations per context")
+    synth.add_argument("--controls", type=int, required=True, help="control cells per context")
+    synth.add_argument("--contexts", type=int, default=1)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True, help="the .h5ad file to write")
     return parser
 
 
@@ -226,12 +235,50 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    """Write a synthetic screen of about --cells cells and print how to benchmark it."""
+    from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
+
+    for name in ("cells", "genes", "perturbations", "controls", "contexts"):
+        if getattr(args, name) < 1:
+            raise PertbenchError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    per_group = (args.cells - args.contexts * args.controls) // (args.contexts * args.perturbations)
+    if per_group < 1:
+        raise PertbenchError(
+            f"--cells {args.cells} leaves no cells for {args.perturbations} perturbations in {args.contexts}"
+            f" context(s) after {args.controls} controls each"
+        )
+    if args.out.suffix != ".h5ad":
+        raise PertbenchError(f"--out must end in .h5ad, got {args.out}")
+    path = write_synthetic(
+        args.out,
+        n_genes=args.genes,
+        n_contexts=args.contexts,
+        n_perturbations=args.perturbations,
+        cells_per_group=per_group,
+        n_controls=args.controls,
+        seed=args.seed,
+    )
+    n_cells = args.contexts * (args.controls + args.perturbations * per_group)
+    print(
+        f"wrote {path}: {n_cells} cells x {args.genes} genes ({per_group} cells per perturbation), "
+        f"{path.stat().st_size / 1e6:.1f} MB"
+    )
+    context = f" --context-key {CONTEXT_KEY}" if args.contexts > 1 else " --split random"
+    print(
+        f"bench run --predictor mean_shift --data {path} --perturbation-key {PERTURBATION_KEY}"
+        f" --control {CONTROL}{context} --expression counts"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bench` console script; errors print one line unless --debug."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
     args = build_parser().parse_args(argv)
     handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "list": cmd_list}
+    handlers["make-synthetic"] = cmd_make_synthetic
     try:
         return handlers[args.command](args)
     except PertbenchError as exc:

@@ -38,6 +38,9 @@ BUILTINS: dict[str, PredictorSpec] = {
         "predictors.linear:Linear", {}, "ridge on training pseudobulks, CV-chosen penalty"
     ),
     "linear_cv": PredictorSpec("predictors.baselines:LinearCV", {}, "CV choice among 41 ridge models"),
+    "collapsed_mean": PredictorSpec("predictors.gaming:CollapsedMean", {}, "gaming: mean_shift's mean only"),
+    "inflated_variance": PredictorSpec("predictors.gaming:InflatedVariance", {}, "gaming: 2x spread"),
+    "wrong_context": PredictorSpec("predictors.gaming:WrongContext", {}, "gaming: farthest context's shift"),
     "cvae_modeA": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)"),
     "cvae_modeB": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells"),
     "cvae_mlp_modeA": PredictorSpec(

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import anndata as ad
 import numpy as np
 import pytest
 
-from benchmark.synthetic import describe, make_synthetic, true_lfc
-from benchmark.task import TARGET_SUM
+from benchmark.cli import main
+from benchmark.datasets import prepare
+from benchmark.metrics import EvalData, fit_embedding, score
+from benchmark.splits import make_splits
+from benchmark.synthetic import (
+    CONTEXT_KEY,
+    CONTROL,
+    PERTURBATION_KEY,
+    describe,
+    make_synthetic,
+    sample_cells,
+    true_lfc,
+    write_synthetic,
+)
+from benchmark.task import TARGET_SUM, Task, dense, lognormalize
+from predictors.baselines import MeanShift
+
+SCREEN = {"n_genes": 500, "n_contexts": 1, "n_perturbations": 30, "n_controls": 1000}
+"""A small Replogle-like screen: one context, many perturbations, many controls."""
 
 
 def _group_mean(adata, context: str, condition: str) -> np.ndarray:
@@ -111,3 +130,126 @@ def test_describe_is_stable():
 def test_bad_parameters(bad):
     with pytest.raises(ValueError):
         make_synthetic(**bad)
+
+
+# ---------------------------------------------------------------------------------- spread (dispersion) effects
+
+
+def test_spread_effects_change_variance_not_mean():
+    adata = make_synthetic(
+        n_genes=100,
+        n_contexts=1,
+        n_perturbations=1,
+        cells_per_group=2000,
+        seed=2,
+        frac_variance=0.3,
+        library_sd=0.0,
+    )
+    gt = adata.uns["ground_truth"]
+    spread, lfc = gt["dispersion_lfc"][0, 0], gt["lfc"][0, 0]
+    assert (spread != 0).sum() == 30 and not ((spread != 0) & (lfc != 0)).any()  # spread-only genes
+    x = adata.X.toarray().astype(np.float64)
+    pert = (adata.obs["condition"] == "P0").to_numpy()
+    mean_ratio = np.log(x[pert].mean(0) + 0.1) - np.log(x[~pert].mean(0) + 0.1)
+    var_ratio = np.log(x[pert].var(0) + 0.1) - np.log(x[~pert].var(0) + 0.1)
+    up, down = spread > 0.5, spread < -0.5
+    assert var_ratio[up].mean() > 0.3 and var_ratio[down].mean() < -0.3
+    assert np.abs(mean_ratio[up | down]).mean() < 0.1
+
+
+def test_sampling_the_true_law_beats_the_mean_oracle_on_shape_scores():
+    """The generator's own law (fresh cells) beats control + the true mean shift on the shape scores, and the
+    true mean shift beats mean_shift on r: the spread effects make a mean shift an incomplete prediction."""
+    task = Task(PERTURBATION_KEY, CONTROL, CONTEXT_KEY, expression="counts")
+    params = {"n_contexts": 3, "n_perturbations": 2, "cells_per_group": 300, "frac_variance": 0.2}
+    adata = prepare(make_synthetic(**params, variance_effect=1.5), task)
+    x, rows = task.lognorm(adata), adata.obs_names.get_indexer
+    shape_scores = ("energy_distance_shape", "crps_deg100", "var_ratio")
+    sums = {name: dict.fromkeys((*shape_scores, "r"), 0.0) for name in ("sampler", "oracle", "mean_shift")}
+    for split in make_splits(adata, task, "holdout_context", perturbations=["P0"]):
+        target = split.targets[0]
+        train = adata[rows(list(split.train_cells))].copy()
+        control = adata[rows(list(target.control_cells))].copy()
+        control_x, real = dense(x[rows(list(target.control_cells))]), dense(x[rows(list(target.test_cells))])
+        fresh = sample_cells(adata, target.context, target.perturbation, len(real), seed=1)
+        preds = {
+            "sampler": dense(lognormalize(fresh)),
+            "oracle": control_x + real.mean(axis=0) - control_x.mean(axis=0),
+            "mean_shift": dense(MeanShift().fit(train, task).predict(control, "P0", target.context).X),
+        }
+        embed = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+        for name, pred in preds.items():
+            for metric, value in score(EvalData(control_x, real, pred, embed)).items():
+                if metric in sums[name]:
+                    sums[name][metric] += abs(value) if metric == "var_ratio" else value
+    for metric in shape_scores:
+        assert sums["sampler"][metric] < sums["oracle"][metric], metric
+    assert sums["oracle"]["r"] > sums["mean_shift"]["r"]
+
+
+# ---------------------------------------------------------------------------------- scale: chunks and streaming
+
+
+def test_screen_layout():
+    adata = make_synthetic(**SCREEN, cells_per_group=5)
+    counts = adata.obs["condition"].value_counts()
+    assert adata.n_obs == 1000 + 30 * 5 and counts["control"] == 1000 and (counts.drop("control") == 5).all()
+    assert adata.uns["ground_truth"]["params"]["n_controls"] == 1000
+
+
+def test_chunked_output_equals_one_chunk():
+    one = make_synthetic(**SCREEN, cells_per_group=20, seed=5, chunk_cells=10**9)
+    for chunk in (1, 700, 1536):
+        many = make_synthetic(**SCREEN, cells_per_group=20, seed=5, chunk_cells=chunk)
+        assert (many.X != one.X).nnz == 0 and many.obs.equals(one.obs)
+        assert many.X.has_canonical_format and many.X.dtype == np.float32
+
+
+def test_streamed_file_equals_in_memory_and_reads_back_backed(tmp_path):
+    path = write_synthetic(tmp_path / "screen.h5ad", chunk_cells=600, **SCREEN, cells_per_group=40, seed=3)
+    memory = make_synthetic(**SCREEN, cells_per_group=40, seed=3)
+    backed = ad.read_h5ad(path, backed="r")
+    assert backed.shape == memory.shape and list(backed.obs.columns) == ["condition", "cell_type"]
+    assert backed.obs["condition"].cat.categories[0] == "control"
+    back = ad.read_h5ad(path)
+    assert back.X.format == "csr" and (back.X != memory.X).nnz == 0 and back.obs.equals(memory.obs)
+    assert np.array_equal(true_lfc(back, "C0", "P7"), true_lfc(memory, "C0", "P7"))
+
+
+def _peak_write_bytes(path, n_cells: int) -> int:
+    """Peak traced memory while streaming a one-context screen of about n_cells cells x 500 genes."""
+    tracemalloc.start()
+    try:
+        write_synthetic(path, chunk_cells=1024, **SCREEN, cells_per_group=(n_cells - 1000) // 30)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_streaming_memory_does_not_grow_with_cells(tmp_path):
+    small, large = (
+        _peak_write_bytes(tmp_path / "a.h5ad", 4_000),
+        _peak_write_bytes(tmp_path / "b.h5ad", 16_000),
+    )
+    dense_bytes = 16_000 * 500 * 8  # one float64 cells x genes array, which the generator never builds
+    assert large < 1.3 * small and large < dense_bytes / 3
+
+
+def test_make_synthetic_command(tmp_path, capsys):
+    out = tmp_path / "screen.h5ad"
+    args = [
+        "make-synthetic",
+        "--cells",
+        "1300",
+        "--genes",
+        "50",
+        "--perturbations",
+        "30",
+        "--controls",
+        "1000",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1300 cells x 50 genes" in printed and "--perturbation-key condition --control control" in printed
+    assert ad.read_h5ad(out, backed="r").shape == (1300, 50)
+    assert main([*args[:2], "500", *args[3:], "--out", str(out)]) == 2  # no cells left for perturbations
