@@ -95,8 +95,8 @@ def test_not_applicable_targets_are_recorded_not_failed(tiny, store):
     assert statuses == {"P0": "ok", "P1": "not_applicable", "P0+P1": "not_applicable"}
     run = MlflowClient().get_run(next(r.run_id for r in result.results if r.status == "not_applicable"))
     assert run.info.status == "FINISHED"
-    assert run.data.tags["pertbench.status"] == "not_applicable"
-    assert "not for me" in run.data.tags["pertbench.reason"]
+    assert run.data.tags[schema.TAG_STATUS] == schema.STATUS_NOT_APPLICABLE
+    assert "not for me" in run.data.tags[schema.TAG_REASON]
 
 
 def test_splits_whose_targets_are_all_declined_before_fit_are_never_fitted(tiny, store):
@@ -127,7 +127,7 @@ def test_a_run_that_fails_half_way_is_marked_failed(tiny, store):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     statuses = sorted(r.info.status for r in runs)
     assert "FAILED" in statuses
-    parent = [r for r in runs if r.data.tags.get("pertbench.level") == "parent"]
+    parent = [r for r in runs if r.data.tags.get(schema.TAG_LEVEL) == schema.LEVEL_PARENT]
     assert [p.info.status for p in parent] == ["FAILED"]
 
 
@@ -143,7 +143,7 @@ def test_cacheable_predictor_is_fitted_once_per_split_and_seed(tiny, store, tmp_
         "helpers_predictors:CachedPredictor", tiny, "holdout_context", shifted, lambda _: None
     )
     assert hp.CachedPredictor.fit_count == 2  # generation-only parameter: the fitted models were reused
-    tags = [MlflowClient().get_run(r.run_id).data.tags["pertbench.model_cache"] for r in second.results]
+    tags = [MlflowClient().get_run(r.run_id).data.tags[schema.TAG_MODEL_CACHE] for r in second.results]
     assert tags == ["hit", "hit"]
     # the cached fit predicts the same means, shifted by the generation-only offset
     assert first.results[0].metrics["mse_mean"] != second.results[0].metrics["mse_mean"]
@@ -233,13 +233,9 @@ def test_a_predictors_selection_is_logged_per_split(tiny, store, tmp_path, monke
     assert schema.PARAM_SELECTION not in MlflowClient().get_run(plain.results[0].run_id).data.params
 
 
-def test_restricting_the_perturbations_marks_the_run_partial(tiny, store):
-    some = RunOptions(figures=False, perturbations=("P0",), max_splits=1)
-    every = RunOptions(figures=False, perturbations=("P0", "P1", "P0+P1"), max_splits=9)
-    tags = [
-        MlflowClient()
-        .get_run(run_benchmark("mean_shift", tiny, "random", o, lambda _: None).parent_run_id)
-        .data.tags[schema.TAG_PARTIAL]
-        for o in (some, every)
-    ]
-    assert tags == [schema.TRUE, schema.FALSE]
+def test_restricting_the_perturbations_marks_the_run_partial(tiny):
+    from benchmark.runner import _restricted
+
+    assert _restricted(tiny, RunOptions(perturbations=("P0",)))
+    assert not _restricted(tiny, RunOptions(perturbations=("P0", "P1", "P0+P1")))
+    assert not _restricted(tiny, RunOptions())
