@@ -117,3 +117,35 @@ def test_reference_shift_equals_the_mean_shift_predictor_exactly(data):
     assert list(refs) == ["mean_shift"]
     np.testing.assert_array_equal(refs["mean_shift"], dense(predicted.X))
     assert reference_predictions(ReferenceShifts.fit(train, TASK), control_x, "never_seen") == {}
+
+
+def test_others_reach_the_metrics_and_the_ceiling(monkeypatch):
+    from benchmark.metrics import Metric
+
+    seen = []
+
+    def n_others(data: EvalData) -> float:
+        seen.append(None if data.others is None else data.others.shape)
+        return float("nan") if data.others is None else float(len(data.others))
+
+    monkeypatch.setitem(METRICS, "n_others", Metric("n_others", n_others, True, "rows of others", "mean"))
+    rng = np.random.default_rng(4)
+    control, real = rng.normal(size=(20, 6)), rng.normal(1.0, size=(20, 6))
+    others = rng.normal(size=(3, 6))
+    out = evaluate_target(control, real, control, None, {"mean_shift": control}, others, ceiling_repeats=3)
+    assert out.metrics["n_others"] == out.ceiling["n_others"] == out.oracle["n_others"] == 3.0
+    assert set(seen) == {(3, 6)}
+
+
+def test_additive_is_the_reference_of_a_combination_never_seen(small_synthetic):
+    from predictors.baselines import Additive
+
+    split = make_splits(small_synthetic, TASK, "holdout_combo")[0]
+    train = small_synthetic[list(split.train_cells)].copy()
+    target = split.targets[0]
+    control = small_synthetic[list(target.control_cells)].copy()
+    control_x = dense(TASK.lognorm(control))
+    refs = reference_predictions(ReferenceShifts.fit(train, TASK), control_x, target.perturbation)
+    predicted = Additive().fit(train, TASK).predict(control, target.perturbation, target.context)
+    assert list(refs) == ["additive"]
+    np.testing.assert_array_equal(refs["additive"], dense(predicted.X))
