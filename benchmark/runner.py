@@ -126,7 +126,7 @@ def run_benchmark(
             {
                 **_run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
                 schema.TAG_PARTIAL: config[schema.PARAM_PARTIAL],
-                schema.TAG_CONFIG: _config_digest(config),
+                schema.TAG_CONFIG: _config_digest(display_name, template, dataset, split_kind, config),
                 schema.TAG_RUN_NAME: _run_name(display_name, split_kind, options, config),
             }
         )
@@ -434,9 +434,17 @@ def _configuration(
     }
 
 
-def _config_digest(config: dict[str, str]) -> str:
-    """Digest of the configuration params (CLI arguments aside: they name the same configuration)."""
-    ident = {k: v for k, v in config.items() if k != schema.PARAM_CLI}
+def _config_digest(
+    name: str, predictor: Predictor, dataset: Dataset, split_kind: str, config: dict[str, str]
+) -> str:
+    """Digest of predictor, hyperparameters, data checksum, split kind, split set and partial flag."""
+    ident = {
+        "predictor": name,
+        "hp": {k: repr(v) for k, v in predictor.get_params().items()},
+        "checksum": dataset.checksum,
+        "split_kind": split_kind,
+        **{k: config[k] for k in (schema.PARAM_SPLIT_SET, schema.PARAM_PARTIAL)},
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -231,6 +231,8 @@ def test_a_predictors_selection_is_logged_per_split(tiny, store, tmp_path, monke
     assert parent.data.params[schema.PARAM_CLI].endswith("--max-splits 1")
     plain = run_benchmark("mean_shift", tiny, "holdout_context", options, lambda _: None)
     assert schema.PARAM_SELECTION not in MlflowClient().get_run(plain.results[0].run_id).data.params
+    plain_parent = MlflowClient().get_run(plain.parent_run_id)
+    assert plain_parent.data.tags[schema.TAG_CONFIG] != parent.data.tags[schema.TAG_CONFIG]  # other predictor
 
 
 def test_restricting_the_perturbations_marks_the_run_partial(tiny):
