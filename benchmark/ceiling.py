@@ -26,6 +26,7 @@ def noise_ceiling(
     n_repeats: int = 20,
     seed: int = 0,
     names: Iterable[str] | None = None,
+    others: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Mean of each metric over `n_repeats` random half-splits of the real cells (one half predicts the other).
 
@@ -43,9 +44,9 @@ def noise_ceiling(
     for _ in range(n_repeats):
         perm = rng.permutation(n)
         a, b = perm[: n // 2], perm[n // 2 :]
-        half = EvalData(control=control, real=real[b], pred=real[a], embed=embed).with_embedded(
-            real_z[b], real_z[a]
-        )
+        half = EvalData(
+            control=control, real=real[b], pred=real[a], embed=embed, others=others
+        ).with_embedded(real_z[b], real_z[a])
         for name, value in score(half, names).items():
             runs[name].append(value)
     return {name: _nanmean(values) for name, values in runs.items()}

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("--readme", type=Path, default=None, help="also regenerate this file's results block")
 
-    sub.add_parser("list", help="show predictors, datasets and split kinds")
+    sub.add_parser("list", help="show predictors, datasets, split kinds and metrics")
 
     synth = sub.add_parser("make-synthetic", help="write a large synthetic count .h5ad, chunk by chunk")
     synth.add_argument("--cells", type=int, required=True, help="total cells (controls included)")
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(_: argparse.Namespace) -> int:
     from benchmark.datasets import list_cards
+    from benchmark.metrics import METRICS
     from benchmark.splits import SPLIT_KINDS
     from predictors.registry import available_predictors
 
@@ -132,6 +133,10 @@ def cmd_list(_: argparse.Namespace) -> int:
     print("split kinds:")
     for kind in SPLIT_KINDS:
         print(f"  {kind}")
+    print("metrics (↑ higher is better, ↓ lower is better, →0 best at 0):")
+    for metric in METRICS.values():
+        arrow = {True: "↑", False: "↓", None: "→0"}[metric.higher_is_better]
+        print(f"  {metric.name:<22} {arrow:<2} {metric.kind:<12} {metric.description}")
     return 0
 
 

@@ -28,6 +28,7 @@ from anndata import AnnData
 
 from benchmark import synthetic
 from benchmark.errors import PertbenchError
+from benchmark.splits import SPLIT_KINDS
 from benchmark.task import LOGNORM_LAYER, Task, lognormalize
 from benchmark.validation import format_labels, validate
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"
 EXPRESSIONS = ("lognorm", "counts")
-SPLITS = ("holdout_context", "holdout_combo", "random")
 DOWNLOAD_TIMEOUT_S = 60.0
 REQUIRED_FIELDS = ("name", "file", "sha256", "perturbation_key", "control", "expression", "default_split")
 
@@ -112,8 +112,8 @@ def parse_card(path: Path) -> DatasetCard:
         problems.append(f"name {raw['name']!r} differs from the file name {Path(path).stem!r}")
     if raw.get("expression") and raw["expression"] not in EXPRESSIONS:
         problems.append(f"expression must be one of {', '.join(EXPRESSIONS)}")
-    if raw.get("default_split") and raw["default_split"] not in SPLITS:
-        problems.append(f"default_split must be one of {', '.join(SPLITS)}")
+    if raw.get("default_split") and raw["default_split"] not in SPLIT_KINDS:
+        problems.append(f"default_split must be one of {', '.join(SPLIT_KINDS)}")
     if raw.get("sha256") and not re.fullmatch(r"[0-9a-f]{64}", str(raw["sha256"])):
         problems.append("sha256 must be 64 lowercase hex digits")
     if not isinstance(raw.get("filters", {}), dict):

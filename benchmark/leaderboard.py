@@ -1,10 +1,18 @@
-"""Builds the markdown leaderboard from the MLflow store: one table per dataset and split kind.
+"""Builds the markdown leaderboard from the MLflow store: one table per dataset (and data checksum) and split kind.
 
-For every (dataset, split kind, predictor) the latest finished `bench run` counts. Scores are first averaged
-over seeds within each split; each metric is then shown as the mean over splits ± the half-width of a 95%
-Student-t interval across splits; the best mean per column is bold, and marked ≈ when its lead over the
-runner-up is within noise (the 95% t-interval of their paired per-split differences contains 0). Splits share
-training data, so the intervals are a guide, not an exact test.
+Which runs count: a row is one *configuration*, i.e. one predictor with one set of hyperparameters (`hp.*`
+params) on one data checksum and split kind. Of a configuration's finished parent runs, the complete ones (run
+on the full split set, no --max-splits or --perturbation restriction) win over partial ones; among those, the
+run with the most seeds, then the latest. Several configurations of one predictor (e.g. a `--param` variant
+run in full) are each shown as their own row, labelled with the parameters that differ from the registered
+defaults. A predictor's partial runs are shown only when it has no complete run on the board, labelled
+"(partial)", and never compete for the bold "best" nor feed the ceiling and oracle rows where a complete run
+has them. So a quick look never changes the rows of full runs.
+
+Scores are first averaged over seeds within each split; each metric is then shown as the mean over splits ± the
+half-width of a 95% Student-t interval across splits; the best mean per column is bold (unless the top values
+tie), and marked ≈ when its lead over the runner-up is within noise (the 95% t-interval of their paired
+per-split differences contains 0). Splits share training data, so the intervals are a guide, not an exact test.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from benchmark import tracking
+from benchmark import schema, tracking
 from benchmark.ceiling import clip_for_display, normalized_score
 from benchmark.errors import PertbenchError
 from benchmark.metrics import METRICS
@@ -34,7 +42,7 @@ committed leaderboard/ (or drops its figures); `bench leaderboard` writes DEFAUL
 
 @dataclass
 class Board:
-    """The scores of one (dataset, split kind): per predictor a frame indexed by (split, seed)."""
+    """The scores of one (dataset, split kind): per row (a predictor configuration) a frame indexed by split."""
 
     dataset: str
     split_kind: str
@@ -45,69 +53,172 @@ class Board:
     commands: dict[str, str]
     parents: dict[str, str]
     seconds: dict[str, pd.DataFrame] = field(default_factory=dict)
+    oracle: pd.DataFrame = field(default_factory=pd.DataFrame)
+    partial: set[str] = field(default_factory=set)
+    """Rows drawn from a partial run (restricted split set): labelled, never bold."""
+    checksum: str = ""
+
+
+@dataclass(frozen=True)
+class _Parent:
+    """What the leaderboard reads from one finished parent run."""
+
+    run: object
+    dataset: str
+    split_kind: str
+    predictor: str
+    checksum: str
+    config: tuple
+    partial: bool
+    n_seeds: int
+    start_time: int
+    changed: str  # the non-default hyperparameters as `k=v, ...` ("" when none or unknown)
+
+    @classmethod
+    def read(cls, run) -> _Parent:
+        tags, params = run.data.tags, run.data.params
+        hp = tuple(sorted((k, v) for k, v in params.items() if k.startswith(schema.HP_PREFIX)))
+        checksum = params.get(schema.PARAM_DATASET_CHECKSUM, "")
+        predictor = tags[schema.TAG_PREDICTOR]
+        return cls(
+            run=run,
+            dataset=tags[schema.TAG_DATASET],
+            split_kind=tags[schema.TAG_SPLIT_KIND],
+            predictor=predictor,
+            checksum=checksum,
+            config=(predictor, hp),
+            partial=tags.get(schema.TAG_PARTIAL, schema.FALSE) == schema.TRUE,
+            n_seeds=len(params.get(schema.PARAM_SEEDS, "0").split(",")),
+            start_time=int(run.info.start_time or 0),
+            changed=params.get(schema.PARAM_CLI_PARAMS, ""),
+        )
+
+    def preference(self) -> tuple:
+        """Larger is preferred: complete before partial, then more seeds, then later."""
+        return (not self.partial, self.n_seeds, self.start_time)
 
 
 def collect(uri: str | None = None) -> list[Board]:
-    """Read the latest finished parent run per (dataset, split kind, predictor) and its split runs."""
+    """Read the chosen parent run of every configuration (see the module docstring) and its split runs."""
     tracking.use_store(uri)
     client = MlflowClient()
     experiments = [
-        e for e in client.search_experiments() if e.name.startswith(tracking.EXPERIMENT_PREFIX + "/")
+        e for e in client.search_experiments() if e.name.startswith(schema.EXPERIMENT_PREFIX + "/")
     ]
     if not experiments:
         return []
-    ids = [e.experiment_id for e in experiments]
-    parents = mlflow.search_runs(
-        ids,
-        filter_string="tags.`pertbench.level` = 'parent' and attributes.status = 'FINISHED'",
+    runs = mlflow.search_runs(
+        [e.experiment_id for e in experiments],
+        filter_string=schema.parent_filter(),
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
-    latest: dict[tuple[str, str, str], object] = {}
-    for run in parents:
-        tags = run.data.tags
-        key = (tags["pertbench.dataset"], tags["pertbench.split_kind"], tags["pertbench.predictor"])
-        latest.setdefault(key, run)
-    boards: dict[tuple[str, str], Board] = {}
-    for (dataset, kind, predictor), parent in sorted(latest.items()):
-        board = boards.setdefault((dataset, kind), Board(dataset, kind, {}, pd.DataFrame(), {}, {}, {}, {}))
-        _add_parent(board, predictor, parent)
-    return list(boards.values())
+    chosen: dict[tuple, _Parent] = {}  # (dataset, kind, checksum, config) -> preferred run
+    for run in runs:
+        parent = _Parent.read(run)
+        key = (parent.dataset, parent.split_kind, parent.checksum, parent.config)
+        if key not in chosen or parent.preference() > chosen[key].preference():
+            chosen[key] = parent
+    by_board: dict[tuple[str, str, str], list[_Parent]] = {}
+    for (dataset, kind, checksum, _), parent in chosen.items():
+        by_board.setdefault((dataset, kind, checksum), []).append(parent)
+    names = _board_names(by_board)
+    boards = []
+    for key in sorted(by_board, key=lambda k: (names[k], k[1])):
+        dataset, kind, checksum = key
+        board = Board(names[key], kind, {}, pd.DataFrame(), {}, {}, {}, {}, checksum=checksum)
+        for label, parent in _rows(by_board[key]):
+            _add_parent(board, label, parent.run, partial=parent.partial)
+        boards.append(board)
+    return boards
 
 
-def _add_parent(board: Board, predictor: str, parent) -> None:
+def _board_names(by_board: dict[tuple[str, str, str], list[_Parent]]) -> dict[tuple[str, str, str], str]:
+    """The dataset name, with a checksum prefix where one name was run on several data files."""
+    checksums: dict[str, set[str]] = {}
+    for dataset, _, checksum in by_board:
+        checksums.setdefault(dataset, set()).add(checksum)
+    return {
+        key: key[0] if len(checksums[key[0]]) == 1 else f"{key[0]} (data {key[2][:8]})" for key in by_board
+    }
+
+
+def _rows(parents: list[_Parent]) -> list[tuple[str, _Parent]]:
+    """The rows of one board, labelled: complete configurations, and partial ones of predictors with none."""
+    complete = {p.predictor for p in parents if not p.partial}
+    shown = [p for p in parents if not p.partial or p.predictor not in complete]
+    shown.sort(key=lambda p: (p.predictor, p.partial, p.changed, -p.start_time))
+    per_predictor: dict[str, int] = {}
+    for p in shown:
+        per_predictor[p.predictor] = per_predictor.get(p.predictor, 0) + 1
+    rows, used = [], set()
+    for p in shown:
+        label = p.predictor
+        if p.changed:
+            label += f" ({p.changed})"
+        elif per_predictor[p.predictor] > 1:
+            label += " (defaults)"
+        if label in used:  # e.g. old runs without the recorded parameters: tell them apart by their run
+            label += f" [{p.run.info.run_id[:8]}]"
+        used.add(label)
+        rows.append((label + (" (partial)" if p.partial else ""), p))
+    # complete rows first, so their ceiling and oracle values win over a partial run's for the same split
+    return sorted(rows, key=lambda r: r[1].partial)
+
+
+def _add_parent(board: Board, label: str, parent, partial: bool = False) -> None:
     children = mlflow.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        filter_string=schema.children_filter(parent.info.run_id),
         output_format="list",
     )
-    rows, ceilings, references, seconds, na_splits = {}, {}, {}, {}, set()
+    rows, ceilings, references, oracles, seconds, na_splits = {}, {}, {}, {}, {}, set()
     for child in children:
         tags, metrics = child.data.tags, child.data.metrics
         unit = (
-            tags.get("pertbench.split", "?") + ":" + tags.get("pertbench.context", ""),
-            int(tags.get("pertbench.seed", 0)),
+            tags.get(schema.TAG_SPLIT, "?") + ":" + tags.get(schema.TAG_CONTEXT, ""),
+            int(tags.get(schema.TAG_SEED, 0)),
         )
-        if tags.get("pertbench.status") != "ok":
+        if tags.get(schema.TAG_STATUS) != schema.STATUS_OK:
             na_splits.add(unit[0])
             continue
-        rows[unit] = {k: metrics.get(k, np.nan) for k in METRICS}
-        ceilings[unit] = {k: metrics.get(f"ceiling_{k}", np.nan) for k in METRICS}
-        references[unit] = {k: metrics.get(f"reference_{k}", np.nan) for k in METRICS}
-        seconds[unit] = {"fit_seconds": metrics.get("fit_seconds", np.nan)}
-    board.scores[predictor] = per_split(rows)
-    board.seconds[predictor] = per_split(seconds)
-    board.references[predictor] = per_split(references)
+        rows[unit] = schema.unprefixed("", metrics)
+        ceilings[unit] = schema.unprefixed(schema.CEILING_PREFIX, metrics)
+        references[unit] = schema.unprefixed(schema.REFERENCE_PREFIX, metrics)
+        oracles[unit] = schema.unprefixed(schema.ORACLE_PREFIX, metrics)
+        seconds[unit] = {schema.FIT_SECONDS: metrics.get(schema.FIT_SECONDS, np.nan)}
+    board.scores[label] = per_split(rows)
+    board.seconds[label] = per_split(seconds)
+    board.references[label] = per_split(references)
     if ceilings:
-        board.ceiling = pd.concat([board.ceiling, per_split(ceilings)])
-        board.ceiling = board.ceiling[~board.ceiling.index.duplicated(keep="last")]
-    board.not_applicable[predictor] = len(na_splits)
-    board.parents[predictor] = parent.info.run_id
+        board.ceiling = _first_per_split(board.ceiling, per_split(ceilings))
+    if oracles and any(np.isfinite(v).any() for v in per_split(oracles).to_numpy().T):
+        board.oracle = _first_per_split(board.oracle, per_split(oracles))
+    board.not_applicable[label] = len(na_splits)
+    board.parents[label] = parent.info.run_id
+    if partial:
+        board.partial.add(label)
+    board.commands[label] = reproduce_command(parent, board)
+
+
+def _first_per_split(existing: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """Rows of `existing`, plus those of `new` for splits it lacks (the first run read per split wins)."""
+    frame = pd.concat([existing, new]) if not existing.empty else new
+    return frame[~frame.index.duplicated(keep="first")]
+
+
+def reproduce_command(parent, board: Board) -> str:
+    """The `bench run` command that reproduces a parent run (as recorded by the runner; reconstructed for runs
+    logged before the arguments were recorded)."""
     params = parent.data.params
-    seeds = params.get("seeds", "0")
+    if schema.PARAM_CLI in params:
+        return f"bench run {params[schema.PARAM_CLI]}"
+    seeds = params.get(schema.PARAM_SEEDS, "0")
     seed_flag = f"--seeds {seeds}" if "," in seeds else f"--seed {seeds}"
-    board.commands[predictor] = (
-        f"bench run --predictor {predictor} --dataset {board.dataset} --split {board.split_kind} {seed_flag}"
+    predictor = parent.data.tags[schema.TAG_PREDICTOR]
+    return (
+        f"bench run --predictor {predictor} --dataset {parent.data.tags[schema.TAG_DATASET]} "
+        f"--split {board.split_kind} {seed_flag}"
     )
 
 
@@ -150,19 +261,41 @@ def _goodness(values: pd.Series, higher: bool | None) -> float:
     return -abs(mean) if higher is None else (mean if higher else -mean)
 
 
-def rank_predictors(frames: dict[str, pd.DataFrame], metric: str) -> list[str]:
-    """Predictors with a defined score, best first, compared on the splits they all scored.
+TIE_TOLERANCE = 1e-9
+"""Top values closer than this (relative to max(1, |value|)) are a tie: no row is bold."""
 
-    Means over different split sets are not comparable (a predictor that declines the hard splits would win),
-    so ranking uses the common splits; the table still shows each predictor's mean over its own splits.
-    """
+
+def _ranked(frames: dict[str, pd.DataFrame], metric: str) -> list[tuple[str, float]]:
+    """(row, goodness on the splits all rows scored), best first; rows without a defined score left out."""
     scored = {p: f[metric].dropna() for p, f in frames.items() if metric in f and f[metric].notna().any()}
     if not scored:
         return []
     common = set.intersection(*(set(v.index) for v in scored.values()))
     higher = METRICS[metric].higher_is_better
     key = {p: _goodness(v.loc[sorted(common)] if common else v, higher) for p, v in scored.items()}
-    return sorted(scored, key=lambda p: -key[p])
+    return sorted(key.items(), key=lambda item: -item[1])
+
+
+def rank_predictors(frames: dict[str, pd.DataFrame], metric: str) -> list[str]:
+    """Predictors with a defined score, best first, compared on the splits they all scored.
+
+    Means over different split sets are not comparable (a predictor that declines the hard splits would win),
+    so ranking uses the common splits; the table still shows each predictor's mean over its own splits.
+    """
+    return [p for p, _ in _ranked(frames, metric)]
+
+
+def best_row(frames: dict[str, pd.DataFrame], metric: str) -> tuple[str, bool] | None:
+    """The row to bold for `metric` and whether its lead is within noise; None when the top values tie."""
+    order = _ranked(frames, metric)
+    if not order:
+        return None
+    if len(order) > 1:
+        (first, g1), (second, g2) = order[0], order[1]
+        if abs(g1 - g2) <= TIE_TOLERANCE * max(1.0, abs(g1)):
+            return None
+        return first, lead_within_noise(frames[first][metric], frames[second][metric])
+    return order[0][0], False
 
 
 def _fmt(mean: float, half: float) -> str:
@@ -174,26 +307,49 @@ def _fmt(mean: float, half: float) -> str:
     return f"{value} ± {half:.3f}" if half >= 0.001 or half == 0 else f"{value} ± {half:.1e}"
 
 
-def _metric_table(frames: dict[str, pd.DataFrame], extra: dict[str, str], mark_best: bool) -> list[str]:
+def _cells(frame: pd.DataFrame, metrics: list[str]) -> list[str]:
+    return [_fmt(*mean_ci(frame[m])[:2]) if m in frame else "NaN" for m in metrics]
+
+
+def _reference_rows(board: Board, metrics: list[str], trailing: str = "") -> list[str]:
+    """The italic reference rows: the mean oracle and the noise ceiling (those the board has)."""
+    lines = []
+    for name, frame in ((schema.ORACLE, board.oracle), (schema.CEILING, board.ceiling)):
+        if not frame.empty:
+            lines.append(
+                f"| *{name}* | {len(frame)} | " + " | ".join(_cells(frame, metrics)) + f" |{trailing}"
+            )
+    return lines
+
+
+def _metric_table(
+    frames: dict[str, pd.DataFrame], extra: dict[str, str], mark_best: bool, unranked: set[str] = frozenset()
+) -> list[str]:
     metrics = list(METRICS)
     header = "| predictor | n | " + " | ".join(metrics) + " |"
     lines = [header, "|" + "---|" * (len(metrics) + 2)]
-    best = {}
-    for m in metrics:
-        order = rank_predictors(frames, m)
-        if mark_best and order:
-            noisy = len(order) > 1 and lead_within_noise(frames[order[0]][m], frames[order[1]][m])
-            best[m] = (order[0], noisy)
+    ranked = {p: f for p, f in frames.items() if p not in unranked}
+    best = {m: b for m in metrics if mark_best and (b := best_row(ranked, m)) is not None}
     for name, frame in frames.items():
         cells = []
-        for m in metrics:
-            mean, half, _ = mean_ci(frame[m]) if m in frame else (np.nan, np.nan, 0)
-            text = _fmt(mean, half)
+        for m, text in zip(metrics, _cells(frame, metrics), strict=True):
             if m in best and best[m][0] == name:
                 text = f"**{text}**" + (" ≈" if best[m][1] else "")
             cells.append(text)
         lines.append(f"| {name}{extra.get(name, '')} | {len(frame)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _normalized_of(scores: pd.Series, refs: pd.Series, ceil: pd.Series, metric: str) -> float:
+    """Ratio of means over the splits where score, reference and ceiling are all defined."""
+    scores = scores.dropna()
+    refs, ceil = refs.reindex(scores.index), ceil.reindex(scores.index)
+    keep = refs.notna() & ceil.notna()
+    if not keep.any():
+        return float("nan")
+    return normalized_score(
+        scores[keep].mean(), refs[keep].mean(), ceil[keep].mean(), METRICS[metric].higher_is_better
+    )
 
 
 def normalized(board: Board, predictor: str, metric: str) -> float:
@@ -202,15 +358,19 @@ def normalized(board: Board, predictor: str, metric: str) -> float:
     A ratio of means across splits: per-split ratios explode where a split's ceiling is barely above its
     baseline. 0 = the reference baseline, 1 = the noise ceiling; unclipped (the per-split values are in MLflow).
     """
-    scores = board.scores[predictor][metric].dropna()
-    refs = board.references[predictor][metric].reindex(scores.index)
-    ceil = board.ceiling[metric].reindex(scores.index) if metric in board.ceiling else pd.Series(dtype=float)
-    keep = refs.notna() & ceil.notna()
-    if not keep.any():
+    ceil = board.ceiling[metric] if metric in board.ceiling else pd.Series(dtype=float)
+    return _normalized_of(board.scores[predictor][metric], board.references[predictor][metric], ceil, metric)
+
+
+def normalized_oracle(board: Board, metric: str) -> float:
+    """The mean oracle's normalized score, against the reference baseline of the same splits."""
+    if board.oracle.empty or metric not in board.oracle or metric not in board.ceiling:
         return float("nan")
-    return normalized_score(
-        scores[keep].mean(), refs[keep].mean(), ceil[keep].mean(), METRICS[metric].higher_is_better
-    )
+    refs = [f[metric] for f in board.references.values() if metric in f]
+    if not refs:
+        return float("nan")
+    ref = pd.concat(refs).groupby(level=0).first()
+    return _normalized_of(board.oracle[metric], ref, board.ceiling[metric], metric)
 
 
 def _fmt_normalized(value: float) -> str:
@@ -227,7 +387,14 @@ def _normalized_table(board: Board) -> list[str]:
     for name in board.scores:
         cells = [_fmt_normalized(normalized(board, name, m)) for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not board.oracle.empty:
+        cells = [_fmt_normalized(normalized_oracle(board, m)) for m in metrics]
+        lines.append(f"| *{schema.ORACLE}* | " + " | ".join(cells) + " |")
     return lines
+
+
+def _direction(higher: bool | None) -> str:
+    return "↑" if higher else "↓" if higher is False else "→0"
 
 
 def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[str]]) -> str:
@@ -237,27 +404,27 @@ def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[st
         "",
         "Generated by `bench leaderboard` from the MLflow store; do not edit by hand.",
         "Each cell: mean over splits (each split first averaged over its seeds) ± half-width of a 95% Student-t",
-        "interval across splits; n = number of splits. **Bold** = best mean in the column; ≈ = its lead over the",
-        "runner-up is within noise (paired 95% t-interval of the per-split differences contains 0).",
+        "interval across splits; n = number of splits. **Bold** = best mean in the column (none when the top",
+        "values tie); ≈ = its lead over the runner-up is within noise (paired 95% t-interval of the per-split",
+        "differences contains 0).",
         "Directions: "
-        + ", ".join(
-            f"`{m.name}` {'↑' if m.higher_is_better else '↓' if m.higher_is_better is False else '→0'}"
-            for m in METRICS.values()
-        )
+        + ", ".join(f"`{m.name}` {_direction(m.higher_is_better)}" for m in METRICS.values())
         + ".",
         "`NaN` = undefined (e.g. r of a constant prediction). (+k n/a) = k splits the predictor declared not applicable;",
-        "best values are judged on the splits all predictors scored. Reference baseline: mean_shift (additive for",
-        "combinations). Noise ceiling: two random halves of the real perturbed cells scored against each other; it",
-        "uses half-size samples, so it is conservative and a predictor can exceed it (normalized > 1).",
+        "best values are judged on the splits all predictors scored.",
+        "Rows: one per predictor configuration, from its complete run (all splits; the most seeds, then the",
+        "latest); a label in parentheses lists hyperparameters that differ from the registered defaults. A",
+        "predictor with no complete run shows its latest quick look, labelled (partial) and never bold.",
+        f"*{schema.ORACLE}* = the held-out control cells plus the TRUE mean shift of the held-out group, scored",
+        "identically: how much of each metric the mean alone explains. Reference baseline: mean_shift (additive",
+        "for combinations). Noise ceiling: the real perturbed cells scored against themselves (see README).",
         "",
     ]
     for board in sorted(boards, key=lambda b: (b.dataset, b.split_kind)):
         out += [f"## {board.dataset} · {board.split_kind}", ""]
         na = {p: f" (+{n} n/a)" for p, n in board.not_applicable.items() if n}  # splits it declined
-        out += _metric_table(board.scores, na, mark_best=True)
-        if not board.ceiling.empty:
-            cells = [_fmt(*mean_ci(board.ceiling[m])[:2]) for m in METRICS]
-            out.append(f"| *noise ceiling* | {len(board.ceiling)} | " + " | ".join(cells) + " |")
+        out += _metric_table(board.scores, na, mark_best=True, unranked=board.partial)
+        out += _reference_rows(board, list(METRICS))
         out += [
             "",
             "Normalized (ratio of means over each predictor's splits: 0 = reference baseline, 1 = noise ceiling;",
@@ -266,7 +433,7 @@ def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[st
         ]
         out += _normalized_table(board)
         out += ["", "Reproduce:", ""]
-        out += [f"- `{cmd}`" for cmd in board.commands.values()]
+        out += [f"- {label}: `{cmd}`" for label, cmd in board.commands.items()]
         figure_notes = [
             f"{p}: " + ", ".join(f"[{Path(link).stem.rsplit('__', 1)[-1]}]({link})" for link in links)
             for p in board.scores
@@ -282,32 +449,30 @@ def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[st
 
 
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-RESULT_METRICS = ("r", "jaccard_100", "energy_distance", "var_ratio")
 
 
 def render_results(boards: list[Board]) -> str:
-    """A compact results block for the README: headline metrics and measured fit time per split."""
+    """A compact results block for the README: headline metrics, the reference rows and fit time per split."""
+    metrics = schema.headline_metrics()
     out = [
         "Generated by `bench leaderboard --readme README.md` from the same store as the leaderboard; mean over",
-        "splits ± 95% t half-width; fit s = mean wall seconds to fit (or load from the model cache) one split.",
+        "splits ± 95% t half-width; fit s = mean wall seconds to fit (or load from the model cache) one split;",
+        f"*{schema.ORACLE}* = control cells + the true mean shift (what the mean alone explains).",
         "",
     ]
     for board in sorted(boards, key=lambda b: (b.dataset, b.split_kind)):
         out += [f"**{board.dataset} · {board.split_kind}**", ""]
         out += [
-            "| predictor | n | " + " | ".join(RESULT_METRICS) + " | fit s |",
-            "|---" * (len(RESULT_METRICS) + 3) + "|",
+            "| predictor | n | " + " | ".join(metrics) + " | fit s |",
+            "|---" * (len(metrics) + 3) + "|",
         ]
         for name, frame in board.scores.items():
             if frame.empty:
                 continue
-            cells = [_fmt(*mean_ci(frame[m])[:2]) for m in RESULT_METRICS]
-            secs = board.seconds.get(name, pd.DataFrame()).get("fit_seconds", pd.Series(dtype=float))
+            secs = board.seconds.get(name, pd.DataFrame()).get(schema.FIT_SECONDS, pd.Series(dtype=float))
             fit = f"{secs.mean():.1f}" if secs.notna().any() else "NaN"
-            out.append(f"| {name} | {len(frame)} | " + " | ".join(cells) + f" | {fit} |")
-        if not board.ceiling.empty:
-            cells = [_fmt(*mean_ci(board.ceiling[m])[:2]) for m in RESULT_METRICS]
-            out.append(f"| *noise ceiling* | {len(board.ceiling)} | " + " | ".join(cells) + " | |")
+            out.append(f"| {name} | {len(frame)} | " + " | ".join(_cells(frame, metrics)) + f" | {fit} |")
+        out += _reference_rows(board, metrics, trailing=" |")
         out.append("")
     return "\n".join(out)
 

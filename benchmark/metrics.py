@@ -55,6 +55,7 @@ class EvalData:
     real: np.ndarray
     pred: np.ndarray
     embed: Callable[[np.ndarray], np.ndarray] | None = None
+    others: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         for name in ("control", "real", "pred"):

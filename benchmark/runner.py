@@ -1,12 +1,18 @@
-"""Runs one predictor over every split of a kind and seed, scores it identically to every other, logs to MLflow.
+"""Runs one predictor over every split of a kind and seed, scores it with the engine, logs it to MLflow.
 
 Per split: fit on the training cells only (or load the cached fit), predict each held-out target from the
-control cells of its context, score against the real held-out cells, compute the split's noise ceiling and the
-reference baseline (mean_shift, or additive for combinations) for normalized scores, draw the composite figure.
+control cells of its context, and hand the cells to `benchmark.evaluate` (metrics, noise ceiling, reference
+baseline, mean oracle, normalized scores); log everything under the names of `benchmark.schema`, and draw the
+composite figure. The parent run records the configuration (predictor, hyperparameters, data checksum, split
+set, whether the splits were restricted) and the `bench run` arguments that reproduce it.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
+import shlex
 import sys
 import tempfile
 import time
@@ -21,47 +27,21 @@ import pandas as pd
 from anndata import AnnData
 
 import benchmark
-from benchmark import tracking
-from benchmark.ceiling import noise_ceiling, normalized_score
-from benchmark.datasets import Dataset
+from benchmark import schema, tracking
+from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
+from benchmark.evaluate import TargetResult, evaluate_target, other_deltas
 from benchmark.figures import composite_figure, summary_figure
-from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding, score
+from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
 from benchmark.model_cache import cache_key, fit_or_load
 from benchmark.protocol import Predictor
-from benchmark.splits import Split, Target, make_splits
+from benchmark.pseudobulk import group_profiles
+from benchmark.references import ReferenceShifts, reference_predictions
+from benchmark.splits import MIN_CELLS, Split, Target, make_splits
 from benchmark.task import dense
 from predictors.registry import make_predictor
 
-REFERENCE_PREDICTORS = ("mean_shift", "additive")
-"""The baseline that anchors normalized scores at 0: the first of these that applies to a target."""
-CEILING_REPEATS = 20
-
-
-@dataclass
-class TargetResult:
-    """The outcome for one held-out target of one split and seed."""
-
-    split: str
-    seed: int
-    perturbation: str
-    context: str
-    status: str  # "ok" | "not_applicable"
-    reason: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    ceiling: dict[str, float] = field(default_factory=dict)
-    reference: dict[str, float] = field(default_factory=dict)
-    normalized: dict[str, float] = field(default_factory=dict)
-    run_id: str = ""
-    seconds: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return (
-            self.split
-            if self.split.endswith(f"{self.context}/{self.perturbation}")
-            else (f"{self.split}:{self.context}/{self.perturbation}")
-        )
+__all__ = ["RunOptions", "RunResult", "TargetResult", "run_benchmark"]
 
 
 @dataclass
@@ -122,6 +102,9 @@ def run_benchmark(
         )
         for seed in options.seeds
     }
+    truncated = options.max_splits is not None and any(
+        len(v) > options.max_splits for v in splits_by_seed.values()
+    )
     if options.max_splits is not None:
         splits_by_seed = {s: v[: options.max_splits] for s, v in splits_by_seed.items()}
     skipped = next(iter(splits_by_seed.values()))[0].skipped
@@ -130,17 +113,30 @@ def run_benchmark(
 
     tracking.experiment_for(dataset.name)
     positions = {name: i for i, name in enumerate(dataset.adata.obs_names)}
+    profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
     results: list[TargetResult] = []
     total = sum(len(v) for v in splits_by_seed.values())
+    config = _configuration(
+        predictor_name, display_name, template, dataset, split_kind, options, splits_by_seed
+    )
+    config[schema.PARAM_PARTIAL] = schema.TRUE if truncated or _restricted(dataset, options) else schema.FALSE
     with mlflow.start_run(run_name=f"{display_name} · {split_kind}") as parent:
         parent_id = parent.info.run_id
-        mlflow.set_tags(_run_tags(display_name, dataset, split_kind, level="parent"))
+        mlflow.set_tags(
+            {
+                **_run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
+                schema.TAG_PARTIAL: config[schema.PARAM_PARTIAL],
+                schema.TAG_CONFIG: _config_digest(display_name, template, dataset, split_kind, config),
+                schema.TAG_RUN_NAME: _run_name(display_name, split_kind, options, config),
+            }
+        )
         tracking.log_params(
             parent_id,
             {
                 **_provenance(display_name, template, dataset, split_kind),
-                "seeds": ",".join(map(str, options.seeds)),
-                "n_splits": total,
+                schema.PARAM_SEEDS: ",".join(map(str, options.seeds)),
+                schema.PARAM_N_SPLITS: total,
+                **config,
             },
         )
         done = 0
@@ -150,7 +146,16 @@ def run_benchmark(
                 done += 1
                 progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
                 results += _run_split(
-                    display_name, template, dataset, split, seed, positions, options, progress, embeddings
+                    display_name,
+                    template,
+                    dataset,
+                    split,
+                    seed,
+                    positions,
+                    options,
+                    progress,
+                    embeddings,
+                    profiles,
                 )
         _log_summary(parent_id, display_name, dataset, split_kind, results, options)
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
@@ -166,6 +171,7 @@ def _run_split(
     options: RunOptions,
     progress: Progress,
     embeddings: dict[str, PCAEmbedding],
+    profiles: tuple[dict, dict],
 ) -> list[TargetResult]:
     """Fit once on the split's training cells, then predict and score each of its targets in a child run."""
     adata, task = dataset.adata, dataset.task
@@ -186,7 +192,8 @@ def _run_split(
     except NotApplicable as exc:
         fit_error = exc
     fit_seconds = time.perf_counter() - started
-    references = _reference_predictors(name, train, task)
+    references = ReferenceShifts.fit(train, task)
+    selection = getattr(predictor, "selection_", None) if fit_error is None else None
 
     out: list[TargetResult] = []
     for target in split.targets:
@@ -194,30 +201,44 @@ def _run_split(
             run_id = child.info.run_id
             mlflow.set_tags(
                 {
-                    **_run_tags(name, dataset, split.kind, level="split"),
-                    "pertbench.split": split.name,
-                    "pertbench.seed": str(seed),
-                    "pertbench.context": target.context,
-                    "pertbench.perturbation": target.perturbation,
-                    "pertbench.model_cache": cache,
+                    **_run_tags(name, dataset, split.kind, level=schema.LEVEL_SPLIT),
+                    schema.TAG_SPLIT: split.name,
+                    schema.TAG_SEED: str(seed),
+                    schema.TAG_CONTEXT: target.context,
+                    schema.TAG_PERTURBATION: target.perturbation,
+                    schema.TAG_MODEL_CACHE: cache,
                 }
             )
-            tracking.log_params(
-                run_id,
-                {
-                    **_provenance(name, predictor, dataset, split.kind),
-                    "seed": seed,
-                    "split": split.name,
-                    "split_digest": split.digest(),
-                    "model_cache_key": key,
-                    "n_train_cells": len(split.train_cells),
-                    "n_test_cells": len(target.test_cells),
-                    "n_control_cells": len(target.control_cells),
-                },
+            others = other_deltas(
+                *profiles,
+                task.control_label,
+                split.kind,
+                target.perturbation,
+                target.context,
+                MIN_CELLS,
             )
+            params = {
+                **_provenance(name, predictor, dataset, split.kind),
+                schema.PARAM_SEED: seed,
+                schema.PARAM_SPLIT: split.name,
+                schema.PARAM_SPLIT_DIGEST: split.digest(),
+                schema.PARAM_MODEL_CACHE_KEY: key,
+                schema.PARAM_N_TRAIN: len(split.train_cells),
+                schema.PARAM_N_TEST: len(target.test_cells),
+                schema.PARAM_N_CONTROL: len(target.control_cells),
+                schema.PARAM_N_OTHERS: 0 if others is None else len(others),
+            }
+            if selection is not None:
+                params[schema.PARAM_SELECTION] = _json(selection, compact=True)[
+                    : schema.SELECTION_PARAM_CHARS
+                ]
+            tracking.log_params(run_id, params)
             with tempfile.TemporaryDirectory() as tmp:
-                split_file = split.save(Path(tmp) / "split.json")
-                mlflow.log_artifact(str(split_file))
+                mlflow.log_artifact(str(split.save(Path(tmp) / schema.SPLIT_ARTIFACT)))
+                if selection is not None:
+                    path = Path(tmp) / schema.SELECTION_ARTIFACT
+                    path.write_text(_json(selection))
+                    mlflow.log_artifact(str(path))
             history = getattr(predictor, "history_", None)
             if isinstance(history, list) and history:
                 tracking.log_history(run_id, history)
@@ -226,6 +247,7 @@ def _run_split(
                 predictor,
                 declined.get((target.perturbation, target.context), fit_error),
                 references,
+                others,
                 dataset,
                 split,
                 target,
@@ -236,24 +258,25 @@ def _run_split(
             )
             result.run_id = run_id
             result.seconds = fit_seconds + result.seconds
-            mlflow.set_tag("pertbench.status", result.status)
-            if result.status == "not_applicable":
-                mlflow.set_tag("pertbench.reason", result.reason[:5000])
+            mlflow.set_tag(schema.TAG_STATUS, result.status)
+            if result.status == schema.STATUS_NOT_APPLICABLE:
+                mlflow.set_tag(schema.TAG_REASON, result.reason[:5000])
                 progress(f"    {target.context}/{target.perturbation}: not applicable ({result.reason})")
             else:
+                if result.reference_name:
+                    tracking.log_params(run_id, {schema.PARAM_REFERENCE: result.reference_name})
                 flat = {
                     **result.metrics,
-                    **{f"ceiling_{k}": v for k, v in result.ceiling.items()},
-                    **{f"reference_{k}": v for k, v in result.reference.items()},
-                    **{f"norm_{k}": v for k, v in result.normalized.items()},
-                    "fit_seconds": fit_seconds,
+                    **schema.prefixed(schema.CEILING_PREFIX, result.ceiling),
+                    **schema.prefixed(schema.REFERENCE_PREFIX, result.reference),
+                    **schema.prefixed(schema.ORACLE_PREFIX, result.oracle),
+                    **schema.prefixed(schema.NORM_PREFIX, result.normalized),
+                    schema.FIT_SECONDS: fit_seconds,
                 }
                 tracking.log_metrics(run_id, flat)
                 progress(
                     f"    {target.context}/{target.perturbation}: "
-                    + ", ".join(
-                        f"{k}={result.metrics[k]:.3f}" for k in ("r", "jaccard_100", "energy_distance")
-                    )
+                    + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in schema.headline_metrics())
                     + f" (fit {fit_seconds:.1f}s, cache {cache})"
                 )
             out.append(result)
@@ -277,7 +300,8 @@ def _score_target(
     name: str,
     predictor: Predictor,
     fit_error: NotApplicable | None,
-    references: dict[str, Predictor],
+    references: ReferenceShifts,
+    others: np.ndarray | None,
     dataset: Dataset,
     split: Split,
     target: Target,
@@ -286,9 +310,9 @@ def _score_target(
     positions: dict[str, int],
     options: RunOptions,
 ) -> TargetResult:
-    """Predict one target and score it; NotApplicable becomes a recorded status, not a failure."""
+    """Predict one target and score it with the engine; NotApplicable becomes a recorded status, not a failure."""
     adata, task = dataset.adata, dataset.task
-    result = TargetResult(split.name, seed, target.perturbation, target.context, "ok")
+    result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
     control = adata[[positions[c] for c in target.control_cells]].copy()
     real = dense(task.lognorm(adata[[positions[c] for c in target.test_cells]]))
     control_x = dense(task.lognorm(control))
@@ -298,27 +322,17 @@ def _score_target(
             raise fit_error
         predicted = predictor.predict(control, target.perturbation, target.context)
     except NotApplicable as exc:
-        result.status, result.reason = "not_applicable", str(exc) or type(exc).__name__
+        result.status, result.reason = schema.STATUS_NOT_APPLICABLE, str(exc) or type(exc).__name__
         return result
     result.seconds = time.perf_counter() - started
     pred_x = _checked_prediction(name, predicted, control)
-    data = EvalData(control=control_x, real=real, pred=pred_x, embed=embed)
-    result.metrics = score(data)
-    result.ceiling = noise_ceiling(control_x, real, embed, n_repeats=CEILING_REPEATS, seed=seed)
-    result.reference = _reference_scores(
-        name, result.metrics, references, control, control_x, real, embed, target
-    )
-    result.normalized = {
-        k: normalized_score(
-            v, result.reference.get(k, np.nan), result.ceiling.get(k, np.nan), METRICS[k].higher_is_better
-        )
-        for k, v in result.metrics.items()
-    }
+    refs = reference_predictions(references, control_x, target.perturbation)
+    result.add_scores(evaluate_target(control_x, real, pred_x, embed, refs, others=others, seed=seed))
     with tempfile.TemporaryDirectory() as tmp:
         if options.figures:
             title = f"{dataset.name} · {split.kind} {split.name} · {name} · seed {seed}"
             path = composite_figure(
-                data,
+                EvalData(control=control_x, real=real, pred=pred_x, embed=embed),
                 result.metrics,
                 result.reference or None,
                 title,
@@ -326,7 +340,7 @@ def _score_target(
                 embedding=options.embedding,
                 seed=seed,
             )
-            mlflow.log_artifact(str(path), artifact_path="figures")
+            mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
         if options.save_predictions:
             predicted = predicted.copy()
             predicted.obs["perturbation"] = target.perturbation
@@ -335,32 +349,8 @@ def _score_target(
             predicted.obs["seed"] = seed
             pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
             predicted.write_h5ad(pred_file)
-            mlflow.log_artifact(str(pred_file), artifact_path="predictions")
+            mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
     return result
-
-
-def _reference_predictors(name: str, train: AnnData, task) -> dict[str, Predictor]:
-    """Fit the cheap reference baselines on the same training cells (skipped when the predictor is one)."""
-    refs = {}
-    for ref in REFERENCE_PREDICTORS:
-        if ref != name:
-            refs[ref] = make_predictor(ref)[1].fit(train, task)
-    return refs
-
-
-def _reference_scores(
-    name: str, own: dict, references: dict[str, Predictor], control, control_x, real, embed, target: Target
-) -> dict[str, float]:
-    """Scores of the first applicable reference baseline on the same target (the predictor's own if it is one)."""
-    for ref in REFERENCE_PREDICTORS:
-        if ref == name:
-            return dict(own)
-        try:
-            pred = references[ref].predict(control, target.perturbation, target.context)
-        except NotApplicable:
-            continue
-        return score(EvalData(control=control_x, real=real, pred=dense(pred.X), embed=embed))
-    return {}
 
 
 def _checked_prediction(name: str, predicted: AnnData, control: AnnData) -> np.ndarray:
@@ -389,26 +379,146 @@ def _fresh(template: Predictor, seed: int) -> Predictor:
 
 def _run_tags(name: str, dataset: Dataset, split_kind: str, level: str) -> dict[str, str]:
     return {
-        "pertbench.level": level,
-        "pertbench.predictor": name,
-        "pertbench.dataset": dataset.name,
-        "pertbench.split_kind": split_kind,
+        schema.TAG_LEVEL: level,
+        schema.TAG_PREDICTOR: name,
+        schema.TAG_DATASET: dataset.name,
+        schema.TAG_SPLIT_KIND: split_kind,
     }
 
 
 def _provenance(name: str, predictor: Predictor, dataset: Dataset, split_kind: str) -> dict[str, Any]:
     """Params that make a run repeatable: predictor and hyperparameters, data checksum, code version."""
     return {
-        "predictor": name,
-        "predictor_class": f"{type(predictor).__module__}:{type(predictor).__qualname__}",
-        **{f"hp.{k}": v for k, v in predictor.get_params().items()},
-        "dataset": dataset.name,
-        "dataset_checksum": dataset.checksum,
-        "dataset_source": dataset.source,
-        "split_kind": split_kind,
-        "pertbench_version": benchmark.__version__,
-        "git_commit": tracking.git_commit(),
+        schema.PARAM_PREDICTOR: name,
+        schema.PARAM_PREDICTOR_CLASS: f"{type(predictor).__module__}:{type(predictor).__qualname__}",
+        **{f"{schema.HP_PREFIX}{k}": v for k, v in predictor.get_params().items()},
+        schema.PARAM_DATASET: dataset.name,
+        schema.PARAM_DATASET_CHECKSUM: dataset.checksum,
+        schema.PARAM_DATASET_SOURCE: dataset.source,
+        schema.PARAM_SPLIT_KIND: split_kind,
+        schema.PARAM_VERSION: benchmark.__version__,
+        schema.PARAM_GIT_COMMIT: tracking.git_commit(),
     }
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+def _configuration(
+    predictor_name: str,
+    display_name: str,
+    template: Predictor,
+    dataset: Dataset,
+    split_kind: str,
+    options: RunOptions,
+    splits_by_seed: dict[int, list[Split]],
+) -> dict[str, str]:
+    """Parent params that identify the run's configuration and the `bench run` arguments that reproduce it."""
+    changed = changed_params(predictor_name, template)
+    split_set = hashlib.sha256(
+        json.dumps([[seed, [s.digest() for s in splits]] for seed, splits in splits_by_seed.items()]).encode()
+    ).hexdigest()[:16]
+    args = ["--predictor", predictor_name, *dataset_cli_args(dataset), "--split", split_kind]
+    seeds = ",".join(map(str, options.seeds))
+    args += ["--seeds", seeds] if len(options.seeds) > 1 else ["--seed", seeds]
+    for key, value in changed.items():
+        args += ["--param", f"{key}={param_text(value)}"]
+    for pert in options.perturbations or ():
+        args += ["--perturbation", pert]
+    if options.max_splits is not None:
+        args += ["--max-splits", str(options.max_splits)]
+    return {
+        schema.PARAM_SPLIT_SET: split_set,
+        schema.PARAM_CLI: shlex.join(args),
+        schema.PARAM_CLI_PARAMS: ", ".join(f"{k}={param_text(v)}" for k, v in changed.items()),
+    }
+
+
+def _config_digest(
+    name: str, predictor: Predictor, dataset: Dataset, split_kind: str, config: dict[str, str]
+) -> str:
+    """Digest of predictor, hyperparameters, data checksum, split kind, split set and partial flag."""
+    ident = {
+        "predictor": name,
+        "hp": {k: repr(v) for k, v in predictor.get_params().items()},
+        "checksum": dataset.checksum,
+        "split_kind": split_kind,
+        **{k: config[k] for k in (schema.PARAM_SPLIT_SET, schema.PARAM_PARTIAL)},
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _run_name(display_name: str, split_kind: str, options: RunOptions, config: dict[str, str]) -> str:
+    """A parent run name that tells configurations apart: predictor, changed params, split kind, seeds."""
+    params = config[schema.PARAM_CLI_PARAMS]
+    name = f"{display_name}{f' ({params})' if params else ''} · {split_kind} · seeds {','.join(map(str, options.seeds))}"
+    return name + (" · partial" if config[schema.PARAM_PARTIAL] == schema.TRUE else "")
+
+
+def changed_params(predictor_name: str, predictor: Predictor) -> dict[str, Any]:
+    """The predictor's hyperparameters that differ from those its registered name (or class) builds by default."""
+    defaults = make_predictor(predictor_name)[1].get_params()
+    return {k: v for k, v in predictor.get_params().items() if k not in defaults or not _same(defaults[k], v)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.all(a == b)) and type(a) is type(b)
+    except (TypeError, ValueError):
+        return repr(a) == repr(b)
+
+
+def param_text(value: Any) -> str:
+    """`--param` text that the CLI parses back to `value` (a string stays bare unless it reads as a literal)."""
+    if isinstance(value, str):
+        try:
+            ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return repr(value)
+
+
+def dataset_cli_args(dataset: Dataset) -> list[str]:
+    """`--dataset NAME` for a card (or the built-in synthetic) whose checksum matches, else the `--data` arguments."""
+    if dataset.name == SYNTHETIC and not Path(dataset.source).suffix == ".h5ad":
+        return ["--dataset", dataset.name]
+    try:
+        card = get_card(dataset.name)
+    except PertbenchError:
+        card = None
+    if card is not None and card.sha256 == dataset.checksum:
+        return ["--dataset", dataset.name]
+    task = dataset.task
+    source = Path(dataset.source)
+    args = ["--data", str(source.resolve()) if source.exists() else str(source)]
+    args += ["--perturbation-key", task.perturbation_key, "--control", task.control_label]
+    if task.context_key is not None:
+        args += ["--context-key", task.context_key]
+    return args + ["--expression", task.expression]
+
+
+def _restricted(dataset: Dataset, options: RunOptions) -> bool:
+    """Whether --perturbation left out some perturbation label of the dataset."""
+    if options.perturbations is None:
+        return False
+    task = dataset.task
+    labels = set(np.unique(task.perturbations(dataset.adata))) - {task.control_label}
+    return not labels <= set(options.perturbations)
+
+
+def _json(value: Any, compact: bool = False) -> str:
+    """JSON text of a predictor's `selection_` (numpy numbers and other objects as their Python value or str)."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        return str(obj)
+
+    if compact:
+        return json.dumps(value, default=default, separators=(",", ":"))
+    return json.dumps(value, default=default, indent=2)
 
 
 def _log_summary(
@@ -420,11 +530,11 @@ def _log_summary(
     options: RunOptions,
 ) -> None:
     """Mean metrics on the parent run, and the summary figure of metrics across splits."""
-    scored = [r for r in results if r.status == "ok"]
+    scored = [r for r in results if r.status == schema.STATUS_OK]
     mlflow.set_tags(
         {
-            "pertbench.n_scored": str(len(scored)),
-            "pertbench.n_not_applicable": str(len(results) - len(scored)),
+            schema.TAG_N_SCORED: str(len(scored)),
+            schema.TAG_N_NOT_APPLICABLE: str(len(results) - len(scored)),
         }
     )
     if not scored:
@@ -433,7 +543,7 @@ def _log_summary(
     tracking.log_metrics(
         parent_id,
         {
-            f"mean_{k}": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            f"{schema.MEAN_PREFIX}{k}": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
             for k, v in table.items()
         },
     )
@@ -445,7 +555,7 @@ def _log_summary(
                 Path(tmp) / "summary.png",
                 directions={k: m.higher_is_better for k, m in METRICS.items()},
             )
-            mlflow.log_artifact(str(path), artifact_path="figures")
+            mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
 
 
 def _safe(text: str) -> str:

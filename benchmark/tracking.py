@@ -16,13 +16,14 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from benchmark.schema import EXPERIMENT_PREFIX  # noqa: E402
+
 # After importing mlflow, which configures its own loggers: keep store-migration INFO lines out of `bench` output.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """An embedded SQLite store in the working directory; MLFLOW_TRACKING_URI points elsewhere (e.g. a server)."""
-EXPERIMENT_PREFIX = "pertbench"
 LOCAL_ARTIFACT_DIR = "mlartifacts"
 
 

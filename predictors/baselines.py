@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 from threadpoolctl import threadpool_limits
 
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
+from benchmark.pseudobulk import group_means, split_controls
 from benchmark.task import Task, dense
 from predictors.params import ValidatedParams, check_float, check_int, check_int_grid, check_positive_grid
 
@@ -32,40 +32,6 @@ Group = tuple[str, str]  # (context, perturbation)
 # ---------------------------------------------------------------------------------------------------------
 # Pseudobulk state shared by the baselines
 # ---------------------------------------------------------------------------------------------------------
-
-
-def group_sums(
-    x, contexts: np.ndarray, perturbations: np.ndarray
-) -> tuple[list[Group], np.ndarray, np.ndarray]:
-    """Every (context, perturbation) group, its per-gene sums over its cells and its size (float64), via one
-    sparse indicator product (x dense or sparse; never densified)."""
-    codes = pd.MultiIndex.from_arrays([np.asarray(contexts), np.asarray(perturbations)])
-    group_of_cell, groups = pd.factorize(codes)
-    sizes = np.bincount(group_of_cell, minlength=len(groups)).astype(np.float64)
-    indicator = sp.csr_matrix(
-        (np.ones(len(group_of_cell)), (group_of_cell, np.arange(len(group_of_cell)))),
-        shape=(len(groups), len(group_of_cell)),
-    )
-    sums = dense(indicator @ x)
-    return [(str(t), str(p)) for t, p in groups], sums, sizes
-
-
-def group_means(train: AnnData, task: Task) -> dict[Group, np.ndarray]:
-    """Mean log-normalized profile of every (context, perturbation) group."""
-    groups, sums, sizes = group_sums(task.lognorm(train), task.contexts(train), task.perturbations(train))
-    means = sums / sizes[:, None]
-    return {group: means[i] for i, group in enumerate(groups)}
-
-
-def split_controls(
-    means: dict[Group, np.ndarray], task: Task
-) -> tuple[dict[str, np.ndarray], dict[Group, np.ndarray]]:
-    """Control profile per context, and the shift of every perturbed group whose context has controls."""
-    controls = {t: m for (t, p), m in means.items() if p == task.control_label}
-    shifts = {
-        (t, p): m - controls[t] for (t, p), m in means.items() if p != task.control_label and t in controls
-    }
-    return controls, shifts
 
 
 class _ShiftBaseline(Predictor):

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from benchmark import tracking
-from benchmark.datasets import Dataset
+from benchmark import schema, tracking
+from benchmark.datasets import Dataset, load_dataset
 from benchmark.leaderboard import (
     Board,
+    _metric_table,
+    best_row,
+    collect,
     lead_within_noise,
     mean_ci,
     normalized,
     per_split,
     rank_predictors,
+    render,
     write_leaderboard,
 )
+from benchmark.metrics import METRICS
 from benchmark.runner import RunOptions, run_benchmark
 from benchmark.synthetic import make_synthetic
 from benchmark.task import LOGNORM_LAYER, Task, lognormalize
@@ -94,15 +101,133 @@ def test_leaderboard_from_store(tiny, tmp_path, monkeypatch):
     assert "## tiny · holdout_context" in text
     raw_table = text.split("Normalized (")[0]
     rows = {line.split("|")[1].strip(): line for line in raw_table.splitlines() if line.startswith("| ")}
-    assert "mean_shift" in rows and "no_change" in rows and "*noise ceiling*" in rows
+    assert {"mean_shift (partial)", "no_change", "*mean_oracle*", "*noise ceiling*"} <= set(rows)
     assert "NaN" in rows["no_change"]  # r of a constant prediction is undefined, shown as such
-    assert "**" in rows["mean_shift"]
-    assert "bench run --predictor mean_shift --dataset tiny --split holdout_context --seeds 0,1" in text
+    assert (
+        "**" not in rows["mean_shift (partial)"] and "**" in rows["no_change"]
+    )  # a quick look is never best
+    assert (
+        "bench run --predictor mean_shift --data test --perturbation-key condition --control control "
+        "--context-key cell_type --expression counts --split holdout_context --seeds 0,1 --max-splits 2"
+    ) in text
     figures = sorted(p.name for p in (tmp_path / "board" / "figures").iterdir())
     assert any("mean_shift" in f and "summary" in f for f in figures)
     assert any("mean_shift" in f and "composite" in f for f in figures)
     for name in figures:
         assert f"figures/{name}" in text
+
+
+def _board_text(uri: str) -> str:
+    return render(collect(uri), {})
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_a_max_splits_run_leaves_the_full_run_rows_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    synthetic = load_dataset("synthetic")
+    quiet = lambda _: None  # noqa: E731
+    run_benchmark("mean_shift", synthetic, "holdout_context", RunOptions(figures=False), quiet)
+    quick = RunOptions(figures=False, max_splits=1)
+    run_benchmark("no_change", synthetic, "holdout_context", quick, quiet)
+    before = _board_text(uri)
+    run_benchmark("mean_shift", synthetic, "holdout_context", quick, quiet)  # a later quick look
+    after = _board_text(uri)
+    assert after == before
+    table = _section(after, "## synthetic · holdout_context").split("Normalized (")[0]
+    rows = {
+        line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line.startswith("| ")
+    }
+    assert set(rows) - {"predictor"} == {
+        "mean_shift",
+        "no_change (partial)",
+        "*mean_oracle*",
+        "*noise ceiling*",
+    }
+    assert int(rows["mean_shift"][2]) == 12 and int(rows["no_change (partial)"][2]) == 1
+    assert "**" in "".join(rows["mean_shift"]) and "**" not in "".join(rows["no_change (partial)"])
+    assert "`bench run --predictor mean_shift --dataset synthetic --split holdout_context --seed 0`" in after
+
+
+def test_configurations_get_their_own_rows_and_reproduce_lines_that_round_trip(tmp_path, monkeypatch):
+    import shlex
+
+    import anndata as ad
+
+    from benchmark.cli import build_parser, main
+    from benchmark.datasets import load_h5ad
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.use_store(uri)
+    adata = make_synthetic(n_genes=30, n_contexts=2, n_perturbations=1, cells_per_group=20, seed=2)
+    file = tmp_path / "my screen.h5ad"
+    ad.AnnData(adata.X, obs=adata.obs, var=adata.var).write_h5ad(file)
+    data = load_h5ad(file, "condition", "control", "cell_type", "counts")
+    predictor = "helpers_predictors:CachedPredictor"
+    quiet = lambda _: None  # noqa: E731
+    run_benchmark(predictor, data, "holdout_context", RunOptions(figures=False), quiet)
+    shifted = RunOptions(figures=False, seeds=(0, 1), params={"offset": 1.0})
+    first = run_benchmark(predictor, data, "holdout_context", shifted, quiet)
+    (board,) = collect(uri)
+    assert set(board.scores) == {f"{predictor} (defaults)", f"{predictor} (offset=1.0)"}
+    command = board.commands[f"{predictor} (offset=1.0)"]
+    argv = shlex.split(command)
+    assert argv[:2] == ["bench", "run"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.predictor, dict(args.param), args.split, args.seeds) == (
+        predictor,
+        {"offset": 1.0},
+        "holdout_context",
+        (0, 1),
+    )
+    assert (args.data, args.perturbation_key, args.control, args.context_key, args.expression) == (
+        file,
+        "condition",
+        "control",
+        "cell_type",
+        "counts",
+    )
+    assert main([*argv[1:], "--no-figures", "--no-leaderboard", "--no-cache"]) == 0  # run as printed
+    again = max(
+        mlflow.search_runs(
+            search_all_experiments=True, filter_string=schema.parent_filter(), output_format="list"
+        ),
+        key=lambda r: r.info.start_time,
+    )
+    original = MlflowClient().get_run(first.parent_run_id)
+    assert again.info.run_id != original.info.run_id
+    assert again.data.tags[schema.TAG_CONFIG] == original.data.tags[schema.TAG_CONFIG]
+    assert again.data.metrics == pytest.approx(original.data.metrics, nan_ok=True)
+
+
+def test_tied_top_values_are_not_bold():
+    idx = ["s1", "s2", "s3"]
+    frames = {
+        "a": pd.DataFrame({"var_ratio": [0.272, 0.3, 0.25], "r": [0.5, 0.6, 0.7]}, index=idx),
+        "b": pd.DataFrame({"var_ratio": [0.272, 0.3, 0.25 + 1e-12], "r": [0.4, 0.5, 0.6]}, index=idx),
+    }
+    assert best_row(frames, "var_ratio") is None
+    assert best_row(frames, "r") == ("a", False)
+    lines = _metric_table(frames, {}, mark_best=True)
+    column = list(METRICS).index("var_ratio") + 3
+    assert all("**" not in line.split("|")[column] for line in lines[2:])
+    assert "**" in lines[2].split("|")[list(METRICS).index("r") + 3]
+
+
+def test_bench_list_shows_each_metric_with_its_direction_and_kind(capsys):
+    from benchmark.cli import main
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    arrows = {True: "↑", False: "↓", None: "→0"}
+    for metric in METRICS.values():
+        line = next(x for x in lines if x.split()[:1] == [metric.name])
+        assert line.split()[1:3] == [arrows[metric.higher_is_better], metric.kind]
 
 
 def test_readme_results_block_is_regenerated_between_markers(tmp_path):

@@ -7,8 +7,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmark import tracking
+from benchmark import schema, tracking
 from benchmark.datasets import Dataset
+from benchmark.metrics import METRICS
 from benchmark.runner import RunOptions, run_benchmark
 from benchmark.splits import make_splits
 from benchmark.synthetic import make_synthetic
@@ -78,6 +79,14 @@ def test_runs_are_logged_with_provenance_metrics_and_the_split(tiny, store):
     assert "split.json" in artifacts
     # mean_shift is its own reference: normalized r is exactly 0 there
     assert child.data.metrics["norm_r"] == pytest.approx(0.0, abs=1e-12)
+    assert child.data.params[schema.PARAM_REFERENCE] == "mean_shift"
+    for metric in METRICS:
+        assert f"{schema.ORACLE_PREFIX}{metric}" in child.data.metrics
+    assert parent.data.tags[schema.TAG_PARTIAL] == schema.FALSE
+    assert parent.data.params[schema.PARAM_CLI].startswith("--predictor mean_shift --data test")
+    # discrimination's comparison groups: a single P0 target is compared with P0 in the 2 other contexts
+    by_target = {(c.data.tags[schema.TAG_CONTEXT], c.data.tags[schema.TAG_PERTURBATION]): c for c in children}
+    assert by_target[("C0", "P0")].data.params[schema.PARAM_N_OTHERS] == "2"
 
 
 def test_not_applicable_targets_are_recorded_not_failed(tiny, store):
@@ -86,8 +95,8 @@ def test_not_applicable_targets_are_recorded_not_failed(tiny, store):
     assert statuses == {"P0": "ok", "P1": "not_applicable", "P0+P1": "not_applicable"}
     run = MlflowClient().get_run(next(r.run_id for r in result.results if r.status == "not_applicable"))
     assert run.info.status == "FINISHED"
-    assert run.data.tags["pertbench.status"] == "not_applicable"
-    assert "not for me" in run.data.tags["pertbench.reason"]
+    assert run.data.tags[schema.TAG_STATUS] == schema.STATUS_NOT_APPLICABLE
+    assert "not for me" in run.data.tags[schema.TAG_REASON]
 
 
 def test_splits_whose_targets_are_all_declined_before_fit_are_never_fitted(tiny, store):
@@ -118,7 +127,7 @@ def test_a_run_that_fails_half_way_is_marked_failed(tiny, store):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     statuses = sorted(r.info.status for r in runs)
     assert "FAILED" in statuses
-    parent = [r for r in runs if r.data.tags.get("pertbench.level") == "parent"]
+    parent = [r for r in runs if r.data.tags.get(schema.TAG_LEVEL) == schema.LEVEL_PARENT]
     assert [p.info.status for p in parent] == ["FAILED"]
 
 
@@ -134,7 +143,7 @@ def test_cacheable_predictor_is_fitted_once_per_split_and_seed(tiny, store, tmp_
         "helpers_predictors:CachedPredictor", tiny, "holdout_context", shifted, lambda _: None
     )
     assert hp.CachedPredictor.fit_count == 2  # generation-only parameter: the fitted models were reused
-    tags = [MlflowClient().get_run(r.run_id).data.tags["pertbench.model_cache"] for r in second.results]
+    tags = [MlflowClient().get_run(r.run_id).data.tags[schema.TAG_MODEL_CACHE] for r in second.results]
     assert tags == ["hit", "hit"]
     # the cached fit predicts the same means, shifted by the generation-only offset
     assert first.results[0].metrics["mse_mean"] != second.results[0].metrics["mse_mean"]
@@ -183,3 +192,52 @@ def test_model_cache_key_changes_when_the_predictors_code_changes(tmp_path, monk
     assert cache_key(sys.modules["edited_predictor.model"].P(), "data", "split", 0) == before  # stable
     module.write_text(source + "    # the model changed\n")
     assert cache_key(sys.modules["edited_predictor.model"].P(), "data", "split", 0) != before
+
+
+SELECTIVE = """
+import numpy as np
+from benchmark.protocol import Predictor, predicted_anndata
+
+
+class Selective(Predictor):
+    def __init__(self, penalty: float = 1.0):
+        self.penalty = penalty
+
+    def fit(self, train, task):
+        self.task_ = task
+        self.selection_ = {"chosen": "ridge(penalty=1)", "cv_errors": {"a": np.float64(0.25), "b": 0.5}}
+        return self
+
+    def predict(self, control, perturbation, context):
+        return predicted_anndata(np.asarray(self.task_.lognorm(control).todense()), control, perturbation, context)
+"""
+
+
+def test_a_predictors_selection_is_logged_per_split(tiny, store, tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "selective_predictor.py").write_text(SELECTIVE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    options = RunOptions(figures=False, max_splits=1)
+    result = run_benchmark("selective_predictor:Selective", tiny, "holdout_context", options, lambda _: None)
+    run = MlflowClient().get_run(result.results[0].run_id)
+    assert json.loads(run.data.params[schema.PARAM_SELECTION])["chosen"] == "ridge(penalty=1)"
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=schema.SELECTION_ARTIFACT, dst_path=str(tmp_path / "dl")
+    )
+    assert json.loads(open(local).read())["cv_errors"] == {"a": 0.25, "b": 0.5}
+    parent = MlflowClient().get_run(result.parent_run_id)
+    assert parent.data.tags[schema.TAG_PARTIAL] == schema.TRUE  # --max-splits 1 of 9 splits
+    assert parent.data.params[schema.PARAM_CLI].endswith("--max-splits 1")
+    plain = run_benchmark("mean_shift", tiny, "holdout_context", options, lambda _: None)
+    assert schema.PARAM_SELECTION not in MlflowClient().get_run(plain.results[0].run_id).data.params
+    plain_parent = MlflowClient().get_run(plain.parent_run_id)
+    assert plain_parent.data.tags[schema.TAG_CONFIG] != parent.data.tags[schema.TAG_CONFIG]  # other predictor
+
+
+def test_restricting_the_perturbations_marks_the_run_partial(tiny):
+    from benchmark.runner import _restricted
+
+    assert _restricted(tiny, RunOptions(perturbations=("P0",)))
+    assert not _restricted(tiny, RunOptions(perturbations=("P0", "P1", "P0+P1")))
+    assert not _restricted(tiny, RunOptions())

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
+from benchmark.pseudobulk import group_sums, split_controls
 from benchmark.task import Task, lognormalize
-from predictors.baselines import group_sums, pca_basis, split_controls
+from predictors.baselines import pca_basis
 from predictors.cvae.module import CVAEModule, Likelihood, nb_quantile_transfer, sample_nb
 from predictors.params import (
     ValidatedParams,

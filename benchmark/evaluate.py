@@ -1,0 +1,139 @@
+"""The scoring engine: cells in, scores out; no MLflow, no files, so any caller scores exactly as `bench run` does.
+
+For one held-out target it scores the prediction with every registered metric, computes the target's noise
+ceiling, scores the reference baseline (mean_shift, or additive for combinations) and the `mean_oracle` (the
+held-out control cells plus the TRUE mean shift of the held-out group: what the mean alone explains), and the
+normalized scores (0 = reference, 1 = ceiling). `other_deltas` gives the real Δ of the split's other groups,
+which `discrimination` compares the prediction against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchmark.ceiling import noise_ceiling, normalized_score
+from benchmark.metrics import METRICS, EvalData, score
+from benchmark.pseudobulk import Group
+from benchmark.task import dense
+
+CEILING_REPEATS = 20
+Embedding = Callable[[np.ndarray], np.ndarray] | None
+
+
+@dataclass
+class TargetScores:
+    """Every score of one prediction of one target, by metric name (NaN where undefined)."""
+
+    metrics: dict[str, float]
+    ceiling: dict[str, float]
+    oracle: dict[str, float]
+    reference: dict[str, float] = field(default_factory=dict)
+    reference_name: str = ""  # "" when no reference baseline applies to the target
+    normalized: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TargetResult:
+    """The outcome for one held-out target of one split and seed."""
+
+    split: str
+    seed: int
+    perturbation: str
+    context: str
+    status: str  # schema.STATUS_OK | schema.STATUS_NOT_APPLICABLE
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    ceiling: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
+    oracle: dict[str, float] = field(default_factory=dict)
+    normalized: dict[str, float] = field(default_factory=dict)
+    reference_name: str = ""
+    run_id: str = ""
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return (
+            self.split
+            if self.split.endswith(f"{self.context}/{self.perturbation}")
+            else (f"{self.split}:{self.context}/{self.perturbation}")
+        )
+
+    def add_scores(self, scores: TargetScores) -> TargetResult:
+        """Copy an engine result into this record."""
+        self.metrics, self.ceiling, self.oracle = scores.metrics, scores.ceiling, scores.oracle
+        self.reference, self.reference_name = scores.reference, scores.reference_name
+        self.normalized = scores.normalized
+        return self
+
+
+def mean_oracle(control_x: np.ndarray, real_x: np.ndarray) -> np.ndarray:
+    """The control cells plus the true mean shift mean(real) − mean(control): a perfect mean, the control's shape."""
+    control_x, real_x = dense(control_x), dense(real_x)
+    return control_x + (real_x.mean(axis=0) - control_x.mean(axis=0))
+
+
+def evaluate_target(
+    control_x: np.ndarray,
+    real_x: np.ndarray,
+    pred_x: np.ndarray,
+    embed: Embedding,
+    references: Mapping[str, np.ndarray],
+    others: np.ndarray | None = None,
+    seed: int = 0,
+    ceiling_repeats: int = CEILING_REPEATS,
+) -> TargetScores:
+    """Score a prediction, its ceiling, its reference and the mean oracle identically.
+
+    `references` maps a baseline's name to its predicted cells for this target; the first entry anchors the
+    normalized scores (empty: normalized scores are NaN). `others` holds the real Δ of the split's other groups
+    (rows), used by `discrimination`. The ceiling's random halves are drawn from `seed`.
+    """
+    control_x, real_x = dense(control_x), dense(real_x)
+
+    def scored(cells: np.ndarray) -> dict[str, float]:
+        return score(EvalData(control=control_x, real=real_x, pred=cells, embed=embed, others=others))
+
+    metrics = scored(pred_x)
+    ceiling = noise_ceiling(control_x, real_x, embed, n_repeats=ceiling_repeats, seed=seed, others=others)
+    oracle = scored(mean_oracle(control_x, real_x))
+    reference_name, reference = "", {}
+    if references:
+        reference_name, cells = next(iter(references.items()))
+        reference = scored(cells)
+    normalized = {
+        k: normalized_score(v, reference.get(k, np.nan), ceiling.get(k, np.nan), METRICS[k].higher_is_better)
+        for k, v in metrics.items()
+    }
+    return TargetScores(metrics, ceiling, oracle, reference, reference_name, normalized)
+
+
+def other_deltas(
+    means: Mapping[Group, np.ndarray],
+    sizes: Mapping[Group, int],
+    control_label: str,
+    split_kind: str,
+    perturbation: str,
+    context: str,
+    min_cells: int,
+) -> np.ndarray | None:
+    """Real Δ (group mean − its context's control mean) of the target's comparison groups, one row each.
+
+    On holdout_context: the same perturbation in every other context, so `discrimination` tests context
+    specificity. On other split kinds: the other perturbations of the target's context. A group counts when it
+    and its context's control have at least `min_cells` cells. None when no group qualifies.
+    """
+
+    def usable(group: Group) -> bool:
+        control = (group[0], control_label)
+        return sizes.get(group, 0) >= min_cells and sizes.get(control, 0) >= min_cells
+
+    if split_kind == "holdout_context":
+        groups = [(t, p) for (t, p) in means if p == perturbation and t != context]
+    else:
+        groups = [(t, p) for (t, p) in means if t == context and p not in (perturbation, control_label)]
+    rows = [means[g] - means[(g[0], control_label)] for g in sorted(groups) if usable(g)]
+    return np.asarray(rows, dtype=np.float64) if rows else None

@@ -1,0 +1,129 @@
+"""The MLflow record of a benchmark run, in one place: tag, param and metric names that runner and leaderboard share.
+
+A `bench run` logs one parent run per (predictor, dataset, split kind) with one child run per held-out target
+and seed. Child runs carry the metrics under their registry names plus prefixed companions (the target's noise
+ceiling, reference baseline, mean oracle and normalized score); the parent carries each metric's mean over its
+children, the run's configuration (predictor, `hp.*` hyperparameters, data checksum, split set) and the
+command-line arguments that reproduce it.
+"""
+
+from __future__ import annotations
+
+from benchmark.metrics import METRICS
+
+EXPERIMENT_PREFIX = "pertbench"
+"""Experiments are named `pertbench/<dataset>`."""
+
+# -- tags ----------------------------------------------------------------------------------------------------
+
+TAG_LEVEL = "pertbench.level"
+TAG_PREDICTOR = "pertbench.predictor"
+TAG_DATASET = "pertbench.dataset"
+TAG_SPLIT_KIND = "pertbench.split_kind"
+TAG_SPLIT = "pertbench.split"
+TAG_SEED = "pertbench.seed"
+TAG_CONTEXT = "pertbench.context"
+TAG_PERTURBATION = "pertbench.perturbation"
+TAG_MODEL_CACHE = "pertbench.model_cache"
+TAG_STATUS = "pertbench.status"
+TAG_REASON = "pertbench.reason"
+TAG_N_SCORED = "pertbench.n_scored"
+TAG_N_NOT_APPLICABLE = "pertbench.n_not_applicable"
+TAG_PARTIAL = "pertbench.partial"
+"""'true' on a parent run whose splits were restricted (--max-splits, --perturbation), else 'false'."""
+TAG_CONFIG = "pertbench.config"
+"""Digest of predictor, hyperparameters, data checksum, split kind and split set: runs with equal digests are
+repeats of one configuration."""
+TAG_RUN_NAME = "mlflow.runName"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+
+LEVEL_PARENT, LEVEL_SPLIT = "parent", "split"
+STATUS_OK, STATUS_NOT_APPLICABLE = "ok", "not_applicable"
+TRUE, FALSE = "true", "false"
+
+# -- params --------------------------------------------------------------------------------------------------
+
+PARAM_PREDICTOR = "predictor"
+PARAM_PREDICTOR_CLASS = "predictor_class"
+HP_PREFIX = "hp."
+"""Hyperparameters as the predictor's get_params() reports them: `hp.<name>`."""
+PARAM_DATASET = "dataset"
+PARAM_DATASET_CHECKSUM = "dataset_checksum"
+PARAM_DATASET_SOURCE = "dataset_source"
+PARAM_SPLIT_KIND = "split_kind"
+PARAM_VERSION = "pertbench_version"
+PARAM_GIT_COMMIT = "git_commit"
+PARAM_SEEDS = "seeds"
+PARAM_N_SPLITS = "n_splits"
+PARAM_SPLIT_SET = "split_set"
+"""Digest of every (seed, split digest) the parent run covered."""
+PARAM_PARTIAL = "partial"
+PARAM_CLI = "cli_args"
+"""The `bench run` arguments that reproduce the parent run (data arguments, non-default --param, seeds)."""
+PARAM_CLI_PARAMS = "cli_params"
+"""The hyperparameters that differ from the registered defaults, as `k=v` joined by ', ' (row labels)."""
+PARAM_SEED = "seed"
+PARAM_SPLIT = "split"
+PARAM_SPLIT_DIGEST = "split_digest"
+PARAM_MODEL_CACHE_KEY = "model_cache_key"
+PARAM_N_TRAIN, PARAM_N_TEST, PARAM_N_CONTROL = "n_train_cells", "n_test_cells", "n_control_cells"
+PARAM_N_OTHERS = "n_other_groups"
+PARAM_REFERENCE = "reference"
+"""The reference baseline that anchors the normalized scores of a target (mean_shift, or additive)."""
+PARAM_SELECTION = "selection"
+"""A short form of the predictor's `selection_` (how its configuration was chosen), when it has one."""
+SELECTION_ARTIFACT = "selection.json"
+SPLIT_ARTIFACT = "split.json"
+FIGURES_DIR = "figures"
+PREDICTIONS_DIR = "predictions"
+SELECTION_PARAM_CHARS = 250
+
+# -- metrics -------------------------------------------------------------------------------------------------
+
+CEILING_PREFIX = "ceiling_"
+REFERENCE_PREFIX = "reference_"
+ORACLE_PREFIX = "oracle_"
+NORM_PREFIX = "norm_"
+MEAN_PREFIX = "mean_"
+FIT_SECONDS = "fit_seconds"
+
+ORACLE = "mean_oracle"
+"""The reference row 'held-out control cells + the true mean shift': what the mean alone explains."""
+CEILING = "noise ceiling"
+
+HEADLINE_METRICS = (
+    "r",
+    "jaccard_100",
+    "energy_distance",
+    "energy_distance_shape",
+    "crps_deg100",
+    "discrimination",
+    "var_ratio",
+)
+"""The metrics shown where space is short (CLI table, progress line, README block), those registered."""
+
+
+def headline_metrics() -> list[str]:
+    """HEADLINE_METRICS that are registered, in that order (the registry decides what exists)."""
+    return [m for m in HEADLINE_METRICS if m in METRICS]
+
+
+def prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
+    """Scores renamed `<prefix><metric>` for logging."""
+    return {f"{prefix}{k}": v for k, v in scores.items()}
+
+
+def unprefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    """Each registered metric's value under `<prefix><metric>` (NaN when absent)."""
+    return {m: metrics.get(f"{prefix}{m}", float("nan")) for m in METRICS}
+
+
+def parent_filter() -> str:
+    """MLflow search filter for the finished parent runs."""
+    return f"tags.`{TAG_LEVEL}` = '{LEVEL_PARENT}' and attributes.status = 'FINISHED'"
+
+
+def children_filter(parent_id: str, status: str | None = None) -> str:
+    """MLflow search filter for a parent's child runs (optionally with one status)."""
+    text = f"tags.`{TAG_PARENT_RUN}` = '{parent_id}'"
+    return text if status is None else f"{text} and tags.`{TAG_STATUS}` = '{status}'"
