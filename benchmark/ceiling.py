@@ -183,20 +183,22 @@ class _DeCeiling:
         real_run = np.empty((genes, n), dtype=np.int64)  # run id of each real cell, per gene
         real_pos = order < n
         real_run[np.nonzero(real_pos)[0], order[real_pos]] = run[real_pos]
-        self.real_run = real_run.T  # cells x genes
-        self.s = ctrl_before[self.real_run] + 0.5 * self.c[self.real_run]  # cells x genes
+        real_run = np.ascontiguousarray(real_run.T)  # cells x genes
+        self.s = ctrl_before[real_run] + 0.5 * self.c[real_run]  # cells x genes
+        # Only runs holding a real cell can change a half's tie term: index those compactly.
+        touched, compact = np.unique(real_run.ravel(), return_inverse=True)
+        self.compact = compact.ravel()
+        self.c_touched = self.c[touched]
+        self.gene_touched = self.run_gene[touched]
 
     def _qvalues(self, counts: np.ndarray) -> np.ndarray:
         """BH q-values of the half with these per-cell bootstrap counts vs the control."""
         m = counts.sum()
         u1 = counts @ self.s
-        a = np.bincount(
-            self.real_run.ravel(), weights=np.repeat(counts, self.s.shape[1]), minlength=self.c.size
-        )
-        t = self.c + a
-        extra = np.bincount(
-            self.run_gene, weights=(t**3 - t) - (self.c**3 - self.c), minlength=self.s.shape[1]
-        )
+        genes = self.s.shape[1]
+        a = np.bincount(self.compact, weights=np.repeat(counts, genes), minlength=self.c_touched.size)
+        c, t = self.c_touched, self.c_touched + a
+        extra = np.bincount(self.gene_touched, weights=(t**3 - t) - (c**3 - c), minlength=genes)
         return false_discovery_control(mwu_pvalues(u1, m, self.k, self.ctrl_ties + extra))
 
     def score(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
