@@ -29,7 +29,8 @@ Definitions (Δ_true = mean(real) − mean(control), Δ_pred = mean(pred) − me
   averaged over the genes. Exact, O(n log n) per gene by sorting. Lower is better; it is a proper score for
   the per-gene marginal distribution, so it rewards the right spread as well as the right centre.
 * `var_ratio` is the median over varying genes of |log((var_pred + ε) / (var_real + ε))|, ε = 1e-6, per-gene
-  sample variances (ddof=1). Absolute, so too-wide and too-narrow genes cannot cancel; 0 is best.
+  sample variances (ddof=1). Absolute, so too-wide and too-narrow genes cannot cancel; 0 is best (direction
+  None, "best at 0", which for a value ≥ 0 ranks like lower-is-better).
 * DE tests: per gene, a two-sided Wilcoxon rank-sum (Mann–Whitney U) test of real vs control and of pred vs
   control (normal approximation with tie correction and continuity correction, as scipy and pdex/cell-eval),
   Benjamini–Hochberg adjusted. A gene constant in both samples has p = 1.
@@ -566,7 +567,7 @@ def _crps_deg100(data: EvalData) -> float:
 
 @register_metric(
     "var_ratio",
-    False,
+    None,
     "distribution",
     "Median over varying genes of |log(var_pred / var_real)|; 0 best, signs cannot cancel",
 )

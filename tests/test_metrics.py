@@ -81,7 +81,7 @@ def test_registry_has_every_metric_with_direction_and_kind():
         "energy_distance_shape": False,
         "mmd_rbf": False,
         "crps_deg100": False,
-        "var_ratio": False,
+        "var_ratio": None,
     }
     assert {name: m.higher_is_better for name, m in METRICS.items()} == expected
     assert {m.kind for m in METRICS.values()} == {"mean", "distribution"}
