@@ -1,25 +1,27 @@
 """The noise ceiling (how well an ideal predictor can score, given the sampling noise of the real cells) and
 scores normalized between a reference baseline and that ceiling.
 
-Rule (size-matched bootstrap halves, as cell-eval's `compute_ceiling`): each repeat draws 2n cells with
-replacement from the n real perturbed cells and splits the draw into two n-cell halves; half A is scored as a
-"prediction" of half B against the same control cells, with every metric's own definition. The ceiling is the
-mean over repeats, then corrected where the ideal predictor is not an n-cell sample:
+Rule.
 
-* `r`, `r_deg100`: the ideal prediction is the population Δ, with no sampling noise of its own. Two noisy
-  n-cell halves correlate at r_AB, and a noise-free form correlates with one of them at √r_AB (Spearman–Brown
-  for one n-cell form against an infinitely long one). The ceiling is √r_AB (left as is when r_AB ≤ 0).
-* `r2_mean_deg100` (a squared correlation): √ of the half-half value, by the same argument.
-* `mse_mean`: two halves carry the sampling error twice, the ideal prediction once: half of the value.
+* `r`, `r_deg100`, `r2_mean_deg100`, `mse_mean` (`oracle_ceiling`): the expected score of the true perturbed
+  mean. Gene g's observed mean carries noise N_g = s²_g / n; across the genes of a set the ideal prediction
+  correlates with the observed Δ (or mean) at √(1 − mean N / var_obs) — Spearman–Brown for an n-cell measurement
+  against its noise-free form — and its mse_mean is mean N. (Spearman–Brown on bootstrap halves would overstate
+  it: two bootstrap halves share the group's own sampling error. On a weak synthetic perturbation √r_AB = 0.79
+  while predicting the true mean scores 0.655, as the formula says.)
+* Everything else: size-matched bootstrap halves, as cell-eval's `compute_ceiling`. Each repeat draws 2n cells
+  with replacement from the n real cells and splits the draw into two n-cell halves; half A is scored as a
+  "prediction" of half B against the same control cells, with each metric's own definition; the ceiling is the
+  mean over repeats (NaN repeats left out).
 * Cell-level U-statistics (`energy_distance`, `energy_distance_shape`, `mmd_rbf`, `crps_deg100`): a bootstrap
   half holds copies of a cell, and a copy paired with itself would bias every within- and cross-half mean.
   Such pairs are left out (they add 0 to a distance sum; the kernel sum drops them), so each term averages
-  pairs of distinct cells and the energy and MMD ceilings are ≈ 0 in expectation (exactly so for the mean of
-  the repeats' expectations). They run on the same ≤ MAX_DISTANCE_CELLS subsample, embedding, bandwidth and
-  pairwise distance matrix as the scores (computed once and reused by every repeat).
-* Everything else (top-K and DE overlaps, `de_direction`, `discrimination`, `var_ratio`) is the size-matched
-  half-half value, uncorrected: an ideal predictor's top-K set and signs are noise-free, so these ceilings are
-  conservative and a predictor can sit slightly above them.
+  pairs of distinct cells and the energy and MMD ceilings are ≈ 0. They run on the same ≤ MAX_DISTANCE_CELLS
+  subsample, embedding, bandwidth and distance matrix as the scores (computed once, reused by every repeat).
+* The DE scores reuse one sort of the real and control cells per gene (`_DeCeiling`): a half's rank sum and tie
+  term follow from per-cell counts, the same p-values as testing the half directly.
+* Top-K and DE overlaps, `de_direction`, `discrimination` and `var_ratio` are the half-vs-half values,
+  uncorrected: an ideal predictor is noise-free there too, so a good predictor can sit slightly above them.
 
 A normalized score puts a value on the scale 0 = reference baseline, 1 = noise ceiling (see
 `normalized_score`). When the ceiling is not better than the reference ("no headroom": the reference already
