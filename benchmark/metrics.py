@@ -187,9 +187,19 @@ class EvalData:
         return rbf_bandwidth(self.real_z, self.pred_z)
 
     @cached_property
+    def true_top(self) -> np.ndarray | None:
+        """All genes by |Δ_true| descending, ties to the lower index; None when every |Δ_true| is equal."""
+        return top_k_genes(self.delta_true, self.delta_true.size)
+
+    @cached_property
+    def pred_top(self) -> np.ndarray | None:
+        """All genes by |Δ_pred| descending, ties to the lower index; None when every |Δ_pred| is equal."""
+        return top_k_genes(self.delta_pred, self.delta_pred.size)
+
+    @cached_property
     def deg_index(self) -> np.ndarray | None:
         """Indices of the top-100 genes by |Δ_true| (all genes if fewer); None when the ranking is undefined."""
-        return top_k_genes(self.delta_true, min(DEG_K, self.delta_true.size))
+        return None if self.true_top is None else self.true_top[:DEG_K]
 
     @cached_property
     def de_real(self) -> np.ndarray:
@@ -279,10 +289,9 @@ def jaccard_top_k(data: EvalData, k: int) -> float:
     """Jaccard index of the top-k genes by |Δ_true| and by |Δ_pred|; NaN when undefined."""
     if data.delta_true.size <= k:
         return float("nan")
-    true_top, pred_top = top_k_genes(data.delta_true, k), top_k_genes(data.delta_pred, k)
-    if true_top is None or pred_top is None:
+    if data.true_top is None or data.pred_top is None:
         return float("nan")
-    a, b = set(true_top.tolist()), set(pred_top.tolist())
+    a, b = set(data.true_top[:k].tolist()), set(data.pred_top[:k].tolist())
     return len(a & b) / len(a | b)
 
 
@@ -380,24 +389,27 @@ def rank_sum_pvalues(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     'asymptotic') and pdex; vectorized over genes. A gene with one value in both samples has p = 1.
     """
     m, k = x.shape[0], c.shape[0]
-    z = np.ascontiguousarray(
-        np.hstack([x.T, c.T])
-    )  # genes x cells: each gene's cells contiguous for the sort
+    p = np.ones(x.shape[1])
+    varying = (np.ptp(x, axis=0) > 0) | (np.ptp(c, axis=0) > 0) | (x[0] != c[0])
+    if not varying.any():
+        return p
+    z = np.ascontiguousarray(np.hstack([x[:, varying].T, c[:, varying].T]))  # genes x cells, rows contiguous
     n = m + k
     order = np.argsort(z, axis=1, kind="stable")
     zs = np.take_along_axis(z, order, axis=1)
-    pos = np.arange(n)[None, :]
+    pos = np.arange(n, dtype=np.int32)[None, :]
     start = np.ones_like(zs, dtype=bool)
     start[:, 1:] = zs[:, 1:] != zs[:, :-1]
     end = np.ones_like(zs, dtype=bool)
     end[:, :-1] = start[:, 1:]
-    run_start = np.maximum.accumulate(np.where(start, pos, 0), axis=1)
-    run_end = np.minimum.accumulate(np.where(end, pos, n)[:, ::-1], axis=1)[:, ::-1]
+    run_start = np.maximum.accumulate(np.where(start, pos, np.int32(0)), axis=1)
+    run_end = np.minimum.accumulate(np.where(end, pos, np.int32(n))[:, ::-1], axis=1)[:, ::-1]
     midrank = 0.5 * (run_start + run_end) + 1.0
     rank_sum = np.sum(np.where(order < m, midrank, 0.0), axis=1)
     t = (run_end - run_start + 1).astype(np.float64)
     ties = np.sum(np.where(start, t**3 - t, 0.0), axis=1)
-    return mwu_pvalues(rank_sum - m * (m + 1) / 2.0, m, k, ties)
+    p[varying] = mwu_pvalues(rank_sum - m * (m + 1) / 2.0, m, k, ties)
+    return p
 
 
 def mwu_pvalues(u1: np.ndarray, m: float, k: float, ties: np.ndarray) -> np.ndarray:
