@@ -224,7 +224,7 @@ def kang_cd8t(shared_data_dir):
     from benchmark.metrics import fit_embedding
     from benchmark.splits import make_splits
     from benchmark.task import dense
-    from predictors.baselines import Linear, MeanShift
+    from predictors.registry import make_predictor
 
     dataset = load_dataset("kang2018", data_dir=shared_data_dir)
     adata, task = dataset.adata, dataset.task
@@ -247,15 +247,21 @@ def kang_cd8t(shared_data_dir):
         "real": lognorm(target.test_cells),
         "others": np.array([o for o, s in zip(others, splits, strict=True) if s is not split]),
     }
-    for name, cls in (("linear", Linear), ("mean_shift", MeanShift)):
-        out[name] = dense(cls().fit(train, task).predict(control, target.perturbation, target.context).X)
+    for name in ("linear", "mean_shift"):
+        fitted = make_predictor(name)[1].fit(train, task)
+        out[name] = dense(fitted.predict(control, target.perturbation, target.context).X)
     # Another context's cells, for a larger group than CD8T's 53: CD4T, predicted by the same mean shift.
     cd4 = next(s for s in splits if s.targets[0].context == "CD4T").targets[0]
     cd4_control = adata[pos(list(cd4.control_cells))].copy()
     out["cd4"] = (
         dense(task.lognorm(cd4_control)),
         lognorm(cd4.test_cells),
-        dense(MeanShift().fit(train, task).predict(cd4_control, cd4.perturbation, cd4.context).X),
+        dense(
+            make_predictor("mean_shift")[1]
+            .fit(train, task)
+            .predict(cd4_control, cd4.perturbation, cd4.context)
+            .X
+        ),
     )
     return out
 

@@ -30,7 +30,7 @@ def kang(shared_data_dir):
     from benchmark.datasets import load_dataset
     from benchmark.splits import make_splits
     from benchmark.task import dense
-    from predictors.baselines import Linear
+    from predictors.registry import make_predictor
 
     dataset = load_dataset("kang2018", data_dir=shared_data_dir)
     adata, task = dataset.adata, dataset.task
@@ -40,7 +40,8 @@ def kang(shared_data_dir):
     target = split.targets[0]
     train = adata[pos(list(split.train_cells))].copy()
     control = adata[pos(list(target.control_cells))].copy()
-    pred = dense(Linear().fit(train, task).predict(control, target.perturbation, target.context).X)
+    linear = make_predictor("linear")[1].fit(train, task)
+    pred = dense(linear.predict(control, target.perturbation, target.context).X)
     others = {
         s.targets[0].context: dense(task.lognorm(adata[pos(list(s.targets[0].test_cells))]))
         for s in splits
