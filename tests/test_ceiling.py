@@ -281,8 +281,9 @@ def test_kang_cd8t_linear_stays_below_the_r_ceiling_and_energy_ceiling_is_zero(k
 def test_kang_subsampled_distances_stay_near_the_exact_values(kang_cd8t, monkeypatch):
     """CD4T (356 real, 278 predicted cells) scored exactly and on K = 200 cells a side.
 
-    Stated tolerance: energy within 0.1 (mean_shift scores ≈ 2.0, measured off by 0.007), MMD within 0.02, CRPS within 0.01, the
-    shape energy within 0.05. The default K = 2,000 is above every kang2018 group, so scores there are exact.
+    Stated tolerance: energy within 0.1 (mean_shift scores ≈ 2.0, measured off by 0.007), MMD within 0.02,
+    CRPS within 0.01, the shape energy within 0.05. The default K = 2,000 is above every kang2018 group, so
+    scores there are exact.
     """
     control, real, pred = kang_cd8t["cd4"]
     names = ["energy_distance", "energy_distance_shape", "mmd_rbf", "crps_deg100", "de_overlap_100"]
