@@ -1,10 +1,31 @@
-"""The noise ceiling (how well the real cells predict themselves) and scores normalized between baseline and ceiling.
+"""The noise ceiling (how well an ideal predictor can score, given the sampling noise of the real cells) and
+scores normalized between a reference baseline and that ceiling.
 
-The ceiling splits the real perturbed cells into two random halves, scores one half as a "prediction" of the
-other against the same control cells, and averages over repeats. Each half has only half of the real cells,
-so the ceiling is conservative (a little pessimistic) for sample-size-sensitive metrics: mean-based metrics
-carry twice the sampling noise of a full-size comparison, and energy distance / MMD V-statistics are biased
-upwards for small samples. A predictor can therefore legitimately beat the ceiling (normalized score > 1).
+Rule.
+
+* `r`, `r_deg100`, `r2_mean_deg100`, `mse_mean` (`oracle_ceiling`): the expected score of the true perturbed
+  mean. Gene g's observed mean carries noise N_g = s²_g / n; across the genes of a set the ideal prediction
+  correlates with the observed Δ (or mean) at √(1 − mean N / var_obs) — Spearman–Brown for an n-cell measurement
+  against its noise-free form — and its mse_mean is mean N. (Spearman–Brown on bootstrap halves would overstate
+  it: two bootstrap halves share the group's own sampling error. On a weak synthetic perturbation √r_AB = 0.79
+  while predicting the true mean scores 0.655, as the formula says.)
+* Everything else: size-matched bootstrap halves, as cell-eval's `compute_ceiling`. Each repeat draws 2n cells
+  with replacement from the n real cells and splits the draw into two n-cell halves; half A is scored as a
+  "prediction" of half B against the same control cells, with each metric's own definition; the ceiling is the
+  mean over repeats (NaN repeats left out).
+* Cell-level U-statistics (`energy_distance`, `energy_distance_shape`, `mmd_rbf`, `crps_deg100`): a bootstrap
+  half holds copies of a cell, and a copy paired with itself would bias every within- and cross-half mean.
+  Such pairs are left out (they add 0 to a distance sum; the kernel sum drops them), so each term averages
+  pairs of distinct cells and the energy and MMD ceilings are ≈ 0. They run on the same ≤ MAX_DISTANCE_CELLS
+  subsample, embedding, bandwidth and distance matrix as the scores (computed once, reused by every repeat).
+* The DE scores reuse one sort of the real and control cells per gene (`_DeCeiling`): a half's rank sum and tie
+  term follow from per-cell counts, the same p-values as testing the half directly.
+* Top-K and DE overlaps, `de_direction`, `discrimination` and `var_ratio` are the half-vs-half values,
+  uncorrected: an ideal predictor is noise-free there too, so a good predictor can sit slightly above them.
+
+A normalized score puts a value on the scale 0 = reference baseline, 1 = noise ceiling (see
+`normalized_score`). When the ceiling is not better than the reference ("no headroom": the reference already
+scores as well as the noise in the real cells allows), the scale is undefined and the normalized score is NaN.
 """
 
 from __future__ import annotations
@@ -14,9 +35,23 @@ import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from scipy.spatial.distance import cdist
+from scipy.stats import false_discovery_control
 
-from benchmark.metrics import METRICS, EvalData, score
+from benchmark.metrics import (
+    METRICS,
+    EvalData,
+    de_direction,
+    de_overlap,
+    mwu_pvalues,
+    pair_abs_sums,
+    score,
+)
 from benchmark.task import dense
+
+_CELL_METRICS = ("energy_distance", "energy_distance_shape", "mmd_rbf", "crps_deg100")
+_DE_METRICS = ("de_overlap_100", "de_direction")
+_ORACLE = ("r", "r_deg100", "r2_mean_deg100", "mse_mean")
 
 
 def noise_ceiling(
@@ -28,10 +63,10 @@ def noise_ceiling(
     names: Iterable[str] | None = None,
     others: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Mean of each metric over `n_repeats` random half-splits of the real cells (one half predicts the other).
+    """Each metric's noise ceiling from `n_repeats` size-matched bootstrap halves of the real cells (module rule).
 
-    With an odd number of cells the "real" half gets the extra cell. With fewer than 2 real cells the ceiling
-    is undefined and every metric is NaN. Repeats where a metric is NaN are left out of its mean.
+    With fewer than 2 real cells the ceiling is undefined and every metric is NaN. Repeats where a metric is
+    NaN are left out of its mean. `others` (the other groups' real Δ) is passed to every half's EvalData.
     """
     names = list(METRICS) if names is None else list(names)
     control, real = dense(data_control), dense(real)
@@ -39,17 +74,171 @@ def noise_ceiling(
     if n < 2:
         return {name: float("nan") for name in names}
     rng = np.random.default_rng(seed)
+    full = EvalData(control=control, real=real, pred=real[:2], embed=embed, others=others)
+    cell_names = [m for m in names if m in _CELL_METRICS]
+    de_names = [m for m in names if m in _DE_METRICS]
+    oracle_names = [m for m in names if m in _ORACLE]
+    other_names = [m for m in names if m not in _CELL_METRICS + _DE_METRICS + _ORACLE]
+    cells = _CellCeiling(full, cell_names) if cell_names else None
+    de = _DeCeiling(full, de_names) if de_names else None
     runs: dict[str, list[float]] = {name: [] for name in names}
-    real_z = EvalData(control=control, real=real, pred=real[:1], embed=embed).real_z  # embed every cell once
     for _ in range(n_repeats):
-        perm = rng.permutation(n)
-        a, b = perm[: n // 2], perm[n // 2 :]
-        half = EvalData(
-            control=control, real=real[b], pred=real[a], embed=embed, others=others
-        ).with_embedded(real_z[b], real_z[a])
-        for name, value in score(half, names).items():
-            runs[name].append(value)
-    return {name: _nanmean(values) for name, values in runs.items()}
+        draws = rng.integers(0, n, size=2 * n)
+        if other_names:
+            half = EvalData(control=control, real=real[draws[n:]], pred=real[draws[:n]], others=others)
+            for name, value in score(half, other_names).items():
+                runs[name].append(value)
+        if cells is not None or de is not None:
+            m = full.real_index.size  # the cell-level scores' subsample; draws reused when it is every cell
+            a, b = (draws[:n], draws[n:]) if m == n else np.split(rng.integers(0, m, size=2 * m), 2)
+            for part in (cells, de):
+                for name, value in ({} if part is None else part.score(a, b)).items():
+                    runs[name].append(value)
+    out = {name: _nanmean(values) for name, values in runs.items() if name not in _ORACLE}
+    out.update(oracle_ceiling(full, oracle_names))
+    return {name: out[name] for name in names}
+
+
+def oracle_ceiling(data: EvalData, names: Iterable[str] = _ORACLE) -> dict[str, float]:
+    """Expected score of the population mean of the perturbed cells against the n observed ones (module rule).
+
+    The observed mean of gene g carries sampling noise of variance N_g = s²_g / n (s² with ddof=1); across the
+    genes of a set, an ideal prediction correlates with the observed Δ (or mean) at √(1 − mean N / var_obs):
+    the Spearman–Brown correlation of an n-cell measurement with its infinitely long (noise-free) form.
+    """
+    n = data.real.shape[0]
+    noise = data.real.var(axis=0, ddof=1) / n if n > 1 else np.full(data.real.shape[1], np.nan)
+    idx = data.deg_index
+
+    def corr(observed: np.ndarray, genes) -> float:
+        if genes is None:
+            return float("nan")
+        spread = float(np.var(observed[genes]))
+        if not spread > 0 or not np.isfinite(noise[genes]).all():
+            return float("nan")
+        return math.sqrt(min(1.0, max(0.0, 1.0 - float(np.mean(noise[genes])) / spread)))
+
+    values = {
+        "r": lambda: corr(data.delta_true, slice(None)),
+        "r_deg100": lambda: corr(data.delta_true, idx),
+        "r2_mean_deg100": lambda: corr(data.mean_real, idx) ** 2,
+        "mse_mean": lambda: float(np.mean(noise)),
+    }
+    return {name: values[name]() for name in names}
+
+
+class _CellCeiling:
+    """Cell-level U-statistics of bootstrap halves from one pairwise-distance matrix of the real subsample."""
+
+    def __init__(self, full: EvalData, names: list[str]) -> None:
+        self.names = names
+        self.z = full.real_z
+        d2 = np.maximum(cdist(self.z, self.z, "sqeuclidean"), 0.0)
+        self.d2, self.d = d2, np.sqrt(d2)
+        self.kernel = np.exp(-d2 / full.bandwidth) if "mmd_rbf" in names else None
+        idx = full.deg_index
+        self.genes = None if idx is None else full.real[np.ix_(full.real_index, idx)]
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        """Scores of half A as a prediction of half B (indices into the subsample, with repeats)."""
+        m = self.z.shape[0]
+        ca, cb = np.bincount(a, minlength=m).astype(float), np.bincount(b, minlength=m).astype(float)
+        n_a, n_b = ca.sum(), cb.sum()
+        pairs_aa, pairs_bb, pairs_ab = n_a**2 - ca @ ca, n_b**2 - cb @ cb, n_a * n_b - ca @ cb
+        out: dict[str, float] = {}
+        if min(pairs_aa, pairs_bb, pairs_ab) <= 0:  # a half made of copies of one cell
+            return {name: float("nan") for name in self.names}
+        within_a, within_b = ca @ self.d @ ca / pairs_aa, cb @ self.d @ cb / pairs_bb
+        if "energy_distance" in self.names:
+            out["energy_distance"] = 2.0 * (ca @ self.d @ cb) / pairs_ab - within_a - within_b
+        if "energy_distance_shape" in self.names:
+            shift = (ca @ self.z) / n_a - (cb @ self.z) / n_b  # centring moves A against B by −shift
+            proj = self.z @ shift
+            cross = np.sqrt(np.maximum(self.d2 - 2.0 * (proj[:, None] - proj[None, :]) + shift @ shift, 0.0))
+            # The same small-sample rescaling as energy_distance_shape_u: a centred cross difference of cells i
+            # and j is e_i − e_j − δ in cell weights (δ = ca/n_a − cb/n_b), of variance factor ‖·‖² against 2.
+            delta = ca / n_a - cb / n_b
+            factor = 2.0 - 2.0 * (delta[:, None] - delta[None, :]) + delta @ delta
+            cross = cross * np.sqrt(2.0 / np.maximum(factor, 1e-12))
+            cross_sum = ca @ cross @ cb - np.sum(ca * cb * np.diag(cross))
+            out["energy_distance_shape"] = 2.0 * cross_sum / pairs_ab - within_a - within_b
+        if "mmd_rbf" in self.names:
+            k = self.kernel
+            kaa, kbb = (ca @ k @ ca - ca @ ca) / pairs_aa, (cb @ k @ cb - cb @ cb) / pairs_bb
+            out["mmd_rbf"] = kaa + kbb - 2.0 * (ca @ k @ cb - ca @ cb) / pairs_ab
+        if "crps_deg100" in self.names:
+            if self.genes is None:
+                out["crps_deg100"] = float("nan")
+            else:
+                cross = pair_abs_sums(self.genes, ca, cb) / pairs_ab
+                spread = pair_abs_sums(self.genes, ca, ca) / pairs_aa
+                out["crps_deg100"] = float(np.mean(cross - 0.5 * spread))
+        return {name: float(out[name]) for name in self.names}
+
+
+class _DeCeiling:
+    """The DE scores of bootstrap halves, from one sort of the real subsample and the control cells per gene.
+
+    A half's rank-sum U against the control is the sum over its cells (with their bootstrap counts) of
+    #control below + ½ #control equal, and its tie term follows from the counts per distinct value, so each
+    repeat costs O(cells x genes) instead of a sort: the same p-values as `rank_sum_pvalues` on the half.
+    """
+
+    def __init__(self, full: EvalData, names: list[str]) -> None:
+        self.names = names
+        self.real = full.real[full.real_index]
+        control = full.control[full.control_index]
+        self.mean_control = full.mean_control
+        n, self.k = self.real.shape[0], control.shape[0]
+        z = np.ascontiguousarray(np.hstack([self.real.T, control.T]))  # genes x cells
+        genes, total = z.shape
+        order = np.argsort(z, axis=1, kind="stable")
+        zs = np.take_along_axis(z, order, axis=1)
+        start = np.ones_like(zs, dtype=bool)
+        start[:, 1:] = zs[:, 1:] != zs[:, :-1]
+        run = np.cumsum(start.ravel()).reshape(genes, total) - 1  # global run id, increasing along each gene
+        is_ctrl = (order >= n).astype(np.float64)
+        n_runs = int(run[-1, -1]) + 1
+        self.c = np.bincount(run.ravel(), weights=is_ctrl.ravel(), minlength=n_runs)
+        ctrl_upto = np.cumsum(is_ctrl, axis=1)  # control cells at or before each sorted position
+        first = np.zeros(n_runs, dtype=np.int64)
+        first[run.ravel()[start.ravel()]] = np.flatnonzero(start.ravel())
+        ctrl_before = np.concatenate([np.zeros((genes, 1)), ctrl_upto[:, :-1]], axis=1).ravel()[first]
+        self.run_gene = np.repeat(np.arange(genes), start.sum(axis=1))
+        self.ctrl_ties = np.bincount(self.run_gene, weights=self.c**3 - self.c, minlength=genes)
+        real_run = np.empty((genes, n), dtype=np.int64)  # run id of each real cell, per gene
+        real_pos = order < n
+        real_run[np.nonzero(real_pos)[0], order[real_pos]] = run[real_pos]
+        real_run = np.ascontiguousarray(real_run.T)  # cells x genes
+        self.s = ctrl_before[real_run] + 0.5 * self.c[real_run]  # cells x genes
+        # Only runs holding a real cell can change a half's tie term: index those compactly.
+        touched, compact = np.unique(real_run.ravel(), return_inverse=True)
+        self.compact = compact.ravel()
+        self.c_touched = self.c[touched]
+        self.gene_touched = self.run_gene[touched]
+
+    def _qvalues(self, counts: np.ndarray) -> np.ndarray:
+        """BH q-values of the half with these per-cell bootstrap counts vs the control."""
+        m = counts.sum()
+        u1 = counts @ self.s
+        genes = self.s.shape[1]
+        a = np.bincount(self.compact, weights=np.repeat(counts, genes), minlength=self.c_touched.size)
+        c, t = self.c_touched, self.c_touched + a
+        extra = np.bincount(self.gene_touched, weights=(t**3 - t) - (c**3 - c), minlength=genes)
+        return false_discovery_control(mwu_pvalues(u1, m, self.k, self.ctrl_ties + extra))
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        """de_overlap_100 and de_direction of half A as a prediction of half B."""
+        n = self.real.shape[0]
+        ca, cb = np.bincount(a, minlength=n).astype(float), np.bincount(b, minlength=n).astype(float)
+        q_pred, q_real = self._qvalues(ca), self._qvalues(cb)
+        d_pred = ca @ self.real / ca.sum() - self.mean_control
+        d_true = cb @ self.real / cb.sum() - self.mean_control
+        out = {
+            "de_overlap_100": de_overlap(q_real, d_true, q_pred, d_pred),
+            "de_direction": de_direction(q_real, d_true, d_pred),
+        }
+        return {name: out[name] for name in self.names}
 
 
 def _nanmean(values: list[float]) -> float:
@@ -70,7 +259,8 @@ def normalized_score(value: float, baseline: float, ceiling: float, higher_is_be
     """(value − baseline) / (ceiling − baseline) in the metric's direction: 0 at the baseline, 1 at the ceiling.
 
     Best-at-0 metrics (higher_is_better None) are compared by absolute value. NaN when any input is NaN, or
-    when the ceiling is not strictly better than the baseline (the scale is then undefined or inverted).
+    when the ceiling is not strictly better than the baseline ("no headroom": the baseline already scores as
+    well as the real cells' own noise allows, so there is no scale to measure progress on).
     Never clipped: use `clip_for_display` for plots and tables.
     """
     if any(math.isnan(float(v)) for v in (value, baseline, ceiling)):

@@ -6,16 +6,44 @@ Definitions (Δ_true = mean(real) − mean(control), Δ_pred = mean(pred) − me
   stable sort), so the set is always well defined. When every |Δ| is equal (e.g. a constant Δ_pred, such as
   predicting the control cells themselves), the ranking carries no information and top-K metrics are NaN;
   `jaccard_K` is also NaN when there are no more than K genes (every gene would be selected, J = 1 trivially).
-  `r_deg100` and `r2_mean_deg100` use all genes when there are fewer than 100.
+  The `*_deg100` metrics use all genes when there are fewer than 100.
 * Pearson correlations are NaN (no warning) when either side is constant.
-* Distribution metrics (`energy_distance`, `mmd_rbf`) compare pred and real cells in the `embed` space (a PCA
-  fitted on the split's training cells), or on the raw genes when `embed` is None. Both are biased
-  V-statistics, exactly 0 for identical samples.
+* Cell-level scores (`energy_distance`, `energy_distance_shape`, `mmd_rbf`, `crps_deg100`, the DE tests) run
+  on at most `MAX_DISTANCE_CELLS` cells per side: a larger side is replaced by a uniform subsample without
+  replacement, drawn from a generator seeded by (`SUBSAMPLE_SEED`, its number of cells), so the same real
+  cells are used for every predictor of a target and for its ceiling. Memory is O(K²), K = MAX_DISTANCE_CELLS.
+* `energy_distance`, `energy_distance_shape` and `mmd_rbf` compare pred and real cells in the `embed` space (an
+  exact PCA of the split's training cells, see `fit_embedding`), or on the raw genes when `embed` is None. They
+  are unbiased U-statistics (pairs of a cell with itself left out), so two samples of one distribution score
+  ≈ 0 and a score can be slightly negative; each needs at least 2 cells per side (else NaN).
+  energy = 2 mean‖x − y‖ − mean_{i≠j}‖x_i − x_j‖ − mean_{i≠j}‖y_i − y_j‖; `energy_distance_shape` is the same
+  after centring each side on its own mean (what is left once the mean shift is removed), with the cross
+  distances multiplied by √(2 / (2 − 1/m − 1/n)): centring on a sample mean shrinks a cross difference's
+  variance by that factor, which would otherwise make the score negative by about E‖X − X'‖·(1/m + 1/n)/4.
 * `mmd_rbf` uses k(x, y) = exp(−‖x − y‖² / h) with h the median squared distance between distinct pairs of
   *real* cells (so every predictor on a split is scored with the same kernel); if that is 0 or undefined, the
-  pooled pred+real sample is used, then h = 1.
-* `var_ratio` is the median over genes of log((var_pred + ε) / (var_real + ε)), ε = 1e-6, with per-gene
-  sample variances (ddof=1); a prediction with a single cell has variance 0.
+  pooled pred+real sample is used, then h = 1. MMD² = mean_{i≠j} k(x_i, x_j) + mean_{i≠j} k(y_i, y_j)
+  − 2 mean k(x, y).
+* `crps_deg100`: on each of the top-100 genes by |Δ_true|, the CRPS of the predicted cells' distribution,
+  averaged over the real cells y: mean|x − y| − ½ mean_{i≠j}|x_i − x_j| (the "fair", unbiased form), then
+  averaged over the genes. Exact, O(n log n) per gene by sorting. Lower is better; it is a proper score for
+  the per-gene marginal distribution, so it rewards the right spread as well as the right centre.
+* `var_ratio` is the median over varying genes of |log((var_pred + ε) / (var_real + ε))|, ε = 1e-6, per-gene
+  sample variances (ddof=1). Absolute, so too-wide and too-narrow genes cannot cancel; 0 is best (direction
+  None, "best at 0", which for a value ≥ 0 ranks like lower-is-better).
+* DE tests: per gene, a two-sided Wilcoxon rank-sum (Mann–Whitney U) test of real vs control and of pred vs
+  control (normal approximation with tie correction and continuity correction, as scipy and pdex/cell-eval),
+  Benjamini–Hochberg adjusted. A gene constant in both samples has p = 1.
+  `de_overlap_100`: among each test's significant genes (BH q < 0.05) rank by |Δ| (log-space mean difference;
+  ties to the lower index) and take the top 100; the score is |top_real ∩ top_pred| / min(100, #significant
+  real genes), cell-eval's `overlap_at_100` rule with |Δ| in place of |log2 fold change| (a fold change is
+  infinite for a gene whose controls are all zero, and such genes would fill the ranking). NaN when no real
+  gene is significant. `de_direction`: the fraction of significant real genes whose Δ_pred has the sign of
+  Δ_true (a zero Δ_pred counts as wrong); NaN when none is significant.
+* `discrimination`: with `others` (the real Δ of the split's other groups), the fraction of those rows lying
+  farther (L1) from Δ_pred than Δ_true does, ties counting ½. 1 = the prediction is closest to its own group,
+  0.5 = chance; NaN without others. cell-eval's `discrimination_score_l1` ranks the same distances but divides
+  by the number of groups including the target: with k others, cell-eval = 1 − (1 − ours)·k / (k + 1).
 """
 
 from __future__ import annotations
@@ -27,7 +55,10 @@ from functools import cached_property
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import scipy.sparse.linalg
 from scipy.spatial.distance import cdist
+from scipy.special import ndtr
+from scipy.stats import false_discovery_control
 
 from benchmark.errors import PertbenchError
 from benchmark.task import dense
@@ -36,11 +67,29 @@ VAR_EPS = 1e-6
 """Added to both per-gene variances in `var_ratio` so genes with zero variance give finite logs."""
 
 DEG_K = 100
-"""Number of top true-Δ genes used by the `*_deg100` metrics."""
+"""Number of top true-Δ genes used by the `*_deg100` metrics and top DE genes used by `de_overlap_100`."""
+
+DE_ALPHA = 0.05
+"""Benjamini–Hochberg level below which a gene counts as differentially expressed."""
+
+MAX_DISTANCE_CELLS = 2000
+"""K: most cells per side that the cell-level scores use (a seeded subsample beyond it); memory is O(K²)."""
+
+SUBSAMPLE_SEED = 0
+"""Seeds the K-cell subsample together with the number of cells, so it is the same on every call."""
+
+EXACT_PCA_MAX_DIM = 12000
+"""Largest min(cells, genes) for the dense eigendecomposition in `fit_embedding`; beyond it, ARPACK."""
 
 _CONSTANT_RTOL = 1e-12
-_PCA_OVERSAMPLES = 10
-_PCA_POWER_ITERS = 5
+
+
+def subsample_index(n: int, k: int | None = None) -> np.ndarray:
+    """Rows used by the cell-level scores: all n when n ≤ K, else K sorted rows seeded by (SUBSAMPLE_SEED, n)."""
+    k = MAX_DISTANCE_CELLS if k is None else k
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([SUBSAMPLE_SEED, n]).choice(n, size=k, replace=False))
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +97,8 @@ class EvalData:
     """The cells one prediction is scored on: real control, real perturbed and predicted perturbed cells.
 
     Arrays are cells x genes, log-normalized, with the same genes in the same order; they are stored as dense
-    float64. Derived quantities (means, Δs, embeddings) are computed once and cached on the instance.
+    float64. `others` holds the real Δ of the split's other groups (one row each) for `discrimination`.
+    Derived quantities (means, Δs, embeddings, DE tests) are computed once and cached on the instance.
     """
 
     control: np.ndarray
@@ -71,9 +121,18 @@ class EvalData:
                 f"control, real and pred have different gene counts: "
                 f"{self.control.shape[1]}, {self.real.shape[1]}, {self.pred.shape[1]}"
             )
+        if self.others is not None:
+            others = np.asarray(self.others, dtype=np.float64)
+            if others.ndim == 1 and others.size == 0:
+                others = others.reshape(0, self.real.shape[1])
+            if others.ndim != 2 or others.shape[1] != self.real.shape[1]:
+                raise ValueError(
+                    f"EvalData.others must be groups x {self.real.shape[1]} genes, got {others.shape}"
+                )
+            object.__setattr__(self, "others", others)
 
     def with_embedded(self, real_z: np.ndarray, pred_z: np.ndarray) -> EvalData:
-        """Seed the cached embeddings (e.g. row subsets of cells embedded once) so they are not recomputed."""
+        """Seed the cached (subsampled) embeddings so they are not recomputed."""
         self.__dict__["real_z"], self.__dict__["pred_z"] = real_z, pred_z
         return self
 
@@ -98,19 +157,59 @@ class EvalData:
         return self.mean_pred - self.mean_control
 
     @cached_property
+    def real_index(self) -> np.ndarray:
+        """Rows of `real` used by the cell-level scores (all of them up to MAX_DISTANCE_CELLS)."""
+        return subsample_index(self.real.shape[0])
+
+    @cached_property
+    def pred_index(self) -> np.ndarray:
+        """Rows of `pred` used by the cell-level scores (all of them up to MAX_DISTANCE_CELLS)."""
+        return subsample_index(self.pred.shape[0])
+
+    @cached_property
+    def control_index(self) -> np.ndarray:
+        """Rows of `control` used by the DE tests (all of them up to MAX_DISTANCE_CELLS)."""
+        return subsample_index(self.control.shape[0])
+
+    @cached_property
     def real_z(self) -> np.ndarray:
-        """Real perturbed cells in the embedding space (raw genes when there is no embedding)."""
-        return _embed(self.embed, self.real)
+        """Subsampled real perturbed cells in the embedding space (raw genes when there is no embedding)."""
+        return _embed(self.embed, self.real[self.real_index])
 
     @cached_property
     def pred_z(self) -> np.ndarray:
-        """Predicted cells in the embedding space (raw genes when there is no embedding)."""
-        return _embed(self.embed, self.pred)
+        """Subsampled predicted cells in the embedding space (raw genes when there is no embedding)."""
+        return _embed(self.embed, self.pred[self.pred_index])
+
+    @cached_property
+    def bandwidth(self) -> float:
+        """The RBF scale h of `mmd_rbf` (see module docstring)."""
+        return rbf_bandwidth(self.real_z, self.pred_z)
+
+    @cached_property
+    def true_top(self) -> np.ndarray | None:
+        """All genes by |Δ_true| descending, ties to the lower index; None when every |Δ_true| is equal."""
+        return top_k_genes(self.delta_true, self.delta_true.size)
+
+    @cached_property
+    def pred_top(self) -> np.ndarray | None:
+        """All genes by |Δ_pred| descending, ties to the lower index; None when every |Δ_pred| is equal."""
+        return top_k_genes(self.delta_pred, self.delta_pred.size)
 
     @cached_property
     def deg_index(self) -> np.ndarray | None:
         """Indices of the top-100 genes by |Δ_true| (all genes if fewer); None when the ranking is undefined."""
-        return top_k_genes(self.delta_true, min(DEG_K, self.delta_true.size))
+        return None if self.true_top is None else self.true_top[:DEG_K]
+
+    @cached_property
+    def de_real(self) -> np.ndarray:
+        """BH-adjusted p-values of the rank-sum test real vs control, per gene."""
+        return rank_sum_qvalues(self.real[self.real_index], self.control[self.control_index])
+
+    @cached_property
+    def de_pred(self) -> np.ndarray:
+        """BH-adjusted p-values of the rank-sum test pred vs control, per gene."""
+        return rank_sum_qvalues(self.pred[self.pred_index], self.control[self.control_index])
 
 
 @dataclass(frozen=True)
@@ -190,19 +289,37 @@ def jaccard_top_k(data: EvalData, k: int) -> float:
     """Jaccard index of the top-k genes by |Δ_true| and by |Δ_pred|; NaN when undefined."""
     if data.delta_true.size <= k:
         return float("nan")
-    true_top, pred_top = top_k_genes(data.delta_true, k), top_k_genes(data.delta_pred, k)
-    if true_top is None or pred_top is None:
+    if data.true_top is None or data.pred_top is None:
         return float("nan")
-    a, b = set(true_top.tolist()), set(pred_top.tolist())
+    a, b = set(data.true_top[:k].tolist()), set(data.pred_top[:k].tolist())
     return len(a & b) / len(a | b)
 
 
-def energy_distance_v(x: np.ndarray, y: np.ndarray) -> float:
-    """Energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| as a V-statistic (diagonals included)."""
-    xy = cdist(x, y).mean()
-    xx = cdist(x, x).mean()
-    yy = cdist(y, y).mean()
-    return float(2.0 * xy - xx - yy)
+def _offdiag_mean(m: np.ndarray) -> float:
+    """Mean of a square matrix without its diagonal (pairs of distinct rows)."""
+    n = m.shape[0]
+    return float((m.sum() - np.trace(m)) / (n * (n - 1)))
+
+
+def energy_distance_u(x: np.ndarray, y: np.ndarray) -> float:
+    """Energy distance 2E‖X−Y‖ − E‖X−X'‖ − E‖Y−Y'‖ as an unbiased U-statistic; NaN with < 2 rows a side."""
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        return float("nan")
+    return float(2.0 * cdist(x, y).mean() - _offdiag_mean(cdist(x, x)) - _offdiag_mean(cdist(y, y)))
+
+
+def energy_distance_shape_u(x: np.ndarray, y: np.ndarray) -> float:
+    """Energy U-statistic of x − x̄ and y − ȳ, cross differences rescaled by √(2 / (2 − 1/m − 1/n)).
+
+    Centring on sample means shrinks a cross difference (x_i − x̄) − (y_j − ȳ) to a variance factor of
+    2 − 1/m − 1/n against 2 for a within difference x_i − x_j; the rescaling undoes it, so two samples of one
+    distribution score ≈ 0 (exactly in expectation for Gaussian cells). NaN with < 2 rows a side.
+    """
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2:
+        return float("nan")
+    cross = cdist(x - x.mean(axis=0), y - y.mean(axis=0)).mean() * np.sqrt(2.0 / (2.0 - 1.0 / m - 1.0 / n))
+    return float(2.0 * cross - _offdiag_mean(cdist(x, x)) - _offdiag_mean(cdist(y, y)))
 
 
 def median_sq_distance(x: np.ndarray) -> float:
@@ -222,10 +339,12 @@ def rbf_bandwidth(real: np.ndarray, pred: np.ndarray) -> float:
     return 1.0
 
 
-def mmd_rbf_v(x: np.ndarray, y: np.ndarray, h: float) -> float:
-    """Squared MMD, biased V-statistic, with kernel exp(−‖a − b‖² / h)."""
-    kxx = np.exp(-cdist(x, x, "sqeuclidean") / h).mean()
-    kyy = np.exp(-cdist(y, y, "sqeuclidean") / h).mean()
+def mmd_rbf_u(x: np.ndarray, y: np.ndarray, h: float) -> float:
+    """Squared MMD, unbiased U-statistic, with kernel exp(−‖a − b‖² / h); NaN with < 2 rows a side."""
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        return float("nan")
+    kxx = _offdiag_mean(np.exp(-cdist(x, x, "sqeuclidean") / h))
+    kyy = _offdiag_mean(np.exp(-cdist(y, y, "sqeuclidean") / h))
     kxy = np.exp(-cdist(x, y, "sqeuclidean") / h).mean()
     return float(kxx + kyy - 2.0 * kxy)
 
@@ -235,6 +354,105 @@ def gene_variance(x: np.ndarray) -> np.ndarray:
     if x.shape[0] < 2:
         return np.zeros(x.shape[1])
     return x.var(axis=0, ddof=1)
+
+
+def pair_abs_sums(values: np.ndarray, w: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per column c, Σ_i Σ_j w_i u_j |v_ic − v_jc| in O(n log n) by sorting (w, u: non-negative cell weights).
+
+    Used with 0/1 weights for sums within or across two samples stacked in `values`, and with bootstrap
+    counts for the ceiling (a pair of copies of one cell adds |0| and so nothing).
+    """
+    order = np.argsort(values, axis=0, kind="stable")
+    v = np.take_along_axis(values, order, axis=0)
+    ws, us = w[order], u[order]
+    w_le, wv_le = np.cumsum(ws, axis=0), np.cumsum(ws * v, axis=0)  # weight and weighted sum at or below
+    below = v * w_le - wv_le
+    above = (wv_le[-1] - wv_le) - v * (w_le[-1] - w_le)
+    return np.sum(us * (below + above), axis=0)
+
+
+def crps_fair(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per gene, mean over real cells y of the fair CRPS mean|x − y| − ½ mean_{i≠j}|x_i − x_j| of pred cells x."""
+    m, n = pred.shape[0], real.shape[0]
+    stacked = np.vstack([pred, real])
+    in_pred = np.concatenate([np.ones(m), np.zeros(n)])
+    cross = pair_abs_sums(stacked, in_pred, 1.0 - in_pred) / (m * n)
+    if m < 2:  # a single predicted cell is a point forecast: CRPS = |x − y|
+        return cross
+    return cross - 0.5 * pair_abs_sums(pred, np.ones(m), np.ones(m)) / (m * (m - 1))
+
+
+def rank_sum_pvalues(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Per gene, the two-sided Wilcoxon rank-sum (Mann–Whitney U) p-value of x vs c.
+
+    Normal approximation with tie and continuity correction, exactly as scipy.stats.mannwhitneyu(method=
+    'asymptotic') and pdex; vectorized over genes. A gene with one value in both samples has p = 1.
+    """
+    m, k = x.shape[0], c.shape[0]
+    p = np.ones(x.shape[1])
+    varying = (np.ptp(x, axis=0) > 0) | (np.ptp(c, axis=0) > 0) | (x[0] != c[0])
+    if not varying.any():
+        return p
+    z = np.ascontiguousarray(np.hstack([x[:, varying].T, c[:, varying].T]))  # genes x cells, rows contiguous
+    n = m + k
+    order = np.argsort(z, axis=1, kind="stable")
+    zs = np.take_along_axis(z, order, axis=1)
+    pos = np.arange(n, dtype=np.int32)[None, :]
+    start = np.ones_like(zs, dtype=bool)
+    start[:, 1:] = zs[:, 1:] != zs[:, :-1]
+    end = np.ones_like(zs, dtype=bool)
+    end[:, :-1] = start[:, 1:]
+    run_start = np.maximum.accumulate(np.where(start, pos, np.int32(0)), axis=1)
+    run_end = np.minimum.accumulate(np.where(end, pos, np.int32(n))[:, ::-1], axis=1)[:, ::-1]
+    midrank = 0.5 * (run_start + run_end) + 1.0
+    rank_sum = np.sum(np.where(order < m, midrank, 0.0), axis=1)
+    t = (run_end - run_start + 1).astype(np.float64)
+    ties = np.sum(np.where(start, t**3 - t, 0.0), axis=1)
+    p[varying] = mwu_pvalues(rank_sum - m * (m + 1) / 2.0, m, k, ties)
+    return p
+
+
+def mwu_pvalues(u1: np.ndarray, m: float, k: float, ties: np.ndarray) -> np.ndarray:
+    """Two-sided p-values from U of the first sample (m cells vs k) and the tie term Σ(t³ − t) per gene."""
+    n = m + k
+    mu = m * k / 2.0
+    var = m * k / 12.0 * ((n + 1) - ties / (n * (n - 1)))
+    u = np.maximum(u1, m * k - u1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        zstat = (u - mu - 0.5) / np.sqrt(var)
+        p = np.where(var > 0, np.minimum(2.0 * ndtr(-zstat), 1.0), 1.0)
+    return np.nan_to_num(p, nan=1.0)
+
+
+def rank_sum_qvalues(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted rank-sum p-values of x vs c, per gene."""
+    return false_discovery_control(rank_sum_pvalues(x, c))
+
+
+def significant_top(q: np.ndarray, delta: np.ndarray, k: int) -> np.ndarray:
+    """Genes with q < DE_ALPHA ranked by |Δ| (ties to the lower index), the first k."""
+    sig = np.flatnonzero(q < DE_ALPHA)
+    return sig[np.argsort(-np.abs(delta[sig]), kind="stable")][:k]
+
+
+def de_overlap(
+    q_real: np.ndarray, delta_true: np.ndarray, q_pred: np.ndarray, delta_pred: np.ndarray
+) -> float:
+    """|top_real ∩ top_pred| / min(DEG_K, #significant real genes) of `significant_top`; NaN without any."""
+    real_top = significant_top(q_real, delta_true, DEG_K)
+    if real_top.size == 0:
+        return float("nan")
+    pred_top = significant_top(q_pred, delta_pred, DEG_K)
+    k = min(DEG_K, real_top.size)
+    return float(np.intersect1d(real_top[:k], pred_top[:k]).size / k)
+
+
+def de_direction(q_real: np.ndarray, delta_true: np.ndarray, delta_pred: np.ndarray) -> float:
+    """Fraction of the significant real genes where Δ_pred has the sign of Δ_true; NaN without any."""
+    sig = np.flatnonzero(q_real < DE_ALPHA)
+    if sig.size == 0:
+        return float("nan")
+    return float(np.mean(np.sign(delta_pred[sig]) == np.sign(delta_true[sig])))
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -285,24 +503,85 @@ def _mse_mean(data: EvalData) -> float:
 
 
 @register_metric(
+    "de_overlap_100",
+    True,
+    "mean",
+    "Overlap of the top-100 Wilcoxon-significant genes (by |Δ|), real vs control and pred vs control",
+)
+def _de_overlap_100(data: EvalData) -> float:
+    return de_overlap(data.de_real, data.delta_true, data.de_pred, data.delta_pred)
+
+
+@register_metric(
+    "de_direction", True, "mean", "Fraction of the significant real DE genes whose Δ_pred has the right sign"
+)
+def _de_direction(data: EvalData) -> float:
+    return de_direction(data.de_real, data.delta_true, data.delta_pred)
+
+
+@register_metric(
+    "discrimination",
+    True,
+    "mean",
+    "Fraction of the other groups' real Δ farther (L1) from Δ_pred than the target's; 0.5 = chance",
+)
+def _discrimination(data: EvalData) -> float:
+    if data.others is None or data.others.shape[0] == 0:
+        return float("nan")
+    own = np.abs(data.delta_pred - data.delta_true).sum()
+    other = np.abs(data.others - data.delta_pred).sum(axis=1)
+    return float((np.sum(other > own) + 0.5 * np.sum(other == own)) / other.size)
+
+
+@register_metric(
     "energy_distance",
     False,
     "distribution",
-    "Energy distance (V-statistic) between pred and real cells, embedded",
+    "Energy distance (unbiased U-statistic) between pred and real cells, embedded",
 )
 def _energy_distance(data: EvalData) -> float:
-    return energy_distance_v(data.pred_z, data.real_z)
+    return energy_distance_u(data.pred_z, data.real_z)
 
 
 @register_metric(
-    "mmd_rbf", False, "distribution", "Squared MMD (RBF, median-heuristic bandwidth on real cells), embedded"
+    "energy_distance_shape",
+    False,
+    "distribution",
+    "Energy distance after centring pred and real cells on their own means: the shape beyond the shift",
+)
+def _energy_distance_shape(data: EvalData) -> float:
+    return energy_distance_shape_u(data.pred_z, data.real_z)
+
+
+@register_metric(
+    "mmd_rbf",
+    False,
+    "distribution",
+    "Squared MMD (unbiased; RBF, median-heuristic bandwidth on real cells), embedded",
 )
 def _mmd_rbf(data: EvalData) -> float:
-    return mmd_rbf_v(data.pred_z, data.real_z, rbf_bandwidth(data.real_z, data.pred_z))
+    return mmd_rbf_u(data.pred_z, data.real_z, data.bandwidth)
 
 
 @register_metric(
-    "var_ratio", None, "distribution", "Median over genes of log(var_pred / var_real); 0 best, < 0 collapsed"
+    "crps_deg100",
+    False,
+    "distribution",
+    "CRPS of the predicted cells' per-gene distribution at the real cells, top-100 genes by |Δ_true|",
+)
+def _crps_deg100(data: EvalData) -> float:
+    idx = data.deg_index
+    if idx is None:
+        return float("nan")
+    pred, real = data.pred[np.ix_(data.pred_index, idx)], data.real[np.ix_(data.real_index, idx)]
+    return float(np.mean(crps_fair(pred, real)))
+
+
+@register_metric(
+    "var_ratio",
+    None,
+    "distribution",
+    "Median over varying genes of |log(var_pred / var_real)|; 0 best, signs cannot cancel",
 )
 def _var_ratio(data: EvalData) -> float:
     # Genes constant in both samples (on sparse data: most genes, all zero) say nothing about dispersion and
@@ -311,7 +590,7 @@ def _var_ratio(data: EvalData) -> float:
     varying = (pred_var > VAR_EPS) | (real_var > VAR_EPS)
     if not varying.any():
         return 0.0
-    return float(np.median(np.log((pred_var[varying] + VAR_EPS) / (real_var[varying] + VAR_EPS))))
+    return float(np.median(np.abs(np.log((pred_var[varying] + VAR_EPS) / (real_var[varying] + VAR_EPS)))))
 
 
 # ---------------------------------------------------------------------------------------------- embedding
@@ -332,35 +611,70 @@ class PCAEmbedding:
 
 
 def fit_embedding(train_x, n_components: int = 50, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """PCA of the training cells, deterministic for a seed; sparse input stays sparse (implicit centring).
+    """Exact PCA of the training cells (zero-centred), signs fixed; sparse input is never densified.
 
-    Randomized SVD (Halko et al.) of the centred matrix, applied as X @ M − 1 (μ @ M), so a 6,000 x 7,000
-    sparse matrix is never densified. `n_components` is capped at min(cells − 1, genes).
+    The top-k eigenvectors of the smaller of the centred Gram matrix (cells ≤ genes) and the covariance
+    matrix (X^T X − n μμ^T), by a dense symmetric eigensolver, so the subspace is the exact one sklearn's
+    PCA(svd_solver='full') and scanpy's PCA find; when both sides exceed EXACT_PCA_MAX_DIM, ARPACK on the
+    implicit covariance with a fixed start vector (converged to machine precision). Each component's sign makes
+    its largest-|loading| gene positive (sklearn's svd_flip rule). `seed` is accepted for compatibility and has
+    no effect: the result is deterministic. `n_components` is capped at min(cells − 1, genes) and at the rank.
     """
-    x = sp.csr_matrix(train_x) if sp.issparse(train_x) else np.asarray(train_x, dtype=np.float64)
-    k = min(n_components, x.shape[0] - 1, x.shape[1])
+    del seed
+    x = sp.csr_matrix(train_x, dtype=np.float64) if sp.issparse(train_x) else np.asarray(train_x, np.float64)
+    n, p = x.shape
+    k = min(n_components, n - 1, p)
     if k < 1:
-        raise ValueError(f"cannot fit a PCA embedding on {x.shape[0]} cells x {x.shape[1]} genes")
+        raise ValueError(f"cannot fit a PCA embedding on {n} cells x {p} genes")
     mu = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
-    components = _randomized_components(x, mu, k, np.random.default_rng(seed))
-    return PCAEmbedding(mean=mu, components=components)
+    if min(n, p) <= EXACT_PCA_MAX_DIM:
+        components = _gram_components(x, mu, k) if n <= p else _covariance_components(x, mu, k)
+    else:
+        components = _arpack_components(x, mu, k)
+    signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
+    return PCAEmbedding(mean=mu, components=components * np.where(signs == 0, 1.0, signs)[:, None])
 
 
-def _randomized_components(x, mu: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Top-k right singular vectors of x − μ by a randomized range finder; signs fixed for determinism."""
+def _dense(m) -> np.ndarray:
+    return m.toarray() if sp.issparse(m) else np.asarray(m)
 
-    def right(m: np.ndarray) -> np.ndarray:  # (x − μ) @ m
-        return np.asarray(x @ m) - (mu @ m)[None, :]
 
-    def left(m: np.ndarray) -> np.ndarray:  # (x − μ).T @ m
-        return np.asarray(x.T @ m) - np.outer(mu, m.sum(axis=0))
+def _top_eigh(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenpairs of a symmetric matrix, largest first, dropping numerically zero ones."""
+    d = a.shape[0]
+    w, v = scipy.linalg.eigh(a, subset_by_index=[d - k, d - 1])
+    w, v = w[::-1], v[:, ::-1]
+    keep = w > max(float(w[0]), 0.0) * d * np.finfo(np.float64).eps
+    if not keep.any():
+        raise ValueError("cannot fit a PCA embedding: the training cells do not vary")
+    return w[keep], v[:, keep]
 
-    width = min(k + _PCA_OVERSAMPLES, min(x.shape))
-    q = rng.standard_normal((x.shape[1], width))
-    for _ in range(_PCA_POWER_ITERS):  # LU keeps the power iterations stable and is cheaper than QR
-        q = scipy.linalg.lu(right(q), permute_l=True)[0]
-        q = scipy.linalg.lu(left(q), permute_l=True)[0]
-    q = np.linalg.qr(right(q))[0]
-    vt = np.linalg.svd(left(q).T, full_matrices=False)[2][:k]
-    signs = np.sign(vt[np.arange(k), np.argmax(np.abs(vt), axis=1)])
-    return vt * np.where(signs == 0, 1.0, signs)[:, None]
+
+def _gram_components(x, mu: np.ndarray, k: int) -> np.ndarray:
+    """Components from the centred Gram matrix (X − μ)(X − μ)^T, n x n."""
+    g = _dense(x @ x.T).astype(np.float64)
+    xm = np.asarray(x @ mu).ravel()
+    g = g - xm[:, None] - xm[None, :] + mu @ mu
+    w, u = _top_eigh((g + g.T) / 2.0, k)
+    comps = (np.asarray(x.T @ u).T - np.outer(u.sum(axis=0), mu)) / np.sqrt(w)[:, None]
+    return comps / np.linalg.norm(comps, axis=1, keepdims=True)
+
+
+def _covariance_components(x, mu: np.ndarray, k: int) -> np.ndarray:
+    """Components from the scatter matrix X^T X − n μμ^T, genes x genes."""
+    c = _dense(x.T @ x).astype(np.float64) - x.shape[0] * np.outer(mu, mu)
+    return _top_eigh((c + c.T) / 2.0, k)[1].T
+
+
+def _arpack_components(x, mu: np.ndarray, k: int) -> np.ndarray:
+    """Components by ARPACK on the implicit scatter matrix (both dimensions too large for a dense solver)."""
+    n, p = x.shape
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v).ravel()
+        xv = np.asarray(x @ v).ravel() - mu @ v
+        return np.asarray(x.T @ xv).ravel() - mu * xv.sum()
+
+    op = scipy.sparse.linalg.LinearOperator((p, p), matvec=matvec, dtype=np.float64)
+    w, v = scipy.sparse.linalg.eigsh(op, k=k, which="LA", v0=np.ones(p) / np.sqrt(p), tol=0)
+    return v[:, np.argsort(-w)].T
