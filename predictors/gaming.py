@@ -22,6 +22,7 @@ from anndata import AnnData
 from benchmark.errors import NotApplicable
 from benchmark.protocol import predicted_anndata
 from predictors.baselines import MeanShift
+from predictors.params import ValidatedParams, check_float
 
 
 class CollapsedMean(MeanShift):
@@ -34,13 +35,16 @@ class CollapsedMean(MeanShift):
         return predicted_anndata(np.tile(profile, (cells.shape[0], 1)), control, perturbation, context)
 
 
-class InflatedVariance(MeanShift):
+class InflatedVariance(ValidatedParams, MeanShift):
     """mean_shift's cells spread `factor` times farther around their own mean (same mean, factor² variance)."""
 
     def __init__(self, factor: float = 2.0) -> None:
-        if not factor > 0:
-            raise ValueError(f"factor must be positive, got {factor}")
         self.factor = factor
+        self._validate()
+
+    def _validate(self) -> None:
+        """factor: a finite number > 0."""
+        check_float("factor", self.factor, 0.0, low_open=True)
 
     def predict(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:
         """mean + factor * (cell - mean) for every cell of mean_shift's prediction."""

@@ -16,6 +16,7 @@ from benchmark.synthetic import make_synthetic
 from benchmark.task import Task
 from predictors.baselines import LinearCV
 from predictors.cvae import CVAEPredictor
+from predictors.gaming import InflatedVariance
 from predictors.linear import Linear
 from predictors.registry import BUILTINS, load_class, make_predictor
 
@@ -26,6 +27,7 @@ NONNEG_FLOATS = [-0.1, NAN, INF, "1", True, None]
 BOOLS = ["false", "True", 0, 1, None]
 
 BAD: dict[type, dict[str, list]] = {
+    InflatedVariance: {"factor": [0.0, -1.0, NAN, INF, "2", True, None]},
     Linear: {"penalties": [(), [0.0], (1.0, -1.0), (INF,), (NAN,), 1.0, "1", (True,)]},
     LinearCV: {
         "penalties": [(), (0.0,), (INF,), 1.0, "0.1"],
@@ -65,6 +67,7 @@ BAD: dict[type, dict[str, list]] = {
 """Values every predictor must reject, per constructor parameter (each is checked for being listed below)."""
 
 GOOD: dict[type, dict[str, object]] = {
+    InflatedVariance: {"factor": 3},
     Linear: {"penalties": [0.5, 5]},
     LinearCV: {"penalties": (0.5,), "ranks": [3], "min_cv_gain": 0, "max_cv_folds": 5, "random_state": 7},
     CVAEPredictor: {
@@ -161,7 +164,15 @@ def test_make_predictor_turns_bad_parameters_into_one_line_errors(name, params, 
 
 # ------------------------------------------------------------------------------------------------ run seed
 
-DETERMINISTIC = {"no_change", "mean_shift", "additive", "linear"}
+DETERMINISTIC = {
+    "no_change",
+    "mean_shift",
+    "additive",
+    "linear",
+    "collapsed_mean",
+    "inflated_variance",
+    "wrong_context",
+}
 """Registered predictors without any randomness: they take no random_state (checked below to be deterministic)."""
 
 
