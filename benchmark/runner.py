@@ -132,7 +132,7 @@ def run_benchmark(
     positions = {name: i for i, name in enumerate(dataset.adata.obs_names)}
     results: list[TargetResult] = []
     total = sum(len(v) for v in splits_by_seed.values())
-    with mlflow.start_run(run_name=f"{display_name} · {split_kind}") as parent:
+    with tracking.parent_run(f"{display_name} · {split_kind}") as parent:
         parent_id = parent.info.run_id
         mlflow.set_tags(_run_tags(display_name, dataset, split_kind, level="parent"))
         tracking.log_params(
