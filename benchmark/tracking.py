@@ -99,13 +99,13 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def _store_lock(path: Path):
-    """A cross-process lock for first use of one SQLite file, kept in the temp folder (not beside the store,
-    which may be read-only, and so no lock file lands in the user's folder)."""
+def path_lock(path: Path, timeout: float = STORE_LOCK_TIMEOUT_S):
+    """A cross-process lock named after `path`, kept in the temp folder (not beside the file, whose folder may be
+    read-only, and so no lock file lands in the user's folder)."""
     from filelock import FileLock
 
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:20]
-    return FileLock(Path(tempfile.gettempdir()) / f"pertbench-store-{key}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:20]
+    return FileLock(Path(tempfile.gettempdir()) / f"pertbench-{key}.lock", timeout=timeout, mode=0o666)
 
 
 def use_store(uri: str | None = None) -> str:
@@ -127,7 +127,7 @@ def use_store(uri: str | None = None) -> str:
                 f"cannot open the MLflow store {resolved}: folder {path.parent} does not exist"
             )
         try:
-            lock = _store_lock(path)
+            lock = path_lock(path)
             lock.acquire()
         except OSError:  # no usable temp folder: open without the lock
             lock = None

@@ -98,7 +98,7 @@ def test_leaderboard_from_store(tiny, tmp_path, monkeypatch):
     assert "NaN" in rows["no_change"]  # r of a constant prediction is undefined, shown as such
     assert "**" in rows["mean_shift"]
     assert "bench run --predictor mean_shift --dataset tiny --split holdout_context --seeds 0,1" in text
-    figures = sorted(p.name for p in (tmp_path / "board" / "figures").iterdir())
+    figures = sorted(p.name for p in (tmp_path / "board" / "figures").iterdir() if not p.name.startswith("."))
     assert any("mean_shift" in f and "summary" in f for f in figures)
     assert any("mean_shift" in f and "composite" in f for f in figures)
     for name in figures:
