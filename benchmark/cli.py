@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import logging
 import math
 import os
 import sys
@@ -360,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(args)
         from benchmark import tracking
 
+        if args.debug:
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)
         with tracking.sigterm_raises():
             return handlers[args.command](args)
     except PertbenchError as exc:

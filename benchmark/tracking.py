@@ -45,6 +45,9 @@ from benchmark.errors import PertbenchError  # noqa: E402
 # After importing mlflow, which configures its own loggers: keep store-migration INFO lines out of `bench` output.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# MLflow logs every SQL error with its full traceback before raising it; bench reports the raised error in one
+# line instead (`bench --debug` shows the traceback).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """An embedded SQLite store in the working directory; MLFLOW_TRACKING_URI points elsewhere (e.g. a server)."""
