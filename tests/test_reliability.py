@@ -518,6 +518,9 @@ def test_a_server_that_stops_answering_mid_run_ends_bench_within_a_minute(tmp_pa
         waited = time.monotonic() - stalled
         assert code == 1, err[-2000:]
         one_line_error(err, "did not answer")
+        print(
+            f"bench gave up {waited:.1f} s after the server stopped answering: {err.strip().splitlines()[-1]}"
+        )
         assert waited < 60, f"bench waited {waited:.0f} s for the lost server"
     finally:
         if proxy is not None:
