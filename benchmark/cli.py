@@ -338,6 +338,19 @@ def _report(exc: BaseException, args: argparse.Namespace | None) -> int:
             file=sys.stderr,
         )
         return 1
+    written = tracking.store_write_error(exc)
+    if written is not None:
+        uri = tracking.tracking_uri(getattr(args, "tracking_uri", None))
+        print(
+            f"bench: error: the MLflow store {uri} refused a write ({written}); the write was rolled back; "
+            "free disk space or make the store writable, then rerun",
+            file=sys.stderr,
+        )
+        return 1
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"bench: error: {exc.strerror}{where} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     print(
         f"bench: error: {type(exc).__name__}: {tracking.one_line(exc)} (rerun with --debug for the traceback)",
         file=sys.stderr,

@@ -396,6 +396,7 @@ def _save_small_png(source: Path, target: Path) -> None:
     buffer = io.BytesIO()
     with Image.open(source) as image:
         image.convert("RGB").quantize(colors=256).save(buffer, format="PNG", optimize=True)
+    target.parent.mkdir(exist_ok=True)  # figures/ is created only when there is a figure to put in it
     atomic_write(target, buffer.getvalue())
 
 
@@ -453,10 +454,9 @@ def write_leaderboard(
     with tracking.path_lock(path.parent.resolve() / ".pertbench-board"):
         links: dict = {}
         if figures:
-            figures_dir.mkdir(exist_ok=True)
             links = _copy_figures(boards, figures_dir, relative_to=path.parent)
         atomic_write(path, render(boards, links))
-        if figures:
+        if figures and figures_dir.is_dir():
             _update_manifest(figures_dir, path.name, [Path(v).name for vs in links.values() for v in vs])
     return path
 

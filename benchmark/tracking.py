@@ -259,6 +259,25 @@ def server_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def store_write_error(exc: BaseException) -> str | None:
+    """The database's own words when an exception (or one it wraps) is a failed SQL write (full disk, read-only
+    file, locked database), else None."""
+    import re
+    import sqlite3
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sqlite3.DatabaseError):
+            return str(current)
+        found = re.search(r"\((?:sqlite3|psycopg2?|pymysql|MySQLdb)[\w.]*\.\w*Error\) ([^\[]+)", str(current))
+        if found:
+            return found.group(1).strip()
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @contextlib.contextmanager
 def _short_http_requests() -> Iterator[None]:
     """One try with a 2 s timeout, for the last request of a run whose server already failed to answer."""

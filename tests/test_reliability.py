@@ -130,6 +130,7 @@ def full_disk(workdir: Path):
         pytest.skip(f"cannot mount a small tmpfs here to fill ({done.stderr.decode().strip()})")
     try:
         shutil.copy2(workdir / "mlflow.db", mount / "mlflow.db")
+        shutil.copy2(workdir / ".pertbench" / "LEADERBOARD.md", mount / "LEADERBOARD.md")
         with open(mount / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
             while True:
                 f.write(b"\0" * 4096)
@@ -216,12 +217,22 @@ def test_bad_values_and_broken_stores_give_one_line_and_change_nothing(workdir, 
         code = main(["run", *predictor, *data, *DATA_ARGS, "--no-figures", "--no-cache", *args])
         err = capsys.readouterr().err
         assert code in (1, 2), err
-        one_line_error(err, needle)
+        print(f"\n{case}: exit {code}: {one_line_error(err, needle)}")  # the outcome note (pytest -s)
         assert snapshot(store, board, workdir / "mlflow.db") == before
         if store.exists():
             with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
                 assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert not list(workdir.rglob("*.tmp"))
+
+
+def test_a_leaderboard_on_a_full_disk_is_left_as_it_was(workdir, capsys):
+    with full_disk(workdir) as (_, store):
+        board = store.parent / "LEADERBOARD.md"
+        before = snapshot(board)
+        assert main(["leaderboard", "--output", str(board)]) == 1
+        one_line_error(capsys.readouterr().err, "No space left on device")
+        assert snapshot(board) == before
+        assert sorted(p.name for p in store.parent.iterdir()) == ["LEADERBOARD.md", "filler", "mlflow.db"]
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):
