@@ -177,8 +177,13 @@ class Terminated(BaseException):
     """SIGTERM arrived: unwinds the run like Ctrl-C (not an Exception, so no `except Exception` swallows it)."""
 
 
+_interrupted_ms: list[int] = []
+"""When the last SIGTERM arrived (ms since the epoch): split runs that failed from then on were killed."""
+
+
 def _raise_terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during clean-up kills at once
+    _interrupted_ms[:] = [int(time.time() * 1000)]
     raise Terminated("terminated by SIGTERM")
 
 
@@ -318,8 +323,10 @@ def parent_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
         run = mlflow.start_run(run_name=run_name, tags=process_tags())
         try:
             yield run
-        except (Terminated, KeyboardInterrupt):
-            since = int(time.time() * 1000) - 1000
+        except (Terminated, KeyboardInterrupt) as exc:
+            # split runs that ended FAILED since the signal (Ctrl-C: in the last 5 s) were stopped by it
+            signalled = _interrupted_ms[0] if isinstance(exc, Terminated) and _interrupted_ms else None
+            since = (signalled or int(time.time() * 1000) - 5000) - 100
             with contextlib.suppress(Exception):
                 _kill_children(run.info.run_id, since)
             _end_active(run.info.run_id, "KILLED")
