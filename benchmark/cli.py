@@ -325,8 +325,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def _report(exc: BaseException, args: argparse.Namespace | None) -> int:
     """Print one line for an exception that is not a PertbenchError; return the exit code."""
-    from benchmark import tracking
-
+    try:
+        from benchmark import tracking
+    except Exception:  # noqa: BLE001 - e.g. a broken MLflow install: still one line
+        text = " ".join(str(exc).split())[:300]
+        print(
+            f"bench: error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     if isinstance(exc, tracking.Terminated):
         print("bench: terminated by SIGTERM; the run in progress was marked KILLED", file=sys.stderr)
         return 143

@@ -127,6 +127,7 @@ def _load(adata: AnnData, task: Task, to_file: bool, folder):
         HealthCheck.data_too_large,
     ],
     derandomize=True,
+    database=None,
 )
 @given(case=datasets())
 def test_any_input_is_scored_or_a_one_line_error(store, case):

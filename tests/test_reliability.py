@@ -181,8 +181,9 @@ def plain(*args: str):
 
 CVAE = ["--predictor", "cvae_modeB"]
 CASES = {
-    # Predictor constructors validate their hyperparameters (another branch, predictors/); these two pass
-    # once it is merged: today the CVAE accepts them and an untrained model would be scored.
+    # Predictor constructors validate their hyperparameters (branch `linear`, predictors/): these three cases
+    # pass once it is merged (checked against that branch's predictors/); on this branch alone the CVAE accepts
+    # them, and an untrained model would be scored.
     "max_epochs=-5": (plain(*CVAE, "--param", "max_epochs=-5"), "max_epochs"),
     "n_latent=0": (plain(*CVAE, "--param", "n_latent=0"), "n_latent"),
     "max_epochs=abc": (plain(*CVAE, "--param", "max_epochs=abc"), "max_epochs"),
