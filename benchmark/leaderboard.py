@@ -376,7 +376,9 @@ def _copy_figures(
             for run_id, artifact, kind in sources:
                 try:
                     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
-                except Exception:  # noqa: BLE001 - a run logged without figures simply has none to link
+                except Exception as exc:  # noqa: BLE001 - a run logged without figures simply has none to link
+                    if tracking.server_unreachable(exc):  # but a lost server fails once, not once per figure
+                        raise
                     continue
                 target = figures_dir / f"{_safe(stem)}__{kind}.png"
                 _save_small_png(Path(local), target)
