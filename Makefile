@@ -3,8 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PREDICTOR ?= mean_shift
 DATASET ?= kang2018
-# `make run` (like any `bench run`) writes the local store's leaderboard to .pertbench/LEADERBOARD.md, out of git;
-# `make leaderboard` writes the committed one.
+# `make run` (like any `bench run` or plain `bench leaderboard`) writes the local store's leaderboard to
+# .pertbench/LEADERBOARD.md, out of git; only `make leaderboard` writes the committed leaderboard/LEADERBOARD.md.
 BIN := $(VENV)/bin
 # Real data sit beside the project in ../shared/data when present; otherwise the loader's own default applies.
 SHARED_DATA := $(abspath ../shared/data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import logging
 import math
 import os
 import sys
@@ -15,15 +16,48 @@ from benchmark.errors import PertbenchError
 DEFAULT_DATASET = "kang2018"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors raised as one-line PertbenchErrors instead of usage text and SystemExit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise PertbenchError(f"{message} (see `{self.prog} --help`)")
+
+
+def _non_negative_int(text: str) -> int:
+    """A seed: an integer >= 0 (numpy and torch seeds cannot be negative)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """A count that must be at least 1 (e.g. --max-splits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def _parse_seeds(text: str) -> tuple[int, ...]:
+    """Comma-separated seeds, each an integer >= 0."""
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip() != "")
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"seeds must be integers separated by commas, got {text!r}"
+            f"seeds must be integers >= 0 separated by commas, got {text!r}"
         ) from None
     if not seeds:
         raise argparse.ArgumentTypeError("give at least one seed")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"seeds must be integers >= 0, got {negative[0]}")
     return seeds
 
 
@@ -39,11 +73,9 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bench", description="Benchmark single-cell perturbation-response predictors."
-    )
+    parser = _Parser(prog="bench", description="Benchmark single-cell perturbation-response predictors.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="benchmark a predictor on every split of a kind")
     run.add_argument("--predictor", required=True, help="registered name (see `bench list`) or module:Class")
@@ -61,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="holdout_context | holdout_combo | random | all (default: the dataset's)",
     )
     seeds = run.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, default=None, help="one seed (default 0)")
-    seeds.add_argument("--seeds", type=_parse_seeds, default=None, help="several seeds, e.g. 0,1,2")
+    seeds.add_argument("--seed", type=_non_negative_int, default=None, help="one seed >= 0 (default 0)")
+    seeds.add_argument("--seeds", type=_parse_seeds, default=None, help="several seeds >= 0, e.g. 0,1,2")
     run.add_argument("--perturbation", action="append", help="only hold out this perturbation (repeatable)")
     run.add_argument(
         "--param", action="append", type=_parse_param, default=[], help="hyperparameter key=value"
@@ -74,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--embedding", choices=["umap", "pca"], default="umap", help="embedding of the figure's cells"
     )
-    run.add_argument("--max-splits", type=int, default=None, help="run only the first N splits (quick looks)")
+    run.add_argument(
+        "--max-splits",
+        type=_positive_int,
+        default=None,
+        help="run only the first N >= 1 splits (quick looks)",
+    )
     run.add_argument(
         "--cache-dir", type=Path, default=None, help="fitted-model cache (default .pertbench/models)"
     )
@@ -90,12 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--leaderboard",
         type=Path,
         default=None,
-        help="leaderboard file to update after the run (default .pertbench/LEADERBOARD.md)",
+        help="leaderboard .md file to update after the run (default .pertbench/LEADERBOARD.md)",
     )
     run.add_argument("--no-leaderboard", action="store_true", help="do not update the leaderboard")
 
     board = sub.add_parser("leaderboard", help="regenerate the markdown leaderboard from the MLflow store")
-    board.add_argument("--output", type=Path, default=None, help="default leaderboard/LEADERBOARD.md")
+    board.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="leaderboard .md file (default .pertbench/LEADERBOARD.md; `make leaderboard` writes the committed "
+        "leaderboard/LEADERBOARD.md)",
+    )
     board.add_argument("--tracking-uri", default=None)
     board.add_argument(
         "--no-figures", action="store_true", help="do not copy figures next to the leaderboard"
@@ -152,25 +195,75 @@ def _load(args: argparse.Namespace):
     return load_dataset(args.dataset or DEFAULT_DATASET)
 
 
+def _check_board_path(path: Path | None, flag: str) -> None:
+    """A leaderboard path must name a file: a directory is a one-line error (nothing is written into it)."""
+    if path is not None and Path(path).is_dir():
+        raise PertbenchError(
+            f"{flag} {path} is a directory; give the markdown file to write, e.g. {Path(path) / 'LEADERBOARD.md'}"
+        )
+
+
+def _check_device(params: dict) -> None:
+    """A `device` hyperparameter must name a torch device this build can use (checked before any run starts)."""
+    device = params.get("device")
+    if not isinstance(device, str) or device == "auto":
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError) as exc:
+        raise PertbenchError(
+            f"--param device={device}: not a torch device ({exc}); use cpu, cuda or auto"
+        ) from exc
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise PertbenchError(
+            f"--param device={device}: CUDA is not available to this torch build ({torch.__version__}); "
+            "use device=cpu or device=auto"
+        )
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise PertbenchError(
+            f"--param device={device}: MPS is not available here; use device=cpu or device=auto"
+        )
+
+
+def _build_predictor(name: str, params: dict) -> None:
+    """Build the predictor once to fail fast on an unknown name or a bad hyperparameter (ValueError/TypeError)."""
+    from predictors.registry import make_predictor
+
+    try:
+        make_predictor(name, **params)
+    except (ValueError, TypeError) as exc:
+        shown = " ".join(f"{k}={v!r}" for k, v in params.items())
+        raise PertbenchError(
+            f"cannot build predictor {name!r} with {shown or 'its defaults'}: {exc}"
+        ) from exc
+    _check_device(params)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark import tracking
     from benchmark.leaderboard import RUN_PATH, write_leaderboard
     from benchmark.model_cache import default_cache_dir
     from benchmark.runner import RunOptions, run_benchmark
     from benchmark.splits import SPLIT_KINDS, SplitNotApplicable
-    from predictors.registry import make_predictor
 
-    make_predictor(args.predictor, **dict(args.param))  # fail fast on an unknown predictor or parameter
+    params = dict(args.param)
+    _build_predictor(args.predictor, params)
+    tracking.check_uri(tracking.tracking_uri(args.tracking_uri))
+    if not args.no_leaderboard:
+        _check_board_path(args.leaderboard, "--leaderboard")
     dataset = _load(args)
     kinds = SPLIT_KINDS if args.split == "all" else (args.split or dataset.default_split,)
     unknown = [k for k in kinds if k not in SPLIT_KINDS]
     if unknown:
         raise PertbenchError(f"unknown split kind {unknown[0]!r}; known kinds: {', '.join(SPLIT_KINDS)}, all")
     tracking.use_store(args.tracking_uri)
+    tracking.reap_dead_runs()
     seeds = args.seeds or ((args.seed,) if args.seed is not None else (0,))
     options = RunOptions(
         seeds=seeds,
-        params=dict(args.param),
+        params=params,
         perturbations=tuple(args.perturbation) if args.perturbation else None,
         save_predictions=args.save_predictions,
         figures=not args.no_figures,
@@ -231,10 +324,14 @@ def _print_table(result) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import DEFAULT_PATH, write_leaderboard
+    from benchmark import tracking
+    from benchmark.leaderboard import RUN_PATH, write_leaderboard
 
+    _check_board_path(args.output, "--output")
+    tracking.use_store(args.tracking_uri)
+    tracking.reap_dead_runs()
     path = write_leaderboard(
-        args.output or DEFAULT_PATH, args.tracking_uri, figures=not args.no_figures, readme=args.readme
+        args.output or RUN_PATH, args.tracking_uri, figures=not args.no_figures, readme=args.readme
     )
     print(f"leaderboard written: {path}")
     return 0
@@ -277,23 +374,87 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(exc: BaseException, args: argparse.Namespace | None) -> int:
+    """Print one line for an exception that is not a PertbenchError; return the exit code."""
+    try:
+        from benchmark import tracking
+    except Exception:  # noqa: BLE001 - e.g. a broken MLflow install: still one line
+        text = " ".join(str(exc).split())[:300]
+        print(
+            f"bench: error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    if isinstance(exc, tracking.Terminated):
+        print("bench: terminated by SIGTERM; the run in progress was marked KILLED", file=sys.stderr)
+        return 143
+    if tracking.server_unreachable(exc):
+        uri = tracking.tracking_uri(getattr(args, "tracking_uri", None))
+        print(
+            f"bench: error: the MLflow tracking server {uri} did not answer ({tracking.one_line(exc, 200)}); "
+            "check that it runs, or raise MLFLOW_HTTP_REQUEST_TIMEOUT / MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+            file=sys.stderr,
+        )
+        return 1
+    written = tracking.store_write_error(exc)
+    if written is not None:
+        uri = tracking.tracking_uri(getattr(args, "tracking_uri", None))
+        print(
+            f"bench: error: the MLflow store {uri} refused a write ({written}); the write was rolled back; "
+            "free disk space or make the store writable, then rerun",
+            file=sys.stderr,
+        )
+        return 1
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"bench: error: {exc.strerror}{where} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    print(
+        f"bench: error: {type(exc).__name__}: {tracking.one_line(exc)} (rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `bench` console script; errors print one line unless --debug."""
+    """Entry point of the `bench` console script; errors print one line unless --debug.
+
+    Exit codes: 0 done, 2 bad input (PertbenchError), 1 any other failure (store, disk, server, a bug),
+    130 Ctrl-C, 143 SIGTERM (the run is marked KILLED).
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "leaderboard": cmd_leaderboard, "list": cmd_list}
-    handlers["make-synthetic"] = cmd_make_synthetic
+    args = None
     try:
-        return handlers[args.command](args)
-    except PertbenchError as exc:
+        args = build_parser().parse_args(argv)
+        handlers = {
+            "run": cmd_run,
+            "leaderboard": cmd_leaderboard,
+            "list": cmd_list,
+            "make-synthetic": cmd_make_synthetic,
+        }
+        if args.command in ("list", "make-synthetic"):  # no MLflow store involved
+            return handlers[args.command](args)
+        from benchmark import tracking
+
         if args.debug:
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)
+        with tracking.sigterm_raises():
+            return handlers[args.command](args)
+    except PertbenchError as exc:
+        if args is not None and args.debug:
             raise
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench: interrupted", file=sys.stderr)
         return 130
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        if args is not None and args.debug and type(exc).__name__ != "Terminated":
+            raise
+        return _report(exc, args)
 
 
 if __name__ == "__main__":

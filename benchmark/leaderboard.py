@@ -17,8 +17,9 @@ per-split differences contains 0). Splits share training data, so the intervals 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,13 @@ from benchmark.errors import PertbenchError
 from benchmark.metrics import METRICS
 
 DEFAULT_PATH = Path("leaderboard") / "LEADERBOARD.md"
+"""The committed leaderboard: written only by `make leaderboard` (scripts/reproduce_leaderboard.sh passes it as
+an explicit --output), never by a plain `bench run` or `bench leaderboard`."""
 RUN_PATH = Path(".pertbench") / "LEADERBOARD.md"
-"""Where `bench run` writes its leaderboard by default: a local file, so a run in a checkout never rewrites the
-committed leaderboard/ (or drops its figures); `bench leaderboard` writes DEFAULT_PATH."""
+"""Where `bench run` and `bench leaderboard` write by default: a local file out of git, so trying the tool in a
+checkout never rewrites the committed leaderboard/ (or its figures)."""
+MANIFEST = ".pertbench-manifest.json"
+"""In a board's figures/ folder: which files each leaderboard there wrote. Only these are ever removed."""
 
 
 @dataclass
@@ -480,15 +485,32 @@ def render_results(boards: list[Board]) -> str:
 def replace_block(path: Path, start: str, end: str, body: str) -> Path:
     """Replace the text between the markers start and end in a file, atomically; the markers must exist."""
     path = Path(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PertbenchError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if start not in text or end not in text:
         raise PertbenchError(f"{path} has no {start} ... {end} block to update")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(f"{head}{start}\n{body}\n{end}{tail}")
-    os.replace(tmp, path)
+    atomic_write(path, f"{head}{start}\n{body}\n{end}{tail}")
     return path
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write a file through a uniquely named temp file in the same folder and os.replace: readers and concurrent
+    writers only ever see a whole old or a whole new file, and a failed write leaves no temp file behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def update_readme(path: Path, boards: list[Board]) -> Path:
@@ -519,7 +541,9 @@ def _copy_figures(
             for run_id, artifact, kind in sources:
                 try:
                     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
-                except Exception:  # noqa: BLE001 - a run logged without figures simply has none to link
+                except Exception as exc:  # noqa: BLE001 - a run logged without figures simply has none to link
+                    if tracking.server_unreachable(exc):  # but a lost server fails once, not once per figure
+                        raise
                     continue
                 target = figures_dir / f"{_safe(stem)}__{kind}.png"
                 _save_small_png(Path(local), target)
@@ -530,43 +554,77 @@ def _copy_figures(
 
 
 def _save_small_png(source: Path, target: Path) -> None:
-    """Copy a figure as a 256-colour palette PNG: a third of the size, so committed figures stay small."""
+    """Copy a figure as a 256-colour palette PNG (a third of the size, so committed figures stay small), written
+    atomically."""
+    import io
+
     from PIL import Image
 
+    buffer = io.BytesIO()
     with Image.open(source) as image:
-        image.convert("RGB").quantize(colors=256).save(target, optimize=True)
-    target.chmod(0o644)
+        image.convert("RGB").quantize(colors=256).save(buffer, format="PNG", optimize=True)
+    target.parent.mkdir(exist_ok=True)  # figures/ is created only when there is a figure to put in it
+    atomic_write(target, buffer.getvalue())
+
+
+def _read_manifest(figures_dir: Path) -> dict[str, list[str]]:
+    """Board file name -> the figure files it wrote; an unreadable manifest counts as empty (deletes nothing)."""
+    try:
+        raw = json.loads((figures_dir / MANIFEST).read_text())
+        boards = raw.get("boards", {})
+        return {str(k): [str(f) for f in v] for k, v in boards.items() if isinstance(v, list)}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _update_manifest(figures_dir: Path, board_name: str, written: list[str]) -> None:
+    """Record this board's figures and delete the ones it wrote before but no longer links (unless another board
+    in the same folder lists them). Files the manifest does not list are never deleted."""
+    manifest = _read_manifest(figures_dir)
+    before = set(manifest.get(board_name, []))
+    manifest[board_name] = sorted(set(written))
+    still_used = {f for files in manifest.values() for f in files}
+    for name in sorted(before - still_used):
+        target = figures_dir / name
+        if Path(name).name == name and name != MANIFEST:  # a plain file name inside figures/, nothing else
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+    atomic_write(figures_dir / MANIFEST, json.dumps({"version": 1, "boards": manifest}, indent=1) + "\n")
 
 
 def write_leaderboard(
-    path: Path = DEFAULT_PATH, uri: str | None = None, figures: bool = True, readme: Path | None = None
+    path: Path = RUN_PATH, uri: str | None = None, figures: bool = True, readme: Path | None = None
 ) -> Path:
-    """Regenerate the leaderboard file (and its figures folder) atomically from the store; optionally the
-    README's results block too."""
+    """Regenerate the leaderboard file and its figures from the store; optionally the README's results block.
+
+    Touches only its own files: the markdown file, and in `<its folder>/figures/` the figures it names in that
+    folder's manifest. Every file is written atomically under a unique temp name, and the whole update holds a
+    lock per folder, so concurrent writers leave a consistent board. Nothing else in the folder is removed.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise PertbenchError(
+            f"leaderboard path {path} is a directory; give the markdown file to write, e.g. {path / 'LEADERBOARD.md'}"
+        )
     boards = collect(uri)
     if readme is not None:
         update_readme(readme, boards)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figures_dir = path.parent / "figures"
-    links: dict = {}
-    staging = Path(tempfile.mkdtemp(prefix=".figures.", dir=path.parent))
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PertbenchError(
+            f"cannot create the leaderboard folder {path.parent}: {exc.strerror or exc}"
+        ) from exc
+    figures_dir = path.parent / "figures"
+    if figures and figures_dir.exists() and not figures_dir.is_dir():
+        raise PertbenchError(f"{figures_dir} is not a folder; the leaderboard's figures go there")
+    with tracking.path_lock(path.parent.resolve() / ".pertbench-board"):
+        links: dict = {}
         if figures:
-            links = _copy_figures(boards, staging, relative_to=staging.parent)
-            links = {k: [v.replace(staging.name, "figures", 1) for v in vs] for k, vs in links.items()}
-        text = render(boards, links)
-        tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(text)
-        if figures:
-            if figures_dir.exists():
-                shutil.rmtree(figures_dir)
-            staging.chmod(0o755)
-            staging.rename(figures_dir)
-        os.replace(tmp, path)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+            links = _copy_figures(boards, figures_dir, relative_to=path.parent)
+        atomic_write(path, render(boards, links))
+        if figures and figures_dir.is_dir():
+            _update_manifest(figures_dir, path.name, [Path(v).name for vs in links.values() for v in vs])
     return path
 
 

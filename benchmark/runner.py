@@ -120,7 +120,7 @@ def run_benchmark(
         predictor_name, display_name, template, dataset, split_kind, options, splits_by_seed
     )
     config[schema.PARAM_PARTIAL] = schema.TRUE if truncated or _restricted(dataset, options) else schema.FALSE
-    with mlflow.start_run(run_name=f"{display_name} · {split_kind}") as parent:
+    with tracking.parent_run(f"{display_name} · {split_kind}") as parent:
         parent_id = parent.info.run_id
         mlflow.set_tags(
             {

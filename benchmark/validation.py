@@ -18,7 +18,8 @@ MAX_LISTED = 12
 """How many labels an error message lists before eliding the rest."""
 
 COUNTS_LOOKING_MAX = 30.0
-"""Integer-valued X whose maximum exceeds this cannot be log-normalized (log1p(1e6) is about 13.8)."""
+"""Log-normalized X cannot exceed this: log1p of a whole cell's 1e4 target sum is 9.2, and even log1p(1e12) is
+27.6; a larger value is raw counts or a broken transform, and would put nonsense (e.g. energy 3e28) on the board."""
 
 
 def validate(adata: AnnData, task: Task, min_cells: int = 1) -> None:
@@ -127,10 +128,17 @@ def _check_values(x, expression: str) -> None:
             f"counts expected but X holds non-integer values, e.g. {example:.4g}; "
             "pass raw counts, or use expression='lognorm' for log-normalized data"
         )
-    if expression == "lognorm" and integer.all() and values.max() > COUNTS_LOOKING_MAX:
+    if expression == "lognorm" and values.max() > COUNTS_LOOKING_MAX:
+        top = values.max()
+        if integer.all():
+            raise PertbenchError(
+                f"log-normalized values expected but X looks like raw counts (all integers, max {top:.0f}); "
+                "use expression='counts'"
+            )
         raise PertbenchError(
-            f"log-normalized values expected but X looks like raw counts (all integers, max {values.max():.0f}); "
-            "use expression='counts'"
+            f"log-normalized values expected but X holds {int((values > COUNTS_LOOKING_MAX).sum())} value(s) above "
+            f"{COUNTS_LOOKING_MAX:g} (max {top:.4g}), impossible for log1p of size-normalized expression; "
+            "pass log1p(counts / library size * 1e4), or raw counts with expression='counts'"
         )
 
 

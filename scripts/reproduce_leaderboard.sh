@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates leaderboard/LEADERBOARD.md and the README's results block exactly as committed: every predictor on
 # kang2018, kang2018_counts, mcfaline23 and norman19 (each dataset's default split kind), in one MLflow store, then
-# `bench leaderboard --readme README.md`.
+# `bench leaderboard --output leaderboard/LEADERBOARD.md --readme README.md` (the only writer of the committed board).
 # Usage: bash scripts/reproduce_leaderboard.sh
 # Env: PREDICTORS, DATASETS, SEEDS (default 0,1,2), STORE (MLflow URI, default sqlite:///leaderboard.db),
 #      LEADERBOARD=0 to only add runs to the store (e.g. one dataset at a time) without regenerating.
@@ -24,5 +24,5 @@ for dataset in $DATASETS; do
   done
 done
 if [ "${LEADERBOARD:-1}" != 0 ]; then
-  "$BENCH" leaderboard --readme README.md
+  "$BENCH" leaderboard --output leaderboard/LEADERBOARD.md --readme README.md
 fi

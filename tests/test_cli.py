@@ -176,8 +176,12 @@ def test_failed_run_leaves_the_leaderboard_as_it_was(workdir, capsys):
     before = board.read_text()
     assert "mean_shift" in before
     hp.FailingPredictor.fits = 0
-    with pytest.raises(RuntimeError, match="boom"):
-        main(["run", "--predictor", "helpers_predictors:FailingPredictor", *data_args(path), "--no-figures"])
+    code = main(
+        ["run", "--predictor", "helpers_predictors:FailingPredictor", *data_args(path), "--no-figures"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("bench: error: RuntimeError: boom") and "--debug" in err[-1]
     assert board.read_text() == before
 
 

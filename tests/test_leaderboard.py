@@ -110,7 +110,7 @@ def test_leaderboard_from_store(tiny, tmp_path, monkeypatch):
         "bench run --predictor mean_shift --data test --perturbation-key condition --control control "
         "--context-key cell_type --expression counts --split holdout_context --seeds 0,1 --max-splits 2"
     ) in text
-    figures = sorted(p.name for p in (tmp_path / "board" / "figures").iterdir())
+    figures = sorted(p.name for p in (tmp_path / "board" / "figures").iterdir() if not p.name.startswith("."))
     assert any("mean_shift" in f and "summary" in f for f in figures)
     assert any("mean_shift" in f and "composite" in f for f in figures)
     for name in figures:
