@@ -26,7 +26,8 @@ run: setup
 	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET)
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m 'not integration'
+	$(BIN)/python -m pytest -m integration
 
 lint: setup
 	$(BIN)/ruff check .

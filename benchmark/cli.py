@@ -203,42 +203,12 @@ def _check_board_path(path: Path | None, flag: str) -> None:
         )
 
 
-def _check_device(params: dict) -> None:
-    """A `device` hyperparameter must name a torch device this build can use (checked before any run starts)."""
-    device = params.get("device")
-    if not isinstance(device, str) or device == "auto":
-        return
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError) as exc:
-        raise PertbenchError(
-            f"--param device={device}: not a torch device ({exc}); use cpu, cuda or auto"
-        ) from exc
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise PertbenchError(
-            f"--param device={device}: CUDA is not available to this torch build ({torch.__version__}); "
-            "use device=cpu or device=auto"
-        )
-    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise PertbenchError(
-            f"--param device={device}: MPS is not available here; use device=cpu or device=auto"
-        )
-
-
 def _build_predictor(name: str, params: dict) -> None:
-    """Build the predictor once to fail fast on an unknown name or a bad hyperparameter (ValueError/TypeError)."""
+    """Build the predictor once to fail fast on an unknown name or a bad hyperparameter: its constructor checks
+    every value (e.g. device=cuda on a CPU-only torch) and the registry turns a rejection into one line."""
     from predictors.registry import make_predictor
 
-    try:
-        make_predictor(name, **params)
-    except (ValueError, TypeError) as exc:
-        shown = " ".join(f"{k}={v!r}" for k, v in params.items())
-        raise PertbenchError(
-            f"cannot build predictor {name!r} with {shown or 'its defaults'}: {exc}"
-        ) from exc
-    _check_device(params)
+    make_predictor(name, **params)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -289,21 +259,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_table(result) -> None:
     import pandas as pd
 
+    from benchmark.schema import headline_metrics
+
     table = result.table()
-    shown = [
-        c
-        for c in (
-            "split",
-            "seed",
-            "status",
-            "r",
-            "jaccard_25",
-            "jaccard_50",
-            "jaccard_100",
-            "energy_distance",
-        )
-        if c in table
-    ]
+    shown = [c for c in ("split", "seed", "status", *headline_metrics()) if c in table]
     print(
         f"\n{result.predictor} on {result.dataset} · {result.split_kind} (MLflow parent run {result.parent_run_id})"
     )

@@ -531,7 +531,7 @@ def _copy_figures(
             sources = [(parent_id, "figures/summary.png", "summary")]
             children = mlflow.search_runs(
                 [client.get_run(parent_id).info.experiment_id],
-                filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`pertbench.status` = 'ok'",
+                filter_string=schema.children_filter(parent_id, schema.STATUS_OK),
                 order_by=["attributes.start_time ASC"],
                 max_results=1,
                 output_format="list",

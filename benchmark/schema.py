@@ -34,6 +34,8 @@ TAG_PARTIAL = "pertbench.partial"
 TAG_CONFIG = "pertbench.config"
 """Digest of predictor, hyperparameters, data checksum, split kind and split set: runs with equal digests are
 repeats of one configuration."""
+TAG_HOST, TAG_PID, TAG_PROC_START = "pertbench.host", "pertbench.pid", "pertbench.proc_start"
+"""Where the parent run's process lives, so a later command can mark the runs of a dead process KILLED."""
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 

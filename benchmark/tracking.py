@@ -40,6 +40,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from benchmark import schema  # noqa: E402
 from benchmark.errors import PertbenchError  # noqa: E402
 from benchmark.schema import EXPERIMENT_PREFIX  # noqa: E402
 
@@ -64,7 +65,7 @@ DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 OTHER_SCHEMES = ("", "file", "http", "https", "databricks", "databricks-uc", "uc")
 """URI schemes MLflow's tracking stores accept (plus any store plugin's, see known_schemes)."""
 
-HOST_TAG, PID_TAG, PROC_START_TAG = "pertbench.host", "pertbench.pid", "pertbench.proc_start"
+HOST_TAG, PID_TAG, PROC_START_TAG = schema.TAG_HOST, schema.TAG_PID, schema.TAG_PROC_START
 """Tags of a parent run naming the process that runs it, so a later `bench` can tell whether it died."""
 
 STORE_LOCK_TIMEOUT_S = 300.0
@@ -303,7 +304,7 @@ def _kill_children(parent_id: str, since_ms: int) -> None:
     client = MlflowClient()
     parent = client.get_run(parent_id)
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        [parent.info.experiment_id], filter_string=schema.children_filter(parent_id)
     )
     for child in children:
         status, end = child.info.status, child.info.end_time
@@ -372,7 +373,7 @@ def reap_dead_runs() -> list[str]:
     killed += [
         r.info.run_id
         for r in running
-        if r.info.run_id not in dead and r.data.tags.get("mlflow.parentRunId") in dead
+        if r.info.run_id not in dead and r.data.tags.get(schema.TAG_PARENT_RUN) in dead
     ]
     now = int(time.time() * 1000)
     for run_id in killed:

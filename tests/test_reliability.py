@@ -194,8 +194,8 @@ CASES = {
     "seed -1": (plain("--seed", "-1"), ">= 0"),
     "seeds abc": (plain("--seeds", "abc"), "integers"),
     "tracking-uri foo://bar": (plain("--tracking-uri", "foo://bar"), "unknown tracking URI scheme 'foo'"),
-    "device=cuda on CPU": (plain(*CVAE, "--param", "device=cuda"), "CUDA is not available"),
-    "device=nonsense": (plain(*CVAE, "--param", "device=nonsense"), "not a torch device"),
+    "device=cuda on CPU": (plain(*CVAE, "--param", "device=cuda"), "no CUDA"),
+    "device=nonsense": (plain(*CVAE, "--param", "device=nonsense"), "device must be"),
     "lognorm X holds 1e30": (lognorm_1e30, "above 30"),
     "leaderboard is a directory": (leaderboard_dir, "is a directory"),
     "store folder missing": (plain("--tracking-uri", "sqlite:///no/such/folder/mlflow.db"), "does not exist"),
@@ -257,7 +257,7 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(workdir, c
 def test_leaderboard_only_touches_its_own_files(workdir, capsys):
     # a run with figures, so the board has figures to copy
     args = ["run", "--predictor", "mean_shift", "--data", "u.h5ad", *DATA_ARGS, "--embedding", "pca"]
-    assert main([*args, "--max-splits", "1", "--no-leaderboard"]) == 0
+    assert main([*args, "--no-leaderboard"]) == 0  # complete: it outranks the base store's run
     paper = workdir / "paper"
     (paper / "figures").mkdir(parents=True)
     (paper / "figures" / "precious.txt").write_text("mine")
@@ -338,7 +338,7 @@ def test_atomic_write_under_concurrent_writers(tmp_path):
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_concurrent_first_use_of_a_new_store(tmp_path):
     store = tmp_path / "fresh.db"
     args = bench(
@@ -394,7 +394,7 @@ def start_slow_run(tmp_path: Path, store: Path, **env: str) -> subprocess.Popen:
     raise AssertionError("the run never started: " + "".join(lines)[-2000:])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_sigterm_ends_the_run_killed(tmp_path):
     store = tmp_path / "mlflow.db"
     proc = start_slow_run(tmp_path, store)
@@ -409,7 +409,7 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert {r["status"] for r in runs(store)} == {"KILLED"}  # the split in progress too, not FAILED
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_runs_of_a_killed_process_are_marked_killed_by_the_next_bench(tmp_path, monkeypatch, capsys):
     store = tmp_path / "mlflow.db"
     proc = start_slow_run(tmp_path, store)
@@ -501,7 +501,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_server_that_stops_answering_mid_run_ends_bench_within_a_minute(tmp_path):
     port = free_port()
     server = subprocess.Popen(
