@@ -266,8 +266,10 @@ def _goodness(values: pd.Series, higher: bool | None) -> float:
     return -abs(mean) if higher is None else (mean if higher else -mean)
 
 
-TIE_TOLERANCE = 1e-9
-"""Top values closer than this (relative to max(1, |value|)) are a tie: no row is bold."""
+TIE_TOLERANCE = 1e-6
+"""Top values closer than this (relative to max(1, |value|)) are a tie: no row is bold. Predictions are float32,
+so "control cells + a constant shift" reproduces the controls' spread only to float32 rounding (~1e-7): such
+rows must tie on var_ratio, whatever the shift."""
 
 
 def _ranked(frames: dict[str, pd.DataFrame], metric: str) -> list[tuple[str, float]]:
