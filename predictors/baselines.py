@@ -79,6 +79,32 @@ class _ShiftBaseline(Predictor):
         return predicted_anndata(values, control, perturbation, context)
 
 
+class _ProfileShiftBaseline(_ShiftBaseline):
+    """A shift baseline whose shift depends on the given control cells' profile (transfer from the contexts where
+    the perturbation was seen) or, for a label never seen, on its genes (combination model)."""
+
+    def _transfer_shift(self, perturbation: str, context: str | None, c_new: np.ndarray) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - each subclass has its transfer model
+
+    def _combo_shift(self, perturbation: str) -> np.ndarray:
+        raise NotImplementedError  # pragma: no cover - each subclass has its combination model
+
+    def _profile_shift_output(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:
+        """Control cells plus the transfer shift at their mean profile (p seen) or the combination shift."""
+        self._check_fitted()
+        positions = self._positions(control)
+        if len(np.unique(positions)) != len(self.genes_):
+            raise ValueError(f"{type(self).__name__} needs the control cells to have every training gene")
+        values = self._control_values(control)
+        if self._contexts_seen(perturbation):
+            c_new = np.empty(len(self.genes_))
+            c_new[positions] = values.mean(axis=0)
+            shift = self._transfer_shift(perturbation, context, c_new)
+        else:
+            shift = self._combo_shift(perturbation)
+        return predicted_anndata(values + shift[positions], control, perturbation, context)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # NoChange, MeanShift, Additive
 # ---------------------------------------------------------------------------------------------------------
@@ -330,7 +356,7 @@ def mean_errors(cands: list[Candidate], errors: np.ndarray) -> dict[str, float]:
     )
 
 
-class LinearCV(ValidatedParams, _ShiftBaseline):
+class LinearCV(ValidatedParams, _ProfileShiftBaseline):
     """Cross-validated choice among closed-form ridge models of the training pseudobulk shifts (in the spirit of
     Ahlmann-Eltze et al. 2025); which model applies depends on the target (t*, p).
 
@@ -512,18 +538,7 @@ class LinearCV(ValidatedParams, _ShiftBaseline):
 
     def predict(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:
         """Control cells plus the shift of the chosen transfer model (p seen) or of the multi-hot model."""
-        self._check_fitted()
-        positions = self._positions(control)
-        if len(np.unique(positions)) != len(self.genes_):
-            raise ValueError("linear needs the control cells to have every training gene")
-        values = self._control_values(control)
-        if self._contexts_seen(perturbation):
-            c_new = np.empty(len(self.genes_))
-            c_new[positions] = values.mean(axis=0)
-            shift = self._transfer_shift(perturbation, context, c_new)
-        else:
-            shift = self._combo_shift(perturbation)
-        return predicted_anndata(values + shift[positions], control, perturbation, context)
+        return self._profile_shift_output(control, perturbation, context)
 
     def _transfer_shift(self, perturbation: str, context: str | None, c_new: np.ndarray) -> np.ndarray:
         """The chosen transfer model's shift for `perturbation` in a context with control profile `c_new`."""

@@ -12,9 +12,8 @@ import numpy as np
 from anndata import AnnData
 
 from benchmark.errors import NotApplicable
-from benchmark.protocol import predicted_anndata
 from benchmark.task import Task
-from predictors.baselines import _ShiftBaseline
+from predictors.baselines import _ProfileShiftBaseline
 from predictors.params import ValidatedParams, check_positive_grid
 
 PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -83,7 +82,7 @@ def _name(penalty: float) -> str:
     return f"penalty={penalty:g}"
 
 
-class Linear(ValidatedParams, _ShiftBaseline):
+class Linear(ValidatedParams, _ProfileShiftBaseline):
     """Ridge regression on training pseudobulks, one family per kind of target, the penalty chosen by CV.
 
     Context transfer (perturbation p seen in training contexts T_p, predicted in context t* from t*'s control
@@ -200,19 +199,12 @@ class Linear(ValidatedParams, _ShiftBaseline):
 
     def predict(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:
         """Control cells plus the ridge shift: transfer from p's training contexts, or multi-hot for a new label."""
-        self._check_fitted()
-        positions = self._positions(control)
-        if len(np.unique(positions)) != len(self.genes_):
-            raise ValueError("linear needs the control cells to have every training gene")
-        values = self._control_values(control)
-        if self._contexts_seen(perturbation):
-            c_new = np.empty(len(self.genes_))
-            c_new[positions] = values.mean(axis=0)
-            c, d = self._training_pairs(perturbation)
-            shift = ridge_transfer(c, d, c_new, self.transfer_penalty_)
-        else:
-            shift = self._combo_shift(perturbation)
-        return predicted_anndata(values + shift[positions], control, perturbation, context)
+        return self._profile_shift_output(control, perturbation, context)
+
+    def _transfer_shift(self, perturbation: str, context: str | None, c_new: np.ndarray) -> np.ndarray:
+        """Ridge of p's training shifts on their contexts' control profiles, evaluated at `c_new`."""
+        c, d = self._training_pairs(perturbation)
+        return ridge_transfer(c, d, c_new, self.transfer_penalty_)
 
     def _combo_shift(self, perturbation: str) -> np.ndarray:
         """Multi-hot ridge prediction for a label never seen in training; NotApplicable if a gene is unseen."""
