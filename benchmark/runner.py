@@ -407,7 +407,7 @@ def _split_templates(
 
 def _config_record(
     template: Predictor, templates: dict[str, Predictor], options: RunOptions
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Parent params saying which configuration is in force and how it was chosen; a hyperparameter whose
     value differs between splits (a config's blocks chose differently) reads "per split" (children: the value)."""
     if options.config is None:
@@ -422,11 +422,15 @@ def _config_record(
         schema.PARAM_CONFIG_OBJECTIVE: str(tuning.get("objective", "")),
         schema.PARAM_CONFIG_DIGEST: config_digest(options.config),
     }
-    base = template.get_params()
-    for predictor in templates.values():
-        for key, value in predictor.get_params().items():
-            if not _same(base.get(key), value):
-                record[f"{schema.HP_PREFIX}{key}"] = schema.PER_SPLIT
+    params = [p.get_params() for p in templates.values()]
+    for key, value in template.get_params().items():
+        values = [p[key] for p in params]
+        if values and not all(_same(values[0], v) for v in values[1:]):
+            record[f"{schema.HP_PREFIX}{key}"] = schema.PER_SPLIT
+        elif values and not _same(
+            value, values[0]
+        ):  # every split run agrees on a value the blocks do not share
+            record[f"{schema.HP_PREFIX}{key}"] = values[0]
     return record
 
 

@@ -29,7 +29,8 @@ the mean over validation targets of one metric (default `r`), maximized or minim
 0: |value| is minimized). A predictor is tunable when it declares `search_space` (see `SearchSpace`); an empty
 space is evaluated once. Each block's study lives in an Optuna RDB storage (default `.pertbench/optuna.db` beside
 the model cache and mlflow.db) under a name made of predictor, dataset, split kind, seed, objective and block;
-rerunning `bench tune` resumes it: `trials` is the total a study should reach, finished trials count.
+rerunning `bench tune` resumes it: `trials` is the total a study should reach, finished trials count, and the
+sampler of a resumed study is seeded with seed + its stored trial count (so it does not replay its first points).
 """
 
 from __future__ import annotations

@@ -110,10 +110,16 @@ def test_tune_writes_config_and_run_uses_it(workdir, capsys):
     )
     assert len(children) == 4
     by_digest = {d: b["params"] for b in config["blocks"] for d in b["outer_digests"]}
+    scales = set()
     for _, child in children.iterrows():
         params = by_digest[child[f"params.{schema.PARAM_SPLIT_DIGEST}"]]
         assert float(child["params.hp.scale"]) == pytest.approx(params["scale"])
         assert child["params.hp.noise"] == "0.05"
+        scales.add(params["scale"])
+    if len(scales) > 1:  # the blocks run chose differently: the parent says so
+        assert parent["params.hp.scale"] == schema.PER_SPLIT
+    else:
+        assert float(parent["params.hp.scale"]) == pytest.approx(scales.pop())
 
 
 def test_rerun_resumes_the_study(combos, workdir):
@@ -155,3 +161,28 @@ def test_run_refuses_splits_the_config_does_not_cover(combos, workdir, capsys):
     one_line_error(capsys, [*run, "--predictor", SPY, "--seed", "1"], "is not covered by the config")
     one_line_error(capsys, [*run, "--predictor", "linear"], "was made for predictor")
     assert main([*run, "--predictor", SPY, "--seed", "0"]) == 0
+
+
+@pytest.mark.parametrize("name", ["cvae_modeB", "cvae_mlp_modeB", "linear_cv", "linear"])
+def test_declared_spaces_build_at_their_bounds(name):
+    """Every bound of a built-in search space is a value the predictor's constructor accepts."""
+    from predictors.registry import make_predictor
+
+    space = tuning.search_space(name)
+    for key, spec in space.items():
+        values = spec[1] if spec[0] == "categorical" else spec[1:3]
+        for value in values:
+            make_predictor(name, **{key: value})
+
+
+def test_parent_marks_hyperparameters_that_differ_between_splits():
+    from benchmark.runner import RunOptions, _config_record
+
+    base, a, b = hp.TunableSpy(), hp.TunableSpy(scale=0.7, noise=0.05), hp.TunableSpy(scale=1.3, noise=0.05)
+    options = RunOptions(config={"tuning": {"protocol": tuning.PROTOCOL}}, config_source="c.toml")
+    record = _config_record(base, {"s1": a, "s2": b}, options)
+    assert record[f"{schema.HP_PREFIX}scale"] == schema.PER_SPLIT  # the blocks chose differently
+    assert record[f"{schema.HP_PREFIX}noise"] == 0.05  # every split agrees, though the base does not
+    assert f"{schema.HP_PREFIX}random_state" not in record  # unchanged: the base's value stands
+    assert record[schema.PARAM_CONFIG_PROTOCOL] == tuning.PROTOCOL
+    assert _config_record(base, {}, RunOptions())[schema.PARAM_CONFIG_SOURCE] == "defaults"
