@@ -50,8 +50,10 @@ import numpy as np
 import benchmark
 from benchmark.datasets import Dataset
 from benchmark.errors import NotApplicable, PertbenchError
+from benchmark.evaluate import other_deltas
 from benchmark.metrics import METRICS, EvalData, fit_embedding, score
-from benchmark.splits import SPLIT_KINDS, Split, make_splits
+from benchmark.pseudobulk import group_profiles
+from benchmark.splits import MIN_CELLS, SPLIT_KINDS, Split, make_splits
 from benchmark.task import dense
 from predictors.registry import make_predictor
 
@@ -191,9 +193,11 @@ def validation_score(
     metric: str = DEFAULT_OBJECTIVE,
     seed: int = 0,
 ) -> float:
-    """Mean of `metric` over the validation targets (NaN when none could be scored); fits only on tuning cells."""
+    """Mean of `metric` over the validation targets (NaN when none could be scored), scored as `bench run` scores
+    (embedding fitted on the split's training cells, `others` from the tuning cells); fits only on tuning cells."""
     task = dataset.task
     sub = _subset(dataset, tuning_cells)
+    profiles = group_profiles(sub, task)  # the real Δ of the other groups (discrimination), tuning cells only
     values = []
     for split in splits:
         train = sub[sub.obs_names.get_indexer(list(split.train_cells))].copy()
@@ -212,8 +216,15 @@ def validation_score(
                 predicted = predictor.predict(control, target.perturbation, target.context)
             except NotApplicable:
                 continue
+            others = other_deltas(
+                *profiles, task.control_label, split.kind, target.perturbation, target.context, MIN_CELLS
+            )
             data = EvalData(
-                control=dense(task.lognorm(control)), real=real, pred=dense(predicted.X), embed=embed
+                control=dense(task.lognorm(control)),
+                real=real,
+                pred=dense(predicted.X),
+                embed=embed,
+                others=others,
             )
             value = score(data, [metric])[metric]
             if math.isfinite(value):

@@ -132,6 +132,15 @@ def test_rerun_resumes_the_study(combos, workdir):
         assert c["best_value"] == b["best_value"] >= a["best_value"]  # maximized r: never worse after more
 
 
+def test_objective_direction_and_other_groups(combos):
+    """A lower-is-better objective is minimized; discrimination gets the other groups of the tuning cells."""
+    assert tuning.direction("r") == "maximize" and tuning.direction("energy_distance") == "minimize"
+    block = tuning.outer_blocks(combos, "holdout_context")[0]
+    splits = tuning.validation_splits(combos, block, "holdout_context", max_splits=2)
+    value = tuning.validation_score(SPY, {}, combos, block.tuning_cells, splits, "discrimination")
+    assert 0.0 <= value <= 1.0
+
+
 def test_empty_space_is_evaluated_once(combos, workdir):
     config = tuning.tune("linear", combos, "holdout_context", trials=5, seed=0, max_validation=2)
     assert config["tuning"]["trials"] == 1 and config["params"] == {}
@@ -144,6 +153,10 @@ def test_bad_input_is_one_line(workdir, capsys):
     one_line_error(capsys, [*base, "--predictor", "mean_shift"], "is not tunable")
     one_line_error(capsys, [*base, "--predictor", SPY, "--trials", "0"], "--trials")
     one_line_error(capsys, [*base, "--predictor", SPY, "--objective", "nope"], "unknown objective metric")
+    run = ["run", "--predictor", SPY, "--dataset", "synthetic", "--no-figures", "--no-leaderboard"]
+    one_line_error(capsys, [*run, "--config", "missing.toml"], "cannot read config missing.toml")
+    (workdir / "bad.toml").write_text("predictor = [")
+    one_line_error(capsys, [*run, "--config", "bad.toml"], "is not valid TOML")
 
 
 def test_run_refuses_splits_the_config_does_not_cover(combos, workdir, capsys):
