@@ -354,7 +354,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tuning.direction(objective)
     dataset = _load(args)
     kind = args.split or dataset.default_split
-    output = args.output or Path(".pertbench/configs") / f"{args.predictor}_{dataset.name}_{kind}.toml"
+    stem = "".join(
+        ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{args.predictor}_{dataset.name}_{kind}"
+    )
+    output = args.output or Path(".pertbench/configs") / f"{stem}.toml"
     if output.is_dir():
         raise PertbenchError(f"--output {output} is a directory; give the .toml file to write")
     config = tuning.tune(
