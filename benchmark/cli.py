@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", action="append", type=_parse_param, default=[], help="hyperparameter key=value"
     )
     run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a `bench tune` config: each split's hyperparameters from it (--param on top)",
+    )
+    run.add_argument(
         "--save-predictions", action="store_true", help="store predicted cells as h5ad artifacts"
     )
     run.add_argument("--no-figures", action="store_true", help="skip the per-split and summary figures")
@@ -130,6 +136,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="leaderboard .md file to update after the run (default .pertbench/LEADERBOARD.md)",
     )
     run.add_argument("--no-leaderboard", action="store_true", help="do not update the leaderboard")
+
+    tune = sub.add_parser(
+        "tune", help="choose hyperparameters on validation splits of training cells only; write a config"
+    )
+    tune.add_argument("--predictor", required=True, help="a predictor that declares a search_space")
+    tune.add_argument("--dataset", default=None, help=f"dataset card name (default {DEFAULT_DATASET})")
+    tune.add_argument("--data", type=Path, help="any .h5ad file instead of a dataset card")
+    tune.add_argument("--perturbation-key", help="obs column of perturbation labels (with --data)")
+    tune.add_argument("--control", help="control label in that column (with --data)")
+    tune.add_argument("--context-key", help="obs column of contexts (with --data)")
+    tune.add_argument("--expression", choices=["lognorm", "counts"], default="lognorm")
+    tune.add_argument(
+        "--split", default=None, help="holdout_context | holdout_combo | random (default: the dataset's)"
+    )
+    tune.add_argument(
+        "--trials", type=_positive_int, default=None, help="Optuna trials per block (default 20)"
+    )
+    tune.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of splits and sampler (default 0)"
+    )
+    tune.add_argument(
+        "--objective", default=None, help="metric to optimize, direction from its registry (default r)"
+    )
+    tune.add_argument(
+        "--folds", type=_positive_int, default=None, help="holdout_combo: blocks of combinations (default 5)"
+    )
+    tune.add_argument(
+        "--max-validation-splits",
+        type=_positive_int,
+        default=None,
+        help="fits per trial and block, a seeded subset (default 20)",
+    )
+    tune.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage (default PERTBENCH_OPTUNA_STORAGE or .pertbench/optuna.db)",
+    )
+    tune.add_argument(
+        "--output", type=Path, default=None, help="config file (default .pertbench/configs/P_D_SPLIT.toml)"
+    )
 
     board = sub.add_parser("leaderboard", help="regenerate the markdown leaderboard from the MLflow store")
     board.add_argument(
@@ -219,12 +265,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.splits import SPLIT_KINDS, SplitNotApplicable
 
     params = dict(args.param)
-    _build_predictor(args.predictor, params)
+    config = None
+    if args.config is not None:
+        from benchmark.tuning import load_config
+
+        config = load_config(args.config, args.predictor)
+    _build_predictor(args.predictor, {**(config or {}).get("params", {}), **params})
     tracking.check_uri(tracking.tracking_uri(args.tracking_uri))
     if not args.no_leaderboard:
         _check_board_path(args.leaderboard, "--leaderboard")
     dataset = _load(args)
-    kinds = SPLIT_KINDS if args.split == "all" else (args.split or dataset.default_split,)
+    tuned = (config or {}).get("tuning", {})
+    if config is not None and tuned.get("dataset_checksum", dataset.checksum) != dataset.checksum:
+        raise PertbenchError(
+            f"config {args.config} was tuned on dataset {tuned.get('dataset', '?')} with other cells "
+            f"(checksum {str(tuned.get('dataset_checksum'))[:12]}…), not on {dataset.name}"
+        )
+    kinds = (
+        SPLIT_KINDS
+        if args.split == "all"
+        else (args.split or tuned.get("split_kind") or dataset.default_split,)
+    )
     unknown = [k for k in kinds if k not in SPLIT_KINDS]
     if unknown:
         raise PertbenchError(f"unknown split kind {unknown[0]!r}; known kinds: {', '.join(SPLIT_KINDS)}, all")
@@ -240,6 +301,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         embedding=args.embedding,
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         max_splits=args.max_splits,
+        config=config,
+        config_source=str(args.config.resolve()) if args.config is not None else "",
     )
     ran = 0
     for kind in kinds:
@@ -280,6 +343,46 @@ def _print_table(result) -> None:
     n_na = int((table["status"] != "ok").sum())
     if n_na:
         print(f"{n_na} target(s) not applicable to {result.predictor} (reasons in the table's MLflow runs)")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Search the predictor's space on validation splits of training cells only and write the config."""
+    from benchmark import tuning
+
+    tuning.search_space(args.predictor)  # fail fast: unknown or not tunable
+    objective = args.objective or tuning.DEFAULT_OBJECTIVE
+    tuning.direction(objective)
+    dataset = _load(args)
+    kind = args.split or dataset.default_split
+    stem = "".join(
+        ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{args.predictor}_{dataset.name}_{kind}"
+    )
+    output = args.output or Path(".pertbench/configs") / f"{stem}.toml"
+    if output.is_dir():
+        raise PertbenchError(f"--output {output} is a directory; give the .toml file to write")
+    config = tuning.tune(
+        args.predictor,
+        dataset,
+        kind,
+        trials=args.trials or tuning.DEFAULT_TRIALS,
+        seed=args.seed,
+        objective=objective,
+        storage=args.storage,
+        folds=args.folds or tuning.DEFAULT_FOLDS,
+        max_validation=args.max_validation_splits or tuning.MAX_VALIDATION_SPLITS,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    path = tuning.write_config(config, output)
+    print(f"config written: {path} ({len(config['blocks'])} block(s), protocol {tuning.PROTOCOL})")
+    print(f"bench run --predictor {args.predictor} --config {path}" + _data_hint(args, dataset))
+    return 0
+
+
+def _data_hint(args: argparse.Namespace, dataset) -> str:
+    """The data arguments of the tune command, for the printed `bench run` line."""
+    from benchmark.runner import dataset_cli_args
+
+    return " " + " ".join(dataset_cli_args(dataset)) + (f" --seed {args.seed}" if args.seed else "")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -388,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handlers = {
             "run": cmd_run,
+            "tune": cmd_tune,
             "leaderboard": cmd_leaderboard,
             "list": cmd_list,
             "make-synthetic": cmd_make_synthetic,

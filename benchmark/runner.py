@@ -39,6 +39,7 @@ from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
 from benchmark.task import dense
+from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
 __all__ = ["RunOptions", "RunResult", "TargetResult", "run_benchmark"]
@@ -56,6 +57,9 @@ class RunOptions:
     embedding: str = "umap"
     cache_dir: Path | None = None
     max_splits: int | None = None
+    config: dict[str, Any] | None = None
+    """A `bench tune` config (benchmark.tuning): each split's parameters come from it, `params` on top."""
+    config_source: str = ""
 
 
 @dataclass
@@ -95,7 +99,8 @@ def run_benchmark(
 ) -> RunResult:
     """Benchmark one predictor on every split of `split_kind` and seed; log a parent run with child runs."""
     options = options or RunOptions()
-    display_name, template = make_predictor(predictor_name, **options.params)
+    common = dict(options.config.get("params", {})) if options.config else {}
+    display_name, template = make_predictor(predictor_name, **{**common, **options.params})
     splits_by_seed = {
         seed: make_splits(
             dataset.adata, dataset.task, split_kind, seed=seed, perturbations=options.perturbations
@@ -108,6 +113,7 @@ def run_benchmark(
     if options.max_splits is not None:
         splits_by_seed = {s: v[: options.max_splits] for s, v in splits_by_seed.items()}
     skipped = next(iter(splits_by_seed.values()))[0].skipped
+    templates = _split_templates(predictor_name, options, splits_by_seed)
     for note in skipped:
         progress(f"skipped {note}")
 
@@ -120,6 +126,7 @@ def run_benchmark(
         predictor_name, display_name, template, dataset, split_kind, options, splits_by_seed
     )
     config[schema.PARAM_PARTIAL] = schema.TRUE if truncated or _restricted(dataset, options) else schema.FALSE
+    config.update(_config_record(template, templates, options))
     with tracking.parent_run(f"{display_name} · {split_kind}") as parent:
         parent_id = parent.info.run_id
         mlflow.set_tags(
@@ -139,6 +146,11 @@ def run_benchmark(
                 **config,
             },
         )
+        if options.config is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / schema.CONFIG_ARTIFACT
+                path.write_text(dump_toml(options.config), encoding="utf-8")
+                mlflow.log_artifact(str(path))
         done = 0
         embeddings: dict[str, PCAEmbedding] = {}
         for seed, splits in splits_by_seed.items():
@@ -147,7 +159,7 @@ def run_benchmark(
                 progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
                 results += _run_split(
                     display_name,
-                    template,
+                    templates.get(split.digest(), template),
                     dataset,
                     split,
                     seed,
@@ -377,6 +389,51 @@ def _fresh(template: Predictor, seed: int) -> Predictor:
     return type(template)(**params)
 
 
+def _split_templates(
+    predictor_name: str, options: RunOptions, splits_by_seed: dict[int, list[Split]]
+) -> dict[str, Predictor]:
+    """Per split digest, the predictor a config assigns to it (its block's params, `params` on top); {} without
+    a config. A split the config does not cover is an error raised before anything is logged."""
+    if options.config is None:
+        return {}
+    templates: dict[str, Predictor] = {}
+    for splits in splits_by_seed.values():
+        for split in splits:
+            if split.digest() not in templates:
+                params = {**split_params(options.config, split), **options.params}
+                templates[split.digest()] = make_predictor(predictor_name, **params)[1]
+    return templates
+
+
+def _config_record(
+    template: Predictor, templates: dict[str, Predictor], options: RunOptions
+) -> dict[str, Any]:
+    """Parent params saying which configuration is in force and how it was chosen; a hyperparameter whose
+    value differs between splits (a config's blocks chose differently) reads "per split" (children: the value)."""
+    if options.config is None:
+        return {
+            schema.PARAM_CONFIG_SOURCE: "defaults" + (" + --param" if options.params else ""),
+            schema.PARAM_CONFIG_PROTOCOL: "none",
+        }
+    tuning = options.config.get("tuning", {})
+    record = {
+        schema.PARAM_CONFIG_SOURCE: options.config_source + (" + --param" if options.params else ""),
+        schema.PARAM_CONFIG_PROTOCOL: str(tuning.get("protocol", "unknown")),
+        schema.PARAM_CONFIG_OBJECTIVE: str(tuning.get("objective", "")),
+        schema.PARAM_CONFIG_DIGEST: config_digest(options.config),
+    }
+    params = [p.get_params() for p in templates.values()]
+    for key, value in template.get_params().items():
+        values = [p[key] for p in params]
+        if values and not all(_same(values[0], v) for v in values[1:]):
+            record[f"{schema.HP_PREFIX}{key}"] = schema.PER_SPLIT
+        elif values and not _same(
+            value, values[0]
+        ):  # every split run agrees on a value the blocks do not share
+            record[f"{schema.HP_PREFIX}{key}"] = values[0]
+    return record
+
+
 def _run_tags(name: str, dataset: Dataset, split_kind: str, level: str) -> dict[str, str]:
     return {
         schema.TAG_LEVEL: level,
@@ -419,9 +476,12 @@ def _configuration(
         json.dumps([[seed, [s.digest() for s in splits]] for seed, splits in splits_by_seed.items()]).encode()
     ).hexdigest()[:16]
     args = ["--predictor", predictor_name, *dataset_cli_args(dataset), "--split", split_kind]
+    if options.config is not None:
+        args += ["--config", options.config_source]
     seeds = ",".join(map(str, options.seeds))
     args += ["--seeds", seeds] if len(options.seeds) > 1 else ["--seed", seeds]
-    for key, value in changed.items():
+    overrides = changed if options.config is None else options.params  # a config brings its own params
+    for key, value in overrides.items():
         args += ["--param", f"{key}={param_text(value)}"]
     for pert in options.perturbations or ():
         args += ["--perturbation", pert]
@@ -444,6 +504,7 @@ def _config_digest(
         "checksum": dataset.checksum,
         "split_kind": split_kind,
         **{k: config[k] for k in (schema.PARAM_SPLIT_SET, schema.PARAM_PARTIAL)},
+        **({"config": config[schema.PARAM_CONFIG_DIGEST]} if schema.PARAM_CONFIG_DIGEST in config else {}),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

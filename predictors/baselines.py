@@ -388,6 +388,9 @@ class LinearCV(ValidatedParams, _ProfileShiftBaseline):
     max_cv_folds (the only randomness; with fewer folds the fit does not depend on it).
     """
 
+    #: What `bench tune` searches: how much a ridge model must beat mean_shift in the inner CV to be used.
+    search_space: dict[str, tuple] = {"min_cv_gain": ("float", 0.0, 0.5, False)}
+
     def __init__(
         self,
         penalties: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0),

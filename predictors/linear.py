@@ -105,6 +105,10 @@ class Linear(ValidatedParams, _ProfileShiftBaseline):
     both kinds of target the protocol, the chosen penalty, the mean CV error of every penalty and the folds.
     """
 
+    #: Nothing for `bench tune` to search: the penalty is already chosen by the inner CV above (an empty space is
+    #: evaluated once, so a config records linear's validation score under the same protocol as the others).
+    search_space: dict[str, tuple] = {}
+
     def __init__(self, penalties: tuple[float, ...] = PENALTIES):
         self.penalties = penalties
         self._validate()

@@ -87,3 +87,34 @@ class CachedPredictor(SpyPredictor):
     def predict(self, control, perturbation, context):
         values = np.tile(self.mean_ + self.offset, (control.n_obs, 1))
         return predicted_anndata(values, control, perturbation, context)
+
+
+class TunableSpy(Predictor):
+    """A tunable predictor for the tuning tests: control + `scale` x the training mean shift of the label (for a
+    new combination, the sum of its genes' shifts), plus seeded noise of size `noise`; records the cells of every fit and every prediction's control cells."""
+
+    search_space = {"scale": ("float", 0.5, 2.0, False), "noise": ("categorical", [0.0, 0.05])}
+    fitted_cells: list[set[str]] = []
+    control_cells: list[set[str]] = []
+
+    def __init__(self, scale: float = 1.0, noise: float = 0.0, random_state: int = 0):
+        self.scale = scale
+        self.noise = noise
+        self.random_state = random_state
+
+    def fit(self, train, task):
+        type(self).fitted_cells.append(set(train.obs_names))
+        x, perts = dense(task.lognorm(train)), task.perturbations(train)
+        control = x[perts == task.control_label].mean(axis=0)
+        self.shifts_ = {p: x[perts == p].mean(axis=0) - control for p in set(perts) - {task.control_label}}
+        self.task_ = task
+        return self
+
+    def predict(self, control, perturbation, context):
+        type(self).control_cells.append(set(control.obs_names))
+        genes = [perturbation] if perturbation in self.shifts_ else self.task_.genes_of(perturbation)
+        if not genes or any(g not in self.shifts_ for g in genes):
+            raise NotApplicable(f"{perturbation} not seen in training, nor all its genes")
+        x = dense(self.task_.lognorm(control)) + self.scale * sum(self.shifts_[g] for g in genes)
+        x = x + self.noise * np.random.default_rng(self.random_state).normal(size=x.shape)
+        return predicted_anndata(x, control, perturbation, context)

@@ -219,6 +219,19 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     cacheable = True
 
+    #: What `bench tune` searches (benchmark.tuning): capacity, regularization, optimizer and step budget. The
+    #: decoder and mode stay fixed by the registered name (cvae_* vs cvae_mlp_*), so every variant is tuned alike.
+    search_space: dict[str, tuple] = {
+        "n_latent": ("int", 8, 64, True),
+        "n_hidden": ("categorical", [64, 128, 256, 512]),
+        "beta": ("float", 0.1, 4.0, True),
+        "mmd_weight": ("float", 1.0, 1e5, True),
+        "dropout": ("float", 0.0, 0.3, False),
+        "lr": ("float", 3e-4, 1e-2, True),
+        "weight_decay": ("float", 1e-6, 1e-2, True),
+        "max_steps": ("int", 500, 10_000, True),
+    }
+
     def __init__(
         self,
         mode: Literal["A", "B"] = "B",
