@@ -167,6 +167,24 @@ def test_unscorable_files_get_one_line(saved_run, workdir, capsys, change, messa
     assert message in err
 
 
+def test_a_file_of_another_seed_gets_one_line(saved_run, workdir, capsys):
+    args = [
+        "score",
+        "--predictions",
+        str(saved_run[2]),
+        "--dataset",
+        "synthetic",
+        "--name",
+        "x",
+        "--seed",
+        "1",
+    ]
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "holds seed(s) 0 in obs['seed'], not --seed 1" in err
+
+
 def test_cell_eval_layout_and_gene_order_read_as_bench_layout(saved_run):
     dataset = load_synthetic()
     own = read_predictions(saved_run[2], dataset, seed=0)
