@@ -1,4 +1,4 @@
-"""The `bench` command: run a benchmark, regenerate the leaderboard, list what is available."""
+"""The `bench` command: run a benchmark, score a predictions file, regenerate the leaderboard, list what exists."""
 
 from __future__ import annotations
 
@@ -72,6 +72,18 @@ def _parse_param(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The real data: a dataset card, or any h5ad file with its keys (`bench run` and `bench score`)."""
+    parser.add_argument("--dataset", default=None, help=f"dataset card name (default {DEFAULT_DATASET})")
+    parser.add_argument("--data", type=Path, help="any .h5ad file instead of a dataset card")
+    parser.add_argument("--perturbation-key", help="obs column of perturbation labels (with --data)")
+    parser.add_argument("--control", help="control label in that column (with --data)")
+    parser.add_argument("--context-key", help="obs column of contexts, e.g. cell type (with --data)")
+    parser.add_argument(
+        "--expression", choices=["lognorm", "counts"], default="lognorm", help="what X holds (with --data)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bench", description="Benchmark single-cell perturbation-response predictors.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -79,14 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="benchmark a predictor on every split of a kind")
     run.add_argument("--predictor", required=True, help="registered name (see `bench list`) or module:Class")
-    run.add_argument("--dataset", default=None, help=f"dataset card name (default {DEFAULT_DATASET})")
-    run.add_argument("--data", type=Path, help="any .h5ad file instead of a dataset card")
-    run.add_argument("--perturbation-key", help="obs column of perturbation labels (with --data)")
-    run.add_argument("--control", help="control label in that column (with --data)")
-    run.add_argument("--context-key", help="obs column of contexts, e.g. cell type (with --data)")
-    run.add_argument(
-        "--expression", choices=["lognorm", "counts"], default="lognorm", help="what X holds (with --data)"
-    )
+    _add_data_arguments(run)
     run.add_argument(
         "--split",
         default=None,
@@ -176,6 +181,40 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--output", type=Path, default=None, help="config file (default .pertbench/configs/P_D_SPLIT.toml)"
     )
+
+    score = sub.add_parser(
+        "score", help="score a predictions .h5ad made by any tool, exactly as `bench run` scores a predictor"
+    )
+    score.add_argument(
+        "--predictions", type=Path, required=True, help="h5ad of predicted log-normalized cells"
+    )
+    score.add_argument(
+        "--name", required=True, help="the predictor name its rows get in MLflow and the leaderboard"
+    )
+    _add_data_arguments(score)
+    score.add_argument(
+        "--split", default=None, help="holdout_context | holdout_combo | random (default: the dataset's)"
+    )
+    score.add_argument("--seed", type=_non_negative_int, default=0, help="the split's seed >= 0 (default 0)")
+    score.add_argument(
+        "--prediction-perturbation-key",
+        default=None,
+        help="obs column of the file's perturbation labels (default perturbation, else cell-eval's target_gene)",
+    )
+    score.add_argument(
+        "--prediction-context-key",
+        default=None,
+        help="obs column of the file's contexts (default context, else the dataset's context column)",
+    )
+    score.add_argument("--no-figures", action="store_true", help="skip the per-split and summary figures")
+    score.add_argument(
+        "--embedding", choices=["umap", "pca"], default="umap", help="embedding of the figure's cells"
+    )
+    score.add_argument("--tracking-uri", default=None, help="MLflow store (as for `bench run`)")
+    score.add_argument(
+        "--leaderboard", type=Path, default=None, help="leaderboard .md file to update (as for `bench run`)"
+    )
+    score.add_argument("--no-leaderboard", action="store_true", help="do not update the leaderboard")
 
     board = sub.add_parser("leaderboard", help="regenerate the markdown leaderboard from the MLflow store")
     board.add_argument(
@@ -304,19 +343,109 @@ def cmd_run(args: argparse.Namespace) -> int:
         config=config,
         config_source=str(args.config.resolve()) if args.config is not None else "",
     )
-    ran = 0
+    parents = []
     for kind in kinds:
         try:
             result = run_benchmark(args.predictor, dataset, kind, options)
         except SplitNotApplicable as exc:
             print(f"split {kind} does not apply to dataset {dataset.name}: {exc} (not run)")
             continue
-        ran += 1
+        parents.append(result.parent_run_id)
         _print_table(result)
-    if ran and not args.no_leaderboard:
-        path = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
-        print(f"leaderboard updated: {path}")
+    board = None
+    if parents and not args.no_leaderboard:
+        board = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
+        print(f"leaderboard updated: {board}")
+    if parents:
+        _print_locations(
+            args.tracking_uri, parents, board, not args.no_figures, predictions=args.save_predictions
+        )
     return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a predictions file on a split of the real data; log it like `bench run` does."""
+    from benchmark import tracking
+    from benchmark.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.runner import RunOptions
+    from benchmark.score import read_predictions, score_predictions
+    from benchmark.splits import SPLIT_KINDS
+
+    if not args.name.strip():
+        raise PertbenchError("--name must not be empty")
+    tracking.check_uri(tracking.tracking_uri(args.tracking_uri))
+    if not args.no_leaderboard:
+        _check_board_path(args.leaderboard, "--leaderboard")
+    dataset = _load(args)
+    kind = args.split or dataset.default_split
+    if kind not in SPLIT_KINDS:
+        raise PertbenchError(f"unknown split kind {kind!r}; known kinds: {', '.join(SPLIT_KINDS)}")
+    predictions = read_predictions(
+        args.predictions, dataset, args.prediction_perturbation_key, args.prediction_context_key, args.seed
+    )
+    tracking.use_store(args.tracking_uri)
+    tracking.reap_dead_runs()
+    options = RunOptions(seeds=(args.seed,), figures=not args.no_figures, embedding=args.embedding)
+    result = score_predictions(predictions, args.name, dataset, kind, args.seed, options)
+    _print_table(result)
+    board = None
+    if not args.no_leaderboard:
+        board = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
+        print(f"leaderboard updated: {board}")
+    _print_locations(args.tracking_uri, [result.parent_run_id], board, not args.no_figures)
+    return 0
+
+
+def _absolute_uri(uri: str) -> str:
+    """A SQLite store URI with an absolute path, so the printed `mlflow ui` command works from any folder."""
+    from benchmark.tracking import _sqlite_path
+
+    path = _sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    return uri.replace(str(path), str(path.resolve()), 1)
+
+
+def _print_locations(
+    tracking_uri: str | None,
+    parent_ids: list[str],
+    board: Path | None,
+    figures: bool = True,
+    predictions: bool = False,
+) -> None:
+    """Where the run went: the MLflow store, the runs' artifacts (figures, predictions), the leaderboard, and the
+    command that opens the MLflow UI on them."""
+    import urllib.parse
+
+    import mlflow
+
+    from benchmark import schema, tracking
+
+    uri = _absolute_uri(tracking.tracking_uri(tracking_uri))
+    kinds = [schema.FIGURES_DIR] if figures else []
+    kinds += [schema.PREDICTIONS_DIR] if predictions else []
+    stored = ", ".join(kinds + [schema.SPLIT_ARTIFACT])
+    print("\nwhere it went:")
+    print(f"  MLflow store:  {uri}")
+    for parent_id in parent_ids:
+        artifacts = _local(mlflow.get_run(parent_id).info.artifact_uri)
+        folder = artifacts.rsplit("/", 2)[0] if artifacts.endswith("/artifacts") else artifacts
+        print(
+            f"  artifacts:     {artifacts} (parent run {parent_id[:12]}{': summary figure' if figures else ''})"
+        )
+        print(f"                 {folder}/<split run id>/artifacts/ ({stored} of each split)")
+    print(f"  leaderboard:   {Path(board).resolve() if board is not None else '(not updated)'}")
+    if urllib.parse.urlparse(uri).scheme.lower() in ("http", "https"):
+        print(f"  browse:        open {uri} in a browser")
+    else:
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        command = str(mlflow_bin) if mlflow_bin.is_file() else "mlflow"
+        print(f"  browse:        {command} ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000")
+
+
+def _local(uri: str) -> str:
+    """A file:// URI as a plain path (other URIs unchanged)."""
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def _print_table(result) -> None:
@@ -492,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers = {
             "run": cmd_run,
             "tune": cmd_tune,
+            "score": cmd_score,
             "leaderboard": cmd_leaderboard,
             "list": cmd_list,
             "make-synthetic": cmd_make_synthetic,

@@ -7,7 +7,9 @@ run with the most seeds, then the latest. Several configurations of one predicto
 run in full) are each shown as their own row, labelled with the parameters that differ from the registered
 defaults. A predictor's partial runs are shown only when it has no complete run on the board, labelled
 "(partial)", and never compete for the bold "best" nor feed the ceiling and oracle rows where a complete run
-has them. So a quick look never changes the rows of full runs.
+has them. So a quick look never changes the rows of full runs. A predictions file scored by `bench score` is a
+configuration of its own (labelled "(scored file)" when it shares a name with a fitted predictor's row), and
+its Reproduce line is the `bench score` command.
 
 Scores are first averaged over seeds within each split; each metric is then shown as the mean over splits ± the
 half-width of a 95% Student-t interval across splits; the best mean per column is bold (unless the top values
@@ -78,6 +80,7 @@ class _Parent:
     n_seeds: int
     start_time: int
     changed: str  # the non-default hyperparameters as `k=v, ...` ("" when none or unknown)
+    source: str = schema.SOURCE_RUN  # run (a fitted predictor) or score (a scored predictions file)
 
     @classmethod
     def read(cls, run) -> _Parent:
@@ -85,17 +88,19 @@ class _Parent:
         hp = tuple(sorted((k, v) for k, v in params.items() if k.startswith(schema.HP_PREFIX)))
         checksum = params.get(schema.PARAM_DATASET_CHECKSUM, "")
         predictor = tags[schema.TAG_PREDICTOR]
+        source = tags.get(schema.TAG_SOURCE, schema.SOURCE_RUN)
         return cls(
             run=run,
             dataset=tags[schema.TAG_DATASET],
             split_kind=tags[schema.TAG_SPLIT_KIND],
             predictor=predictor,
             checksum=checksum,
-            config=(predictor, hp),
+            config=(predictor, hp, source),
             partial=tags.get(schema.TAG_PARTIAL, schema.FALSE) == schema.TRUE,
             n_seeds=len(params.get(schema.PARAM_SEEDS, "0").split(",")),
             start_time=int(run.info.start_time or 0),
             changed=params.get(schema.PARAM_CLI_PARAMS, ""),
+            source=source,
         )
 
     def preference(self) -> tuple:
@@ -150,8 +155,8 @@ def _board_names(by_board: dict[tuple[str, str, str], list[_Parent]]) -> dict[tu
 
 def _rows(parents: list[_Parent]) -> list[tuple[str, _Parent]]:
     """The rows of one board, labelled: complete configurations, and partial ones of predictors with none."""
-    complete = {p.predictor for p in parents if not p.partial}
-    shown = [p for p in parents if not p.partial or p.predictor not in complete]
+    complete = {(p.predictor, p.source) for p in parents if not p.partial}
+    shown = [p for p in parents if not p.partial or (p.predictor, p.source) not in complete]
     shown.sort(key=lambda p: (p.predictor, p.partial, p.changed, -p.start_time))
     per_predictor: dict[str, int] = {}
     for p in shown:
@@ -161,6 +166,8 @@ def _rows(parents: list[_Parent]) -> list[tuple[str, _Parent]]:
         label = p.predictor
         if p.changed:
             label += f" ({p.changed})"
+        elif per_predictor[p.predictor] > 1 and p.source == schema.SOURCE_SCORE:
+            label += " (scored file)"
         elif per_predictor[p.predictor] > 1:
             label += " (defaults)"
         if label in used:  # e.g. old runs without the recorded parameters: tell them apart by their run
@@ -213,11 +220,12 @@ def _first_per_split(existing: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
 
 
 def reproduce_command(parent, board: Board) -> str:
-    """The `bench run` command that reproduces a parent run (as recorded by the runner; reconstructed for runs
-    logged before the arguments were recorded)."""
+    """The `bench run` (or, for a scored predictions file, `bench score`) command that reproduces a parent run, as
+    recorded; reconstructed for runs logged before the arguments were recorded."""
     params = parent.data.params
     if schema.PARAM_CLI in params:
-        return f"bench run {params[schema.PARAM_CLI]}"
+        command = "score" if parent.data.tags.get(schema.TAG_SOURCE) == schema.SOURCE_SCORE else "run"
+        return f"bench {command} {params[schema.PARAM_CLI]}"
     seeds = params.get(schema.PARAM_SEEDS, "0")
     seed_flag = f"--seeds {seeds}" if "," in seeds else f"--seed {seeds}"
     predictor = parent.data.tags[schema.TAG_PREDICTOR]

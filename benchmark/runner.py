@@ -30,7 +30,7 @@ import benchmark
 from benchmark import schema, tracking
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
-from benchmark.evaluate import TargetResult, evaluate_target, other_deltas
+from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
 from benchmark.figures import composite_figure, summary_figure
 from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
 from benchmark.model_cache import cache_key, fit_or_load
@@ -38,11 +38,11 @@ from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
-from benchmark.task import dense
+from benchmark.task import Task, dense
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
-__all__ = ["RunOptions", "RunResult", "TargetResult", "run_benchmark"]
+__all__ = ["RunOptions", "RunResult", "SplitScorer", "TargetResult", "run_benchmark", "saved_prediction"]
 
 
 @dataclass
@@ -131,7 +131,7 @@ def run_benchmark(
         parent_id = parent.info.run_id
         mlflow.set_tags(
             {
-                **_run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
+                **run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
                 schema.TAG_PARTIAL: config[schema.PARAM_PARTIAL],
                 schema.TAG_CONFIG: _config_digest(display_name, template, dataset, split_kind, config),
                 schema.TAG_RUN_NAME: _run_name(display_name, split_kind, options, config),
@@ -152,7 +152,7 @@ def run_benchmark(
                 path.write_text(dump_toml(options.config), encoding="utf-8")
                 mlflow.log_artifact(str(path))
         done = 0
-        embeddings: dict[str, PCAEmbedding] = {}
+        embeddings: dict[str, PCAEmbedding] = {}  # by split digest
         for seed, splits in splits_by_seed.items():
             for split in splits:
                 done += 1
@@ -169,7 +169,7 @@ def run_benchmark(
                     embeddings,
                     profiles,
                 )
-        _log_summary(parent_id, display_name, dataset, split_kind, results, options)
+        log_summary(parent_id, display_name, dataset, split_kind, results, options)
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
 
 
@@ -186,112 +186,52 @@ def _run_split(
     profiles: tuple[dict, dict],
 ) -> list[TargetResult]:
     """Fit once on the split's training cells, then predict and score each of its targets in a child run."""
-    adata, task = dataset.adata, dataset.task
-    train = adata[[positions[c] for c in split.train_cells]].copy()
-    if split.digest() not in embeddings:  # same training cells (a holdout split under another seed): same PCA
-        embeddings[split.digest()] = fit_embedding(task.lognorm(train), n_components=50, seed=0)
-    embed = embeddings[split.digest()]
+    train = dataset.adata[[positions[c] for c in split.train_cells]].copy()
+    scorer = SplitScorer.prepare(
+        name, dataset, split, seed, train, positions, profiles, embeddings, options, progress
+    )
     predictor = _fresh(template, seed)
     started = time.perf_counter()
     fit_error: NotApplicable | None = None
     cache = "off"
     key = cache_key(predictor, dataset.checksum, split.digest(), seed)
-    declined = _declined_targets(predictor, train, task, split)
+    declined = _declined_targets(predictor, train, dataset.task, split)
     try:
         if len(declined) == len(split.targets):  # nothing to predict: skip the fit
             raise next(iter(declined.values()))
-        predictor, cache = fit_or_load(predictor, train, task, key, options.cache_dir)
+        predictor, cache = fit_or_load(predictor, train, dataset.task, key, options.cache_dir)
     except NotApplicable as exc:
         fit_error = exc
     fit_seconds = time.perf_counter() - started
-    references = ReferenceShifts.fit(train, task)
     selection = getattr(predictor, "selection_", None) if fit_error is None else None
+    history = getattr(predictor, "history_", None)
 
     out: list[TargetResult] = []
     for target in split.targets:
-        with mlflow.start_run(run_name=f"{split.name} · seed {seed}", nested=True) as child:
-            run_id = child.info.run_id
-            mlflow.set_tags(
-                {
-                    **_run_tags(name, dataset, split.kind, level=schema.LEVEL_SPLIT),
-                    schema.TAG_SPLIT: split.name,
-                    schema.TAG_SEED: str(seed),
-                    schema.TAG_CONTEXT: target.context,
-                    schema.TAG_PERTURBATION: target.perturbation,
-                    schema.TAG_MODEL_CACHE: cache,
-                }
-            )
-            others = other_deltas(
-                *profiles,
-                task.control_label,
-                split.kind,
-                target.perturbation,
-                target.context,
-                MIN_CELLS,
-            )
-            params = {
-                **_provenance(name, predictor, dataset, split.kind),
-                schema.PARAM_SEED: seed,
-                schema.PARAM_SPLIT: split.name,
-                schema.PARAM_SPLIT_DIGEST: split.digest(),
-                schema.PARAM_MODEL_CACHE_KEY: key,
-                schema.PARAM_N_TRAIN: len(split.train_cells),
-                schema.PARAM_N_TEST: len(target.test_cells),
-                schema.PARAM_N_CONTROL: len(target.control_cells),
-                schema.PARAM_N_OTHERS: 0 if others is None else len(others),
-            }
-            if selection is not None:
-                params[schema.PARAM_SELECTION] = _json(selection, compact=True)[
-                    : schema.SELECTION_PARAM_CHARS
-                ]
-            tracking.log_params(run_id, params)
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(split.save(Path(tmp) / schema.SPLIT_ARTIFACT)))
-                if selection is not None:
-                    path = Path(tmp) / schema.SELECTION_ARTIFACT
-                    path.write_text(_json(selection))
-                    mlflow.log_artifact(str(path))
-            history = getattr(predictor, "history_", None)
-            if isinstance(history, list) and history:
-                tracking.log_history(run_id, history)
-            result = _score_target(
-                name,
-                predictor,
-                declined.get((target.perturbation, target.context), fit_error),
-                references,
-                others,
-                dataset,
-                split,
+        error = declined.get((target.perturbation, target.context), fit_error)
+
+        def predict(
+            control: AnnData, target: Target = target, error: NotApplicable | None = error
+        ) -> AnnData:
+            if error is not None:
+                raise error
+            return predictor.predict(control, target.perturbation, target.context)
+
+        out.append(
+            scorer.log_target(
                 target,
-                seed,
-                embed,
-                positions,
-                options,
+                predict,
+                params={
+                    **_provenance(name, predictor, dataset, split.kind),
+                    schema.PARAM_MODEL_CACHE_KEY: key,
+                },
+                tags={schema.TAG_MODEL_CACHE: cache},
+                fit_seconds=fit_seconds,
+                note=f" (fit {fit_seconds:.1f}s, cache {cache})",
+                selection=selection,
+                history=history if isinstance(history, list) and history else None,
             )
-            result.run_id = run_id
-            result.seconds = fit_seconds + result.seconds
-            mlflow.set_tag(schema.TAG_STATUS, result.status)
-            if result.status == schema.STATUS_NOT_APPLICABLE:
-                mlflow.set_tag(schema.TAG_REASON, result.reason[:5000])
-                progress(f"    {target.context}/{target.perturbation}: not applicable ({result.reason})")
-            else:
-                if result.reference_name:
-                    tracking.log_params(run_id, {schema.PARAM_REFERENCE: result.reference_name})
-                flat = {
-                    **result.metrics,
-                    **schema.prefixed(schema.CEILING_PREFIX, result.ceiling),
-                    **schema.prefixed(schema.REFERENCE_PREFIX, result.reference),
-                    **schema.prefixed(schema.ORACLE_PREFIX, result.oracle),
-                    **schema.prefixed(schema.NORM_PREFIX, result.normalized),
-                    schema.FIT_SECONDS: fit_seconds,
-                }
-                tracking.log_metrics(run_id, flat)
-                progress(
-                    f"    {target.context}/{target.perturbation}: "
-                    + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in schema.headline_metrics())
-                    + f" (fit {fit_seconds:.1f}s, cache {cache})"
-                )
-            out.append(result)
+        )
     return out
 
 
@@ -308,61 +248,228 @@ def _declined_targets(
     return declined
 
 
-def _score_target(
-    name: str,
-    predictor: Predictor,
-    fit_error: NotApplicable | None,
-    references: ReferenceShifts,
-    others: np.ndarray | None,
-    dataset: Dataset,
-    split: Split,
-    target: Target,
-    seed: int,
-    embed,
-    positions: dict[str, int],
-    options: RunOptions,
-) -> TargetResult:
-    """Predict one target and score it with the engine; NotApplicable becomes a recorded status, not a failure."""
-    adata, task = dataset.adata, dataset.task
-    result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
-    control = adata[[positions[c] for c in target.control_cells]].copy()
-    real = dense(task.lognorm(adata[[positions[c] for c in target.test_cells]]))
-    control_x = dense(task.lognorm(control))
-    started = time.perf_counter()
-    try:
-        if fit_error is not None:
-            raise fit_error
-        predicted = predictor.predict(control, target.perturbation, target.context)
-    except NotApplicable as exc:
-        result.status, result.reason = schema.STATUS_NOT_APPLICABLE, str(exc) or type(exc).__name__
-        return result
-    result.seconds = time.perf_counter() - started
-    pred_x = _checked_prediction(name, predicted, control)
-    refs = reference_predictions(references, control_x, target.perturbation)
-    result.add_scores(evaluate_target(control_x, real, pred_x, embed, refs, others=others, seed=seed))
-    with tempfile.TemporaryDirectory() as tmp:
-        if options.figures:
-            title = f"{dataset.name} · {split.kind} {split.name} · {name} · seed {seed}"
-            path = composite_figure(
-                EvalData(control=control_x, real=real, pred=pred_x, embed=embed),
-                result.metrics,
-                result.reference or None,
-                title,
-                Path(tmp) / "composite.png",
-                embedding=options.embedding,
-                seed=seed,
+PredictFn = Callable[[AnnData], AnnData]
+"""Given a target's control cells, the predicted cells (an AnnData), or NotApplicable."""
+
+
+@dataclass
+class SplitScorer:
+    """Scores and logs the targets of one split, identically for `bench run` (a predictor's output) and
+    `bench score` (cells read from a file): one child run per target with its metrics, noise ceiling, reference
+    baseline (fit on the split's training cells), mean oracle, normalized scores and composite figure."""
+
+    name: str
+    dataset: Dataset
+    split: Split
+    seed: int
+    embed: PCAEmbedding
+    references: ReferenceShifts
+    profiles: tuple[dict, dict]
+    positions: dict[str, int]
+    options: RunOptions
+    progress: Progress
+
+    @classmethod
+    def prepare(
+        cls,
+        name: str,
+        dataset: Dataset,
+        split: Split,
+        seed: int,
+        train: AnnData,
+        positions: dict[str, int],
+        profiles: tuple[dict, dict],
+        embeddings: dict[str, PCAEmbedding],
+        options: RunOptions,
+        progress: Progress,
+    ) -> SplitScorer:
+        """The split's scoring state from its training cells: the PCA embedding (shared by splits with the same
+        training cells through `embeddings`) and the reference shifts."""
+        task = dataset.task
+        if (
+            split.digest() not in embeddings
+        ):  # same training cells (a holdout split under another seed): same PCA
+            embeddings[split.digest()] = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+        return cls(
+            name,
+            dataset,
+            split,
+            seed,
+            embeddings[split.digest()],
+            ReferenceShifts.fit(train, task),
+            profiles,
+            positions,
+            options,
+            progress,
+        )
+
+    def log_target(
+        self,
+        target: Target,
+        predict: PredictFn,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        fit_seconds: float | None = None,
+        note: str = "",
+        selection: Any = None,
+        history: list[dict] | None = None,
+    ) -> TargetResult:
+        """Predict one target (`predict`), score it with the engine and log it as a child run of the active run.
+
+        `params` and `tags` are the caller's provenance (predictor, model cache or predictions file); NotApplicable
+        from `predict` becomes a recorded status. `fit_seconds` is logged when known.
+        """
+        split, seed, task = self.split, self.seed, self.dataset.task
+        with mlflow.start_run(run_name=f"{split.name} · seed {seed}", nested=True) as child:
+            run_id = child.info.run_id
+            mlflow.set_tags(
+                {
+                    **run_tags(self.name, self.dataset, split.kind, level=schema.LEVEL_SPLIT),
+                    schema.TAG_SPLIT: split.name,
+                    schema.TAG_SEED: str(seed),
+                    schema.TAG_CONTEXT: target.context,
+                    schema.TAG_PERTURBATION: target.perturbation,
+                    **(tags or {}),
+                }
             )
-            mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
-        if options.save_predictions:
-            predicted = predicted.copy()
-            predicted.obs["perturbation"] = target.perturbation
-            predicted.obs["context"] = target.context
-            predicted.obs["split"] = split.name
-            predicted.obs["seed"] = seed
-            pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
-            predicted.write_h5ad(pred_file)
-            mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
-    return result
+            others = other_deltas(
+                *self.profiles,
+                task.control_label,
+                split.kind,
+                target.perturbation,
+                target.context,
+                MIN_CELLS,
+            )
+            logged = {
+                **params,
+                schema.PARAM_SEED: seed,
+                schema.PARAM_SPLIT: split.name,
+                schema.PARAM_SPLIT_DIGEST: split.digest(),
+                schema.PARAM_N_TRAIN: len(split.train_cells),
+                schema.PARAM_N_TEST: len(target.test_cells),
+                schema.PARAM_N_CONTROL: len(target.control_cells),
+                schema.PARAM_N_OTHERS: 0 if others is None else len(others),
+            }
+            if selection is not None:
+                logged[schema.PARAM_SELECTION] = _json(selection, compact=True)[
+                    : schema.SELECTION_PARAM_CHARS
+                ]
+            tracking.log_params(run_id, logged)
+            with tempfile.TemporaryDirectory() as tmp:
+                mlflow.log_artifact(str(split.save(Path(tmp) / schema.SPLIT_ARTIFACT)))
+                if selection is not None:
+                    path = Path(tmp) / schema.SELECTION_ARTIFACT
+                    path.write_text(_json(selection))
+                    mlflow.log_artifact(str(path))
+            if history:
+                tracking.log_history(run_id, history)
+            result = self._score(target, predict, others)
+            result.run_id = run_id
+            result.seconds = (fit_seconds or 0.0) + result.seconds
+            mlflow.set_tag(schema.TAG_STATUS, result.status)
+            if result.status == schema.STATUS_NOT_APPLICABLE:
+                mlflow.set_tag(schema.TAG_REASON, result.reason[:5000])
+                self.progress(f"    {target.context}/{target.perturbation}: not applicable ({result.reason})")
+            else:
+                if result.reference_name:
+                    tracking.log_params(run_id, {schema.PARAM_REFERENCE: result.reference_name})
+                flat = {
+                    **result.metrics,
+                    **schema.prefixed(schema.CEILING_PREFIX, result.ceiling),
+                    **schema.prefixed(schema.REFERENCE_PREFIX, result.reference),
+                    **schema.prefixed(schema.ORACLE_PREFIX, result.oracle),
+                    **schema.prefixed(schema.NORM_PREFIX, result.normalized),
+                }
+                if fit_seconds is not None:
+                    flat[schema.FIT_SECONDS] = fit_seconds
+                tracking.log_metrics(run_id, flat)
+                self.progress(
+                    f"    {target.context}/{target.perturbation}: "
+                    + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in schema.headline_metrics())
+                    + note
+                )
+        return result
+
+    def _score(self, target: Target, predict: PredictFn, others: np.ndarray | None) -> TargetResult:
+        """Predict one target and score it with the engine; NotApplicable becomes a recorded status."""
+        adata, task, split, seed = self.dataset.adata, self.dataset.task, self.split, self.seed
+        positions, options = self.positions, self.options
+        result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
+        control = adata[[positions[c] for c in target.control_cells]].copy()
+        real = dense(task.lognorm(adata[[positions[c] for c in target.test_cells]]))
+        control_x = dense(task.lognorm(control))
+        started = time.perf_counter()
+        try:
+            predicted = predict(control)
+        except NotApplicable as exc:
+            result.status, result.reason = schema.STATUS_NOT_APPLICABLE, str(exc) or type(exc).__name__
+            return result
+        result.seconds = time.perf_counter() - started
+        pred_x = as_scored(_checked_prediction(self.name, predicted, control))
+        refs = reference_predictions(self.references, control_x, target.perturbation)
+        result.add_scores(
+            evaluate_target(control_x, real, pred_x, self.embed, refs, others=others, seed=seed)
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            if options.figures:
+                title = f"{self.dataset.name} · {split.kind} {split.name} · {self.name} · seed {seed}"
+                path = composite_figure(
+                    EvalData(control=control_x, real=real, pred=pred_x, embed=self.embed),
+                    result.metrics,
+                    result.reference or None,
+                    title,
+                    Path(tmp) / "composite.png",
+                    embedding=options.embedding,
+                    seed=seed,
+                )
+                mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
+            if options.save_predictions:
+                saved = saved_prediction(pred_x, predicted, control, task, target, split.name, seed)
+                pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
+                saved.write_h5ad(pred_file)
+                mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
+        return result
+
+
+SOURCE_CELL = "source_cell"
+"""obs column of a saved prediction: the id of the control cell each predicted cell was predicted from."""
+
+
+def saved_prediction(
+    values: np.ndarray,
+    predicted: AnnData,
+    control: AnnData,
+    task: Task,
+    target: Target,
+    split_name: str,
+    seed: int,
+) -> AnnData:
+    """The predicted cells as saved: X = the values scored (float32), var = the dataset's var.
+
+    When the predictor returned one cell per control cell (the protocol's default), each predicted cell keeps its
+    control cell's id as obs name and in `source_cell`, and that cell's obs columns from the dataset, with the
+    perturbation column set to the predicted perturbation. Bench's own columns `perturbation`, `context`,
+    `split` and `seed` label every cell (what `bench score` reads by default).
+    """
+    if predicted.n_obs == control.n_obs:
+        obs = control.obs.copy()
+        obs[SOURCE_CELL] = control.obs_names.astype(str)
+        if task.perturbation_key in obs:
+            obs[task.perturbation_key] = target.perturbation
+    else:  # a predictor that samples its own number of cells: no link to a control cell
+        obs = predicted.obs.copy()
+        obs[SOURCE_CELL] = ""
+        if task.context_key is not None:
+            obs[task.context_key] = target.context
+        obs[task.perturbation_key] = target.perturbation
+    obs["perturbation"] = target.perturbation
+    obs["context"] = target.context
+    obs["split"] = split_name
+    obs["seed"] = seed
+    for key in (task.perturbation_key, task.context_key, "perturbation", "context", "split"):
+        if key is not None and key in obs:
+            obs[key] = pd.Categorical(obs[key].astype(str))
+    return AnnData(X=np.asarray(values, dtype=np.float32), obs=obs, var=control.var.copy())
 
 
 def _checked_prediction(name: str, predicted: AnnData, control: AnnData) -> np.ndarray:
@@ -434,8 +541,10 @@ def _config_record(
     return record
 
 
-def _run_tags(name: str, dataset: Dataset, split_kind: str, level: str) -> dict[str, str]:
+def run_tags(name: str, dataset: Dataset, split_kind: str, level: str, source: str = "run") -> dict[str, str]:
+    """The tags every run carries (leaderboard and UI read runs back by them); `source` is run or score."""
     return {
+        schema.TAG_SOURCE: source,
         schema.TAG_LEVEL: level,
         schema.TAG_PREDICTOR: name,
         schema.TAG_DATASET: dataset.name,
@@ -449,6 +558,13 @@ def _provenance(name: str, predictor: Predictor, dataset: Dataset, split_kind: s
         schema.PARAM_PREDICTOR: name,
         schema.PARAM_PREDICTOR_CLASS: f"{type(predictor).__module__}:{type(predictor).__qualname__}",
         **{f"{schema.HP_PREFIX}{k}": v for k, v in predictor.get_params().items()},
+        **data_provenance(dataset, split_kind),
+    }
+
+
+def data_provenance(dataset: Dataset, split_kind: str) -> dict[str, Any]:
+    """Params of every run, whatever made its predictions: the data and its checksum, split kind, code version."""
+    return {
         schema.PARAM_DATASET: dataset.name,
         schema.PARAM_DATASET_CHECKSUM: dataset.checksum,
         schema.PARAM_DATASET_SOURCE: dataset.source,
@@ -582,7 +698,7 @@ def _json(value: Any, compact: bool = False) -> str:
     return json.dumps(value, default=default, indent=2)
 
 
-def _log_summary(
+def log_summary(
     parent_id: str,
     name: str,
     dataset: Dataset,
