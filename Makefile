@@ -20,7 +20,17 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# bench's default data folder (the per-user cache), where a fresh shell without PERTBENCH_DATA_DIR looks: the shared
+# data files are linked into it, never over a file already there (the checksum is verified on every load anyway).
+DATA_CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/pertbench/data
+
 setup: $(BIN)/.installed
+	@if [ -d "$(SHARED_DATA)" ]; then \
+	  mkdir -p "$(DATA_CACHE)"; \
+	  for f in "$(SHARED_DATA)"/*.h5ad; do \
+	    [ -e "$$f" ] && [ ! -e "$(DATA_CACHE)/$$(basename "$$f")" ] && ln -s "$$f" "$(DATA_CACHE)/" || true; \
+	  done; \
+	fi
 
 run: setup
 	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET)
