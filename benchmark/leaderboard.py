@@ -81,6 +81,7 @@ class _Parent:
     start_time: int
     changed: str  # the non-default hyperparameters as `k=v, ...` ("" when none or unknown)
     source: str = schema.SOURCE_RUN  # run (a fitted predictor) or score (a scored predictions file)
+    config_digest: str = ""  # the `bench run --config` file in force ("" for the registered defaults)
 
     @classmethod
     def read(cls, run) -> _Parent:
@@ -89,18 +90,20 @@ class _Parent:
         checksum = params.get(schema.PARAM_DATASET_CHECKSUM, "")
         predictor = tags[schema.TAG_PREDICTOR]
         source = tags.get(schema.TAG_SOURCE, schema.SOURCE_RUN)
+        config_digest = params.get(schema.PARAM_CONFIG_DIGEST, "")
         return cls(
             run=run,
             dataset=tags[schema.TAG_DATASET],
             split_kind=tags[schema.TAG_SPLIT_KIND],
             predictor=predictor,
             checksum=checksum,
-            config=(predictor, hp, source),
+            config=(predictor, hp, source, config_digest),
             partial=tags.get(schema.TAG_PARTIAL, schema.FALSE) == schema.TRUE,
             n_seeds=len(params.get(schema.PARAM_SEEDS, "0").split(",")),
             start_time=int(run.info.start_time or 0),
             changed=params.get(schema.PARAM_CLI_PARAMS, ""),
             source=source,
+            config_digest=config_digest,
         )
 
     def preference(self) -> tuple:
@@ -164,8 +167,9 @@ def _rows(parents: list[_Parent]) -> list[tuple[str, _Parent]]:
     rows, used = [], set()
     for p in shown:
         label = p.predictor
-        if p.changed:
-            label += f" ({p.changed})"
+        extra = [x for x in (p.changed, f"config {p.config_digest[:8]}" if p.config_digest else "") if x]
+        if extra:  # a tuned config's per-split values read "per split": its digest tells configs apart
+            label += f" ({'; '.join(extra)})"
         elif per_predictor[p.predictor] > 1 and p.source == schema.SOURCE_SCORE:
             label += " (scored file)"
         elif per_predictor[p.predictor] > 1:

@@ -249,3 +249,37 @@ def test_readme_results_block_is_regenerated_between_markers(tmp_path):
     with pytest.raises(PertbenchError, match="results"):
         update_readme(plain, [])
     assert plain.read_text() == "no markers here\n"
+
+
+def _fake_parent(run_id: str, params: dict[str, str]):
+    """A finished parent run as MLflow returns it (only what the leaderboard reads)."""
+    from types import SimpleNamespace
+
+    tags = {
+        schema.TAG_PREDICTOR: "cvae_modeB",
+        schema.TAG_DATASET: "kang2018",
+        schema.TAG_SPLIT_KIND: "holdout_context",
+        schema.TAG_PARTIAL: schema.FALSE,
+    }
+    return SimpleNamespace(
+        data=SimpleNamespace(tags=tags, params={"hp.n_latent": "per split", **params}),
+        info=SimpleNamespace(run_id=run_id, start_time=1),
+    )
+
+
+def test_two_tuned_configs_get_their_own_rows():
+    # their per-split values read alike ("per split"); the config digest keeps them apart
+    from benchmark.leaderboard import _Parent, _rows
+
+    parents = [
+        _Parent.read(_fake_parent("a" * 32, {schema.PARAM_CONFIG_DIGEST: "1111aaaa2222"})),
+        _Parent.read(_fake_parent("b" * 32, {schema.PARAM_CONFIG_DIGEST: "3333bbbb4444"})),
+        _Parent.read(_fake_parent("c" * 32, {})),
+    ]
+    assert len({p.config for p in parents}) == 3
+    labels = [label for label, _ in _rows(parents)]
+    assert sorted(labels) == [
+        "cvae_modeB (config 1111aaaa)",
+        "cvae_modeB (config 3333bbbb)",
+        "cvae_modeB (defaults)",
+    ]
