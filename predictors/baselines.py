@@ -289,6 +289,16 @@ class TwoWayRidge:
         return (self._design([(context, perturbation)], self.contexts, self.perturbations) @ self.coef)[0]
 
 
+def multi_hot_design(labels: list[list[str]], vocab: list[str]) -> np.ndarray:
+    """Intercept column, then one 0/1 column per gene of the vocabulary (genes outside it are ignored)."""
+    index = {g: i for i, g in enumerate(vocab)}
+    design = np.zeros((len(labels), 1 + len(vocab)))
+    design[:, 0] = 1.0
+    for row, genes in enumerate(labels):
+        design[row, [1 + index[g] for g in genes if g in index]] = 1.0
+    return design
+
+
 @dataclass(frozen=True)
 class MultiHotRidge:
     """A fitted ridge of label shifts on multi-hot gene encodings, optionally on the shifts' top-k PC axes."""
@@ -312,19 +322,9 @@ class MultiHotRidge:
             target = target @ axes.T
         else:
             axes = None
-        design = cls._design(labels, vocab)
+        design = multi_hot_design(labels, vocab)
         penalties = np.r_[0.0, np.full(len(vocab), cand.penalty)]
         return cls(vocab, ridge_solve(design, target, penalties), center, axes)
-
-    @staticmethod
-    def _design(labels: list[list[str]], vocab: list[str]) -> np.ndarray:
-        """Intercept column, then one 0/1 column per gene of the vocabulary."""
-        index = {g: i for i, g in enumerate(vocab)}
-        design = np.zeros((len(labels), 1 + len(vocab)))
-        design[:, 0] = 1.0
-        for row, genes in enumerate(labels):
-            design[row, [1 + index[g] for g in genes if g in index]] = 1.0
-        return design
 
     def covers(self, genes: list[str]) -> bool:
         """Whether every gene of a label appears in the training vocabulary."""
@@ -332,7 +332,7 @@ class MultiHotRidge:
 
     def predict(self, genes: list[str]) -> np.ndarray:
         """Predicted shift of the label made of `genes`."""
-        scores = (self._design([genes], self.vocab) @ self.coef)[0]
+        scores = (multi_hot_design([genes], self.vocab) @ self.coef)[0]
         return self.center + (scores if self.axes is None else scores @ self.axes)
 
 

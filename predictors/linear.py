@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from benchmark.errors import NotApplicable
 from benchmark.task import Task
-from predictors.baselines import _ProfileShiftBaseline
+from predictors.baselines import _ProfileShiftBaseline, multi_hot_design
 from predictors.params import ValidatedParams, check_positive_grid
 
 PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -38,16 +38,6 @@ def ridge_transfer(c: np.ndarray, d: np.ndarray, c_new: np.ndarray, penalty: flo
         return d_mean
     weights = np.linalg.solve(gram + penalty * scale * np.eye(len(gram)), cc @ (c_new - c_mean))
     return d_mean + weights @ (d - d_mean)
-
-
-def multi_hot_design(labels: list[list[str]], vocab: list[str]) -> np.ndarray:
-    """Intercept column, then one 0/1 column per gene of the vocabulary (genes outside it are ignored)."""
-    index = {g: i for i, g in enumerate(vocab)}
-    design = np.zeros((len(labels), 1 + len(vocab)))
-    design[:, 0] = 1.0
-    for row, genes in enumerate(labels):
-        design[row, [1 + index[g] for g in genes if g in index]] = 1.0
-    return design
 
 
 def ridge_multi_hot(
