@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ SPLIT_KINDS = ("holdout_context", "holdout_combo", "random")
 MIN_CELLS = 10
 """Fewest cells a held-out group, or the control group of its context, may have."""
 RANDOM_TEST_FRACTION = 0.2
+MIN_PREDICTED_CELLS = 500
+"""Fewest control cells a target gives its predictor (when its context has them): the control cells of a target
+are a seeded sample of its context's controls, as many as the held-out group and at least this many, so a
+10k-control context does not cost 10k predicted cells per target. No committed dataset has a context with more
+than 278 controls, so there the sample is every control cell."""
 
 
 class SplitNotApplicable(PertbenchError):
@@ -176,7 +182,9 @@ class _Groups:
     def cells(self, context: str, pert: str) -> np.ndarray:
         return self.index.get((context, pert), np.empty(0, dtype=int))
 
-    def target(self, context: str, pert: str, test_idx: np.ndarray, min_cells: int) -> Target | None:
+    def target(
+        self, context: str, pert: str, test_idx: np.ndarray, min_cells: int, seed: int
+    ) -> Target | None:
         """A Target for (context, pert), or None (recorded in `skipped`) when a group is too small."""
         control_idx = self.cells(context, self.task.control_label)
         if len(test_idx) < min_cells or len(control_idx) < min_cells:
@@ -185,12 +193,23 @@ class _Groups:
                 f"a split needs {min_cells} of each"
             )
             return None
+        control_idx = capped_controls(control_idx, len(test_idx), seed, f"{context}\0{pert}")
         return Target(pert, context, tuple(self.ids[test_idx]), tuple(self.ids[control_idx]))
 
     def train_without(self, held_out: np.ndarray) -> tuple[str, ...]:
         mask = np.ones(len(self.ids), dtype=bool)
         mask[held_out] = False
         return tuple(self.ids[mask])
+
+
+def capped_controls(control_idx: np.ndarray, n_test: int, seed: int, key: str) -> np.ndarray:
+    """The control positions a target gives its predictor: all of them, or a seeded sorted sample of
+    max(n_test, MIN_PREDICTED_CELLS) when the context has more (the sample depends on seed and target only)."""
+    n = max(n_test, MIN_PREDICTED_CELLS)
+    if len(control_idx) <= n:
+        return control_idx
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    return np.sort(rng.choice(control_idx, size=n, replace=False))
 
 
 def _holdout_context(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
@@ -209,7 +228,7 @@ def _holdout_context(groups: _Groups, wanted: set[str], seed: int, min_cells: in
             if not seen_elsewhere:
                 groups.skipped.append(f"{context}/{pert}: perturbation seen in no other context")
                 continue
-            target = groups.target(context, pert, test_idx, min_cells)
+            target = groups.target(context, pert, test_idx, min_cells, seed)
             if target is not None:
                 splits.append(
                     Split(
@@ -237,7 +256,7 @@ def _holdout_combo(groups: _Groups, wanted: set[str], seed: int, min_cells: int)
             t
             for c in groups.context_labels()
             if len(groups.cells(c, pert))
-            and (t := groups.target(c, pert, groups.cells(c, pert), min_cells)) is not None
+            and (t := groups.target(c, pert, groups.cells(c, pert), min_cells, seed)) is not None
         ]
         if targets:
             splits.append(Split(pert, "holdout_combo", seed, groups.train_without(held_out), tuple(targets)))
@@ -254,7 +273,7 @@ def _random(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> lis
                 continue
             n_test = int(round(RANDOM_TEST_FRACTION * len(idx)))
             test_idx = np.sort(rng.choice(idx, size=n_test, replace=False))
-            target = groups.target(context, pert, test_idx, min_cells)
+            target = groups.target(context, pert, test_idx, min_cells, seed)
             if target is not None:
                 held_out.append(test_idx)
                 targets.append(target)

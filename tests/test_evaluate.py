@@ -54,8 +54,8 @@ def test_engine_runs_without_importing_mlflow():
 
 def test_mean_oracle_is_control_plus_the_true_mean_shift_scored_identically():
     rng = np.random.default_rng(1)
-    control = rng.normal(size=(30, 12))
-    real = rng.normal(loc=np.linspace(-1, 1, 12), scale=2.0, size=(40, 12))
+    control = rng.normal(loc=10.0, size=(30, 12))  # far from 0: the clip at 0 does not bind
+    real = rng.normal(loc=10.0 + np.linspace(-1, 1, 12), scale=2.0, size=(40, 12))
     by_hand = control + (real.mean(axis=0) - control.mean(axis=0))
     np.testing.assert_allclose(mean_oracle(control, real), by_hand)
     out = evaluate_target(control, real, control, None, {}, seed=0, ceiling_repeats=2)
@@ -66,6 +66,21 @@ def test_mean_oracle_is_control_plus_the_true_mean_shift_scored_identically():
     assert out.oracle["var_ratio"] != pytest.approx(
         0.0, abs=0.1
     )  # but the control's spread, not the real one
+
+
+def test_every_set_of_predicted_cells_is_scored_clipped_at_zero():
+    rng = np.random.default_rng(3)
+    control = np.abs(rng.normal(size=(30, 12)))
+    real = np.abs(rng.normal(loc=0.5, size=(30, 12)))
+    pred = control - 0.4  # a shift that leaves negative values
+    out = evaluate_target(control, real, pred, None, {"mean_shift": pred}, seed=0, ceiling_repeats=2)
+    clipped = score(EvalData(control=control, real=real, pred=np.maximum(pred, 0.0)))
+    unclipped = score(EvalData(control=control, real=real, pred=pred))
+    assert out.metrics == pytest.approx(clipped, nan_ok=True)
+    assert out.reference == pytest.approx(clipped, nan_ok=True)
+    assert out.metrics["mse_mean"] != pytest.approx(unclipped["mse_mean"])
+    oracle = np.maximum(mean_oracle(control, real), 0.0)
+    assert out.oracle == pytest.approx(score(EvalData(control=control, real=real, pred=oracle)), nan_ok=True)
 
 
 def test_the_first_reference_anchors_the_normalized_scores():

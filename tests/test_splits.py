@@ -120,3 +120,23 @@ def test_split_round_trips_through_json_and_detects_tampering(contexts, tmp_path
     path.write_text(json.dumps(data))
     with pytest.raises(PertbenchError, match="corrupted"):
         Split.load(path)
+
+
+def test_a_large_control_group_is_capped_to_a_seeded_sample_per_target(monkeypatch):
+    from benchmark import splits as splits_module
+
+    monkeypatch.setattr(splits_module, "MIN_PREDICTED_CELLS", 20)
+    adata = grouped({("A", "control"): 200, ("A", "y"): 60, ("B", "control"): 12, ("B", "y"): 60})
+    controls_a = cells_of(adata, "A", "control")
+    first = {t.perturbation + t.context: t for t in make_splits(adata, TASK, "random", seed=3)[0].targets}
+    again = {t.perturbation + t.context: t for t in make_splits(adata, TASK, "random", seed=3)[0].targets}
+    other = {t.perturbation + t.context: t for t in make_splits(adata, TASK, "random", seed=4)[0].targets}
+    # y: 12 held out -> the minimum (20); the small context B keeps all its controls
+    assert len(first["yA"].control_cells) == 20 and set(first["yA"].control_cells) <= controls_a
+    assert set(first["yB"].control_cells) == cells_of(adata, "B", "control")
+    assert first["yA"].control_cells == again["yA"].control_cells  # seeded
+    assert first["yA"].control_cells != other["yA"].control_cells  # by the run seed
+    held = make_splits(adata, TASK, "holdout_context", perturbations=["y"])
+    (target,) = [t for s in held for t in s.targets if t.context == "A"]
+    assert len(target.control_cells) == 60  # as many as the held-out group when that is larger
+    assert list(target.control_cells) == sorted(target.control_cells, key=list(adata.obs_names).index)
