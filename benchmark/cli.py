@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a `bench tune` config: each split's hyperparameters from it (--param on top)",
     )
     run.add_argument(
-        "--save-predictions", action="store_true", help="store predicted cells as h5ad artifacts"
+        "--save-predictions",
+        action="store_true",
+        help="store predicted cells as h5ad artifacts, and each target's real and predicted cells in "
+        "cell-eval's input layout (cell_eval/real.h5ad, cell_eval/pred.h5ad)",
     )
     run.add_argument("--no-figures", action="store_true", help="skip the per-split and summary figures")
     run.add_argument(
@@ -423,7 +426,7 @@ def _print_locations(
 
     uri = _absolute_uri(tracking.tracking_uri(tracking_uri))
     kinds = [schema.FIGURES_DIR] if figures else []
-    kinds += [schema.PREDICTIONS_DIR] if predictions else []
+    kinds += [schema.PREDICTIONS_DIR, schema.CELL_EVAL_DIR] if predictions else []
     stored = ", ".join(kinds + [schema.SPLIT_ARTIFACT])
     print("\nwhere it went:")
     print(f"  MLflow store:  {uri}")

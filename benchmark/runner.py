@@ -27,10 +27,11 @@ import pandas as pd
 from anndata import AnnData
 
 import benchmark
-from benchmark import schema, tracking
+from benchmark import export, schema, tracking
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
+from benchmark.export import cell_eval_pair
 from benchmark.figures import composite_figure, summary_figure
 from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
 from benchmark.model_cache import cache_key, fit_or_load
@@ -428,6 +429,11 @@ class SplitScorer:
                 pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
+                test = adata[[positions[c] for c in target.test_cells]]
+                pair = cell_eval_pair(control, control_x, test, real, saved, task, target)
+                for file, cells in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
+                    cells.write_h5ad(Path(tmp) / file)
+                    mlflow.log_artifact(str(Path(tmp) / file), artifact_path=schema.CELL_EVAL_DIR)
         return result
 
 

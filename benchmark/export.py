@@ -1,0 +1,77 @@
+"""One target's real and predicted cells in cell-eval's input layout, so cell-eval can cross-check bench's scores.
+
+cell-eval 0.8 (`cell-eval run -ar real.h5ad -ap pred.h5ad --pert-col target_gene --control-pert non-targeting`,
+or `cell_eval.MetricsEvaluator`) reads two AnnData with the same genes in the same order, each holding the
+control cells under the control label. Here real = the target's control cells + its held-out real cells, and
+pred = the same control cells + the predicted cells, both as the log-normalized values bench scored (so deltas
+against the control agree: cell-eval's `pearson_delta` is bench's `r`, its `mse` bench's `mse_mean`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from benchmark.splits import Target
+from benchmark.task import Task
+
+PERT_COL = "target_gene"
+"""cell-eval's default perturbation column (`cell-eval run --pert-col`)."""
+CONTROL = "non-targeting"
+"""cell-eval's default control label (`cell-eval run --control-pert`); the dataset's control cells get it."""
+CONTEXT_COL = "context"
+SOURCE_COL = "source_cell"
+"""In pred: the control cell each row comes from (a control row: itself; a predicted row: its source)."""
+REAL_FILE, PRED_FILE = "real.h5ad", "pred.h5ad"
+PRED_SUFFIX = "-pred"
+"""Appended to predicted rows' names, which are their source control cells' ids (obs names stay unique)."""
+
+
+def cell_eval_pair(
+    control: AnnData,
+    control_x: np.ndarray,
+    real: AnnData,
+    real_x: np.ndarray,
+    saved: AnnData,
+    task: Task,
+    target: Target,
+) -> tuple[AnnData, AnnData]:
+    """(real, pred) for cell-eval: `control` / `real` are the dataset's cells (their obs is kept) with their
+    log-normalized values; `saved` is the prediction as saved (`runner.saved_prediction`)."""
+    columns = [c for c in control.obs.columns if c not in (PERT_COL, CONTEXT_COL, SOURCE_COL)]
+    control_obs = _obs(control.obs, columns, CONTROL, target.context, control.obs_names)
+    real_obs = _obs(real.obs, columns, target.perturbation, target.context, None)
+    pred_obs = _obs(saved.obs, columns, target.perturbation, target.context, saved.obs[SOURCE_COL])
+    pred_obs.index = saved.obs_names.astype(str) + PRED_SUFFIX
+    var = control.var.copy()
+
+    def adata(obs: list[pd.DataFrame], x: list[np.ndarray]) -> AnnData:
+        matrix = sp.csr_matrix(np.vstack(x), dtype=np.float32)
+        return AnnData(X=matrix, obs=_categorical(pd.concat(obs)), var=var.copy())
+
+    real_pair = adata(
+        [control_obs.drop(columns=SOURCE_COL), real_obs.drop(columns=SOURCE_COL)], [control_x, real_x]
+    )
+    pred_pair = adata([control_obs, pred_obs], [control_x, np.asarray(saved.X)])
+    return real_pair, pred_pair
+
+
+def _obs(obs: pd.DataFrame, columns: list[str], label: str, context: str, source) -> pd.DataFrame:
+    """The layout's columns (target_gene, context, source_cell) followed by the dataset's obs columns."""
+    out = obs.reindex(columns=columns).copy()
+    out.index = obs.index.astype(str)
+    out.insert(0, SOURCE_COL, "" if source is None else np.asarray(source, dtype=str))
+    out.insert(0, CONTEXT_COL, context)
+    out.insert(0, PERT_COL, label)
+    return out
+
+
+def _categorical(obs: pd.DataFrame) -> pd.DataFrame:
+    """String columns as categoricals (what h5ad writes cleanly and scanpy expects)."""
+    for column in obs.columns:
+        values = obs[column]
+        if values.dtype == object or isinstance(values.dtype, pd.CategoricalDtype):
+            obs[column] = pd.Categorical(values.astype(object).where(values.isna(), values.astype(str)))
+    return obs
