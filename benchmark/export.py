@@ -1,4 +1,9 @@
-"""One target's real and predicted cells in cell-eval's input layout, so cell-eval can cross-check bench's scores.
+"""What `bench run --save-predictions` writes per target: the saved prediction, and the target's real and predicted
+cells in cell-eval's input layout, so cell-eval can cross-check bench's scores.
+
+The saved prediction (`saved_prediction`) holds the predicted cells as scored: X the log-normalized values
+(float32; non-negative under the engine's clip rule, `evaluate.CLIP_NEGATIVE_PREDICTIONS`), var the dataset's
+var, obs the source control cell's id (obs name and `source_cell`), its obs columns, and bench's labels.
 
 cell-eval 0.8 (`cell-eval run -ar real.h5ad -ap pred.h5ad --pert-col target_gene --control-pert non-targeting`,
 or `cell_eval.MetricsEvaluator`) reads two AnnData with the same genes in the same order, each holding the
@@ -22,11 +27,50 @@ PERT_COL = "target_gene"
 CONTROL = "non-targeting"
 """cell-eval's default control label (`cell-eval run --control-pert`); the dataset's control cells get it."""
 CONTEXT_COL = "context"
-SOURCE_COL = "source_cell"
-"""In pred: the control cell each row comes from (a control row: itself; a predicted row: its source)."""
 REAL_FILE, PRED_FILE = "real.h5ad", "pred.h5ad"
 PRED_SUFFIX = "-pred"
 """Appended to predicted rows' names, which are their source control cells' ids (obs names stay unique)."""
+SOURCE_CELL = "source_cell"
+"""obs column of a saved prediction: the id of the control cell each predicted cell was predicted from."""
+
+
+def saved_prediction(
+    values: np.ndarray,
+    predicted: AnnData,
+    control: AnnData,
+    task: Task,
+    target: Target,
+    split_name: str,
+    seed: int,
+) -> AnnData:
+    """The predicted cells as saved: X = the values scored (float32), var = the dataset's var.
+
+    When the predictor returned one cell per control cell (the protocol's default), each predicted cell keeps its
+    control cell's id as obs name and in `source_cell`, and that cell's obs columns from the dataset, with the
+    perturbation column set to the predicted perturbation. Bench's own columns `perturbation`, `context`,
+    `split` and `seed` label every cell (what `bench score` reads by default).
+    """
+    if predicted.n_obs == control.n_obs:
+        obs = control.obs.copy()
+        obs[SOURCE_CELL] = control.obs_names.astype(str)
+        if task.perturbation_key in obs:
+            obs[task.perturbation_key] = target.perturbation
+    else:  # a predictor that samples its own number of cells: no link to a control cell
+        obs = predicted.obs.copy()
+        obs[SOURCE_CELL] = ""
+        if task.context_key is not None:
+            obs[task.context_key] = target.context
+        obs[task.perturbation_key] = target.perturbation
+    obs["perturbation"] = target.perturbation
+    obs["context"] = target.context
+    obs["split"] = split_name
+    obs["seed"] = seed
+    for key in (task.perturbation_key, task.context_key, "perturbation", "context", "split"):
+        if key is not None and key in obs:
+            obs[key] = pd.Categorical(obs[key].astype(str))
+    saved = AnnData(X=np.asarray(values, dtype=np.float32), obs=obs, var=control.var.copy())
+    saved.obs_names_make_unique()  # a sampling predictor's own names may repeat
+    return saved
 
 
 def cell_eval_pair(
@@ -40,10 +84,10 @@ def cell_eval_pair(
 ) -> tuple[AnnData, AnnData]:
     """(real, pred) for cell-eval: `control` / `real` are the dataset's cells (their obs is kept) with their
     log-normalized values; `saved` is the prediction as saved (`runner.saved_prediction`)."""
-    columns = [c for c in control.obs.columns if c not in (PERT_COL, CONTEXT_COL, SOURCE_COL)]
+    columns = [c for c in control.obs.columns if c not in (PERT_COL, CONTEXT_COL, SOURCE_CELL)]
     control_obs = _obs(control.obs, columns, CONTROL, target.context, control.obs_names)
     real_obs = _obs(real.obs, columns, target.perturbation, target.context, None)
-    pred_obs = _obs(saved.obs, columns, target.perturbation, target.context, saved.obs[SOURCE_COL])
+    pred_obs = _obs(saved.obs, columns, target.perturbation, target.context, saved.obs[SOURCE_CELL])
     pred_obs.index = saved.obs_names.astype(str) + PRED_SUFFIX
     var = control.var.copy()
 
@@ -52,7 +96,7 @@ def cell_eval_pair(
         return AnnData(X=matrix, obs=_categorical(pd.concat(obs)), var=var.copy())
 
     real_pair = adata(
-        [control_obs.drop(columns=SOURCE_COL), real_obs.drop(columns=SOURCE_COL)], [control_x, real_x]
+        [control_obs.drop(columns=SOURCE_CELL), real_obs.drop(columns=SOURCE_CELL)], [control_x, real_x]
     )
     pred_pair = adata([control_obs, pred_obs], [control_x, np.asarray(saved.X)])
     return real_pair, pred_pair
@@ -62,7 +106,7 @@ def _obs(obs: pd.DataFrame, columns: list[str], label: str, context: str, source
     """The layout's columns (target_gene, context, source_cell) followed by the dataset's obs columns."""
     out = obs.reindex(columns=columns).copy()
     out.index = obs.index.astype(str)
-    out.insert(0, SOURCE_COL, "" if source is None else np.asarray(source, dtype=str))
+    out.insert(0, SOURCE_CELL, "" if source is None else np.asarray(source, dtype=str))
     out.insert(0, CONTEXT_COL, context)
     out.insert(0, PERT_COL, label)
     return out

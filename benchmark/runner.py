@@ -31,7 +31,7 @@ from benchmark import export, schema, tracking
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
-from benchmark.export import cell_eval_pair
+from benchmark.export import cell_eval_pair, saved_prediction
 from benchmark.figures import composite_figure, summary_figure
 from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
 from benchmark.model_cache import cache_key, fit_or_load
@@ -39,7 +39,7 @@ from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
-from benchmark.task import Task, dense
+from benchmark.task import dense
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
@@ -435,47 +435,6 @@ class SplitScorer:
                     cells.write_h5ad(Path(tmp) / file)
                     mlflow.log_artifact(str(Path(tmp) / file), artifact_path=schema.CELL_EVAL_DIR)
         return result
-
-
-SOURCE_CELL = "source_cell"
-"""obs column of a saved prediction: the id of the control cell each predicted cell was predicted from."""
-
-
-def saved_prediction(
-    values: np.ndarray,
-    predicted: AnnData,
-    control: AnnData,
-    task: Task,
-    target: Target,
-    split_name: str,
-    seed: int,
-) -> AnnData:
-    """The predicted cells as saved: X = the values scored (float32), var = the dataset's var.
-
-    When the predictor returned one cell per control cell (the protocol's default), each predicted cell keeps its
-    control cell's id as obs name and in `source_cell`, and that cell's obs columns from the dataset, with the
-    perturbation column set to the predicted perturbation. Bench's own columns `perturbation`, `context`,
-    `split` and `seed` label every cell (what `bench score` reads by default).
-    """
-    if predicted.n_obs == control.n_obs:
-        obs = control.obs.copy()
-        obs[SOURCE_CELL] = control.obs_names.astype(str)
-        if task.perturbation_key in obs:
-            obs[task.perturbation_key] = target.perturbation
-    else:  # a predictor that samples its own number of cells: no link to a control cell
-        obs = predicted.obs.copy()
-        obs[SOURCE_CELL] = ""
-        if task.context_key is not None:
-            obs[task.context_key] = target.context
-        obs[task.perturbation_key] = target.perturbation
-    obs["perturbation"] = target.perturbation
-    obs["context"] = target.context
-    obs["split"] = split_name
-    obs["seed"] = seed
-    for key in (task.perturbation_key, task.context_key, "perturbation", "context", "split"):
-        if key is not None and key in obs:
-            obs[key] = pd.Categorical(obs[key].astype(str))
-    return AnnData(X=np.asarray(values, dtype=np.float32), obs=obs, var=control.var.copy())
 
 
 def _checked_prediction(name: str, predicted: AnnData, control: AnnData) -> np.ndarray:

@@ -16,7 +16,8 @@ import pytest
 
 from benchmark import evaluate, export, schema
 from benchmark.cli import main
-from benchmark.datasets import load_synthetic
+from benchmark.datasets import load_h5ad, load_synthetic
+from benchmark.errors import PertbenchError
 from benchmark.score import read_predictions
 from benchmark.task import dense
 
@@ -64,8 +65,8 @@ def test_export_is_the_scored_cells_in_cell_evals_layout(exported):
     np.testing.assert_allclose(real.X.toarray(), lognorm, rtol=0, atol=0)
     predicted = pred[(pred.obs[export.PERT_COL] == perturbation).to_numpy()]
     np.testing.assert_array_equal(predicted.X.toarray(), saved.X)
-    assert list(predicted.obs[export.SOURCE_COL]) == list(saved.obs["source_cell"])
-    assert set(predicted.obs[export.SOURCE_COL]) <= set(controls.obs_names)
+    assert list(predicted.obs[export.SOURCE_CELL]) == list(saved.obs[export.SOURCE_CELL])
+    assert set(predicted.obs[export.SOURCE_CELL]) <= set(controls.obs_names)
     assert (predicted.obs["cell_type"].astype(str) == run.data.tags[schema.TAG_CONTEXT]).all()
     # `bench score` reads the export's pred file as it reads the saved prediction
     from_export = read_predictions(artifacts / schema.CELL_EVAL_DIR / export.PRED_FILE, dataset)
@@ -92,3 +93,28 @@ def test_cell_eval_run_on_the_export_agrees_with_bench(exported, tmp_path):
     assert row["pearson_delta"] == pytest.approx(ours["r"], abs=1e-6)
     assert row["mse"] == pytest.approx(ours["mse_mean"], rel=1e-5)
     assert row["mse_delta"] == pytest.approx(ours["mse_mean"], rel=1e-5)
+
+
+def test_bench_run_data_accepts_the_export_and_explains_a_bare_saved_prediction(
+    exported, tmp_path, monkeypatch
+):
+    _, artifacts = exported
+    pred = artifacts / schema.CELL_EVAL_DIR / export.PRED_FILE
+    (saved,) = (artifacts / schema.PREDICTIONS_DIR).glob("*.h5ad")
+    for keys in (("target_gene", "non-targeting", None), ("condition", "control", "cell_type")):
+        data = load_h5ad(pred, *keys)  # the loader of `bench run --data`: tidy + validate
+        assert data.adata.X.dtype == np.float32 and data.adata.obs_names.is_unique
+    with pytest.raises(
+        PertbenchError, match=r"saved prediction \(source_cell in obs\) holds predicted cells only"
+    ):
+        load_h5ad(saved, "condition", "control", "cell_type")
+    # the saved cells pass the loader's checks once control cells are beside them (the export's first rows)
+    controls = ad.read_h5ad(pred)
+    controls = controls[(controls.obs[export.PERT_COL] == export.CONTROL).to_numpy()]
+    both = ad.concat([controls, ad.read_h5ad(saved)], join="inner", index_unique="-")
+    both.write_h5ad(tmp_path / "both.h5ad")
+    assert load_h5ad(tmp_path / "both.h5ad", "condition", "control", "cell_type").adata.n_obs == both.n_obs
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = ["--data", str(pred), "--perturbation-key", "target_gene", "--control", "non-targeting"]
+    assert main(["run", "--predictor", "mean_shift", *args, "--no-figures", "--no-leaderboard"]) == 0
