@@ -13,7 +13,6 @@ import ast
 import hashlib
 import json
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from anndata import AnnData
 
 import benchmark
 from benchmark import export, schema, tracking
+from benchmark import progress as bars
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
@@ -88,7 +88,7 @@ Progress = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    bars.write(message)
 
 
 def run_benchmark(
@@ -154,22 +154,24 @@ def run_benchmark(
                 mlflow.log_artifact(str(path))
         done = 0
         embeddings: dict[str, PCAEmbedding] = {}  # by split digest
-        for seed, splits in splits_by_seed.items():
-            for split in splits:
-                done += 1
-                progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
-                results += _run_split(
-                    display_name,
-                    templates.get(split.digest(), template),
-                    dataset,
-                    split,
-                    seed,
-                    positions,
-                    options,
-                    progress,
-                    embeddings,
-                    profiles,
-                )
+        with bars.bar(total, "splits", "splits") as bar:
+            for seed, splits in splits_by_seed.items():
+                for split in splits:
+                    done += 1
+                    progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
+                    results += _run_split(
+                        display_name,
+                        templates.get(split.digest(), template),
+                        dataset,
+                        split,
+                        seed,
+                        positions,
+                        options,
+                        progress,
+                        embeddings,
+                        profiles,
+                    )
+                    bar.update(1)
         log_summary(parent_id, display_name, dataset, split_kind, results, options)
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
 
