@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from anndata.utils import make_index_unique
 
 from benchmark.splits import Target
 from benchmark.task import Task
@@ -68,9 +69,8 @@ def saved_prediction(
     for key in (task.perturbation_key, task.context_key, "perturbation", "context", "split"):
         if key is not None and key in obs:
             obs[key] = pd.Categorical(obs[key].astype(str))
-    saved = AnnData(X=np.asarray(values, dtype=np.float32), obs=obs, var=control.var.copy())
-    saved.obs_names_make_unique()  # a sampling predictor's own names may repeat
-    return saved
+    obs.index = make_index_unique(obs.index.astype(str))  # a sampling predictor's own names may repeat
+    return AnnData(X=np.asarray(values, dtype=np.float32), obs=obs, var=control.var.copy())
 
 
 def cell_eval_pair(
@@ -79,11 +79,10 @@ def cell_eval_pair(
     real: AnnData,
     real_x: np.ndarray,
     saved: AnnData,
-    task: Task,
     target: Target,
 ) -> tuple[AnnData, AnnData]:
     """(real, pred) for cell-eval: `control` / `real` are the dataset's cells (their obs is kept) with their
-    log-normalized values; `saved` is the prediction as saved (`runner.saved_prediction`)."""
+    log-normalized values; `saved` is the prediction as saved (`saved_prediction`)."""
     columns = [c for c in control.obs.columns if c not in (PERT_COL, CONTEXT_COL, SOURCE_CELL)]
     control_obs = _obs(control.obs, columns, CONTROL, target.context, control.obs_names)
     real_obs = _obs(real.obs, columns, target.perturbation, target.context, None)

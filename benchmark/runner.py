@@ -432,7 +432,7 @@ class SplitScorer:
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
                 test = adata[[positions[c] for c in target.test_cells]]
-                pair = cell_eval_pair(control, control_x, test, real, saved, task, target)
+                pair = cell_eval_pair(control, control_x, test, real, saved, target)
                 for file, cells in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
                     cells.write_h5ad(Path(tmp) / file)
                     mlflow.log_artifact(str(Path(tmp) / file), artifact_path=schema.CELL_EVAL_DIR)

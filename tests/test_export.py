@@ -114,7 +114,35 @@ def test_bench_run_data_accepts_the_export_and_explains_a_bare_saved_prediction(
     both = ad.concat([controls, ad.read_h5ad(saved)], join="inner", index_unique="-")
     both.write_h5ad(tmp_path / "both.h5ad")
     assert load_h5ad(tmp_path / "both.h5ad", "condition", "control", "cell_type").adata.n_obs == both.n_obs
+
+
+@pytest.mark.integration
+def test_bench_run_runs_on_the_export(exported, tmp_path, monkeypatch):
+    pred = exported[1] / schema.CELL_EVAL_DIR / export.PRED_FILE
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     args = ["--data", str(pred), "--perturbation-key", "target_gene", "--control", "non-targeting"]
     assert main(["run", "--predictor", "mean_shift", *args, "--no-figures", "--no-leaderboard"]) == 0
+
+
+def test_a_sampling_predictors_cells_get_unique_names_and_no_source(tiny, tiny_task):
+    """A predictor that returns its own number of cells (names repeating) still gives a valid pair."""
+    from benchmark.splits import Target
+
+    control = tiny[
+        (tiny.obs["cell_type"] == "A").to_numpy() & (tiny.obs["condition"] == "control").to_numpy()
+    ]
+    real = tiny[(tiny.obs["cell_type"] == "A").to_numpy() & (tiny.obs["condition"] == "p1").to_numpy()]
+    target = Target("p1", "A", tuple(real.obs_names), tuple(control.obs_names))
+    values = np.abs(np.random.default_rng(0).normal(size=(7, tiny.n_vars)))
+    with pytest.warns(UserWarning, match="not unique"):  # more cells than controls, all of one name
+        predicted = ad.AnnData(values, obs=pd.DataFrame(index=["s"] * 7))
+    saved = export.saved_prediction(values, predicted, control, tiny_task, target, "A/p1", 0)
+    assert saved.obs_names.is_unique and (saved.obs[export.SOURCE_CELL] == "").all()
+    real_pair, pred_pair = export.cell_eval_pair(
+        control, dense(control.X), real, dense(real.X), saved, target
+    )
+    assert pred_pair.obs_names.is_unique and pred_pair.n_obs == control.n_obs + 7
+    assert list(pred_pair.obs[export.PERT_COL]) == [export.CONTROL] * control.n_obs + ["p1"] * 7
+    assert real_pair.n_obs == control.n_obs + real.n_obs and list(real_pair.var_names) == list(tiny.var_names)
+    np.testing.assert_allclose(pred_pair.X.toarray()[control.n_obs :], values.astype(np.float32))
