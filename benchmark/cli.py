@@ -479,6 +479,7 @@ def _print_table(result) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Search the predictor's space on validation splits of training cells only and write the config."""
+    from benchmark import progress as bars
     from benchmark import tuning
 
     tuning.search_space(args.predictor)  # fail fast: unknown or not tunable
@@ -502,7 +503,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         folds=args.folds or tuning.DEFAULT_FOLDS,
         max_validation=args.max_validation_splits or tuning.MAX_VALIDATION_SPLITS,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        progress=bars.write,  # lines above the CVAE's epoch bar
     )
     path = tuning.write_config(config, output)
     print(f"config written: {path} ({len(config['blocks'])} block(s), protocol {tuning.PROTOCOL})")
