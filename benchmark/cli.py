@@ -111,7 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a `bench tune` config: each split's hyperparameters from it (--param on top)",
     )
     run.add_argument(
-        "--save-predictions", action="store_true", help="store predicted cells as h5ad artifacts"
+        "--save-predictions",
+        action="store_true",
+        help="store predicted cells as h5ad artifacts, and each target's real and predicted cells in "
+        "cell-eval's input layout (cell_eval/real.h5ad, cell_eval/pred.h5ad)",
     )
     run.add_argument("--no-figures", action="store_true", help="skip the per-split and summary figures")
     run.add_argument(
@@ -423,7 +426,7 @@ def _print_locations(
 
     uri = _absolute_uri(tracking.tracking_uri(tracking_uri))
     kinds = [schema.FIGURES_DIR] if figures else []
-    kinds += [schema.PREDICTIONS_DIR] if predictions else []
+    kinds += [schema.PREDICTIONS_DIR, schema.CELL_EVAL_DIR] if predictions else []
     stored = ", ".join(kinds + [schema.SPLIT_ARTIFACT])
     print("\nwhere it went:")
     print(f"  MLflow store:  {uri}")
@@ -476,6 +479,7 @@ def _print_table(result) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Search the predictor's space on validation splits of training cells only and write the config."""
+    from benchmark import progress as bars
     from benchmark import tuning
 
     tuning.search_space(args.predictor)  # fail fast: unknown or not tunable
@@ -499,7 +503,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         storage=args.storage,
         folds=args.folds or tuning.DEFAULT_FOLDS,
         max_validation=args.max_validation_splits or tuning.MAX_VALIDATION_SPLITS,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
+        progress=bars.write,  # lines above the CVAE's epoch bar
     )
     path = tuning.write_config(config, output)
     print(f"config written: {path} ({len(config['blocks'])} block(s), protocol {tuning.PROTOCOL})")

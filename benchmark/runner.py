@@ -13,7 +13,6 @@ import ast
 import hashlib
 import json
 import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,10 +26,12 @@ import pandas as pd
 from anndata import AnnData
 
 import benchmark
-from benchmark import schema, tracking
+from benchmark import export, schema, tracking
+from benchmark import progress as bars
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
+from benchmark.export import cell_eval_pair, saved_prediction
 from benchmark.figures import composite_figure, summary_figure
 from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
 from benchmark.model_cache import cache_key, fit_or_load
@@ -38,7 +39,7 @@ from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
-from benchmark.task import Task, dense
+from benchmark.task import dense
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
@@ -87,7 +88,7 @@ Progress = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    bars.write(message)
 
 
 def run_benchmark(
@@ -153,22 +154,24 @@ def run_benchmark(
                 mlflow.log_artifact(str(path))
         done = 0
         embeddings: dict[str, PCAEmbedding] = {}  # by split digest
-        for seed, splits in splits_by_seed.items():
-            for split in splits:
-                done += 1
-                progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
-                results += _run_split(
-                    display_name,
-                    templates.get(split.digest(), template),
-                    dataset,
-                    split,
-                    seed,
-                    positions,
-                    options,
-                    progress,
-                    embeddings,
-                    profiles,
-                )
+        with bars.bar(total, "splits", "splits") as bar:
+            for seed, splits in splits_by_seed.items():
+                for split in splits:
+                    done += 1
+                    progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
+                    results += _run_split(
+                        display_name,
+                        templates.get(split.digest(), template),
+                        dataset,
+                        split,
+                        seed,
+                        positions,
+                        options,
+                        progress,
+                        embeddings,
+                        profiles,
+                    )
+                    bar.update(1)
         log_summary(parent_id, display_name, dataset, split_kind, results, options)
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
 
@@ -428,48 +431,12 @@ class SplitScorer:
                 pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
+                test = adata[[positions[c] for c in target.test_cells]]
+                pair = cell_eval_pair(control, control_x, test, real, saved, target)
+                for file, cells in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
+                    cells.write_h5ad(Path(tmp) / file)
+                    mlflow.log_artifact(str(Path(tmp) / file), artifact_path=schema.CELL_EVAL_DIR)
         return result
-
-
-SOURCE_CELL = "source_cell"
-"""obs column of a saved prediction: the id of the control cell each predicted cell was predicted from."""
-
-
-def saved_prediction(
-    values: np.ndarray,
-    predicted: AnnData,
-    control: AnnData,
-    task: Task,
-    target: Target,
-    split_name: str,
-    seed: int,
-) -> AnnData:
-    """The predicted cells as saved: X = the values scored (float32), var = the dataset's var.
-
-    When the predictor returned one cell per control cell (the protocol's default), each predicted cell keeps its
-    control cell's id as obs name and in `source_cell`, and that cell's obs columns from the dataset, with the
-    perturbation column set to the predicted perturbation. Bench's own columns `perturbation`, `context`,
-    `split` and `seed` label every cell (what `bench score` reads by default).
-    """
-    if predicted.n_obs == control.n_obs:
-        obs = control.obs.copy()
-        obs[SOURCE_CELL] = control.obs_names.astype(str)
-        if task.perturbation_key in obs:
-            obs[task.perturbation_key] = target.perturbation
-    else:  # a predictor that samples its own number of cells: no link to a control cell
-        obs = predicted.obs.copy()
-        obs[SOURCE_CELL] = ""
-        if task.context_key is not None:
-            obs[task.context_key] = target.context
-        obs[task.perturbation_key] = target.perturbation
-    obs["perturbation"] = target.perturbation
-    obs["context"] = target.context
-    obs["split"] = split_name
-    obs["seed"] = seed
-    for key in (task.perturbation_key, task.context_key, "perturbation", "context", "split"):
-        if key is not None and key in obs:
-            obs[key] = pd.Categorical(obs[key].astype(str))
-    return AnnData(X=np.asarray(values, dtype=np.float32), obs=obs, var=control.var.copy())
 
 
 def _checked_prediction(name: str, predicted: AnnData, control: AnnData) -> np.ndarray:

@@ -95,6 +95,8 @@ SELECTION_ARTIFACT = "selection.json"
 SPLIT_ARTIFACT = "split.json"
 FIGURES_DIR = "figures"
 PREDICTIONS_DIR = "predictions"
+CELL_EVAL_DIR = "cell_eval"
+"""A child run's real.h5ad and pred.h5ad in cell-eval's input layout (benchmark.export), with --save-predictions."""
 SELECTION_PARAM_CHARS = 250
 
 # -- metrics -------------------------------------------------------------------------------------------------

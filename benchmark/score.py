@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from benchmark import progress as bars
 from benchmark import schema, tracking
 from benchmark.datasets import Dataset, read_h5ad, sha256_file
 from benchmark.errors import NotApplicable, PertbenchError
@@ -257,20 +258,33 @@ def score_predictions(
             parent_id, {**params, schema.PARAM_SEEDS: str(seed), schema.PARAM_N_SPLITS: len(splits), **config}
         )
         embeddings: dict[str, PCAEmbedding] = {}
-        for i, split in enumerate(splits, 1):
-            progress(f"[{i}/{len(splits)}] seed {seed} split {split.name}: scoring {predictions.path.name}")
-            scorer = _scorer(
-                name, dataset, split, seed, positions, profiles, embeddings, options, progress, predictions
-            )
-            for target in split.targets:
-                results.append(
-                    scorer.log_target(
-                        target,
-                        _reader(predictions, target),
-                        params=params,
-                        tags={schema.TAG_SOURCE: schema.SOURCE_SCORE},
-                    )
+        with bars.bar(len(splits), "splits", "splits") as bar:
+            for i, split in enumerate(splits, 1):
+                progress(
+                    f"[{i}/{len(splits)}] seed {seed} split {split.name}: scoring {predictions.path.name}"
                 )
+                scorer = _scorer(
+                    name,
+                    dataset,
+                    split,
+                    seed,
+                    positions,
+                    profiles,
+                    embeddings,
+                    options,
+                    progress,
+                    predictions,
+                )
+                for target in split.targets:
+                    results.append(
+                        scorer.log_target(
+                            target,
+                            _reader(predictions, target),
+                            params=params,
+                            tags={schema.TAG_SOURCE: schema.SOURCE_SCORE},
+                        )
+                    )
+                bar.update(1)
         log_summary(parent_id, name, dataset, split_kind, results, options)
     return RunResult(name, dataset.name, split_kind, parent_id, results, splits[0].skipped)
 

@@ -12,6 +12,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from benchmark.errors import PertbenchError
+from benchmark.export import PRED_FILE, SOURCE_CELL
+from benchmark.schema import CELL_EVAL_DIR
 from benchmark.task import Task
 
 MAX_LISTED = 12
@@ -91,9 +93,16 @@ def _check_control_present(adata: AnnData, task: Task) -> None:
     """The control label must occur in the perturbation column."""
     if not task.is_control(adata).any():
         labels = np.unique(task.perturbations(adata))
+        saved = (
+            f"; a saved prediction ({SOURCE_CELL} in obs) holds predicted cells only: run on the cell-eval "
+            f"export written beside it ({CELL_EVAL_DIR}/{PRED_FILE}, which adds the control cells), or score it "
+            "with `bench score --predictions`"
+            if SOURCE_CELL in adata.obs.columns
+            else ""
+        )
         raise PertbenchError(
             f"control label {task.control_label!r} not found in obs[{task.perturbation_key!r}]; "
-            f"labels present: {format_labels(labels)}"
+            f"labels present: {format_labels(labels)}{saved}"
         )
 
 

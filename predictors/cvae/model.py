@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from tqdm.auto import tqdm
 
+from benchmark import progress as bars
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.pseudobulk import group_sums, split_controls
@@ -123,27 +123,26 @@ class _EarlyStopping:
 
 
 class _Progress:
-    """Training progress on stderr when verbose: a line every few epochs and a summary (tqdm's write)."""
+    """Training progress on stderr: a bar over epochs on an interactive terminal (benchmark.progress's style);
+    when verbose, also a line every few epochs and a summary."""
 
     def __init__(self, verbose: bool, max_epochs: int, every: int = 5) -> None:
         self.verbose, self.every = verbose, every
-        self.bar = tqdm(total=max_epochs, desc="cvae", file=sys.stderr, leave=False) if verbose else None
+        self.bar = bars.bar(max_epochs, "cvae", "epochs")
 
     def epoch(self, rec: dict[str, float], done: bool) -> None:
-        if self.bar is None:
-            return
+        self.bar.set_postfix_str(f"val {rec['val_loss']:.2f}", refresh=False)
         self.bar.update(1)
-        if rec["epoch"] % self.every == 0 or done:
-            self.bar.write(
+        if self.verbose and (rec["epoch"] % self.every == 0 or done):
+            bars.write(
                 f"[cvae] epoch {rec['epoch']:4d}  train {rec['train_loss']:11.2f}  val {rec['val_loss']:11.2f}  "
-                f"recon {rec['recon']:11.2f}  kl {rec['kl']:7.2f}  mmd {rec['mmd']:.4f}  beta {rec['beta']:.2f}",
-                file=sys.stderr,
+                f"recon {rec['recon']:11.2f}  kl {rec['kl']:7.2f}  mmd {rec['mmd']:.4f}  beta {rec['beta']:.2f}"
             )
 
     def close(self, stats: dict[str, Any]) -> None:
-        if self.bar is None:
-            return
         self.bar.close()
+        if not self.verbose:
+            return
         print(
             f"[cvae] {stats['epochs']} epochs (best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
             f"{stats['train_seconds']:.1f} s, {stats['flops_per_second'] / 1e9:.1f} GFLOP/s",
