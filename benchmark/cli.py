@@ -292,10 +292,12 @@ def _check_board_path(path: Path | None, flag: str) -> None:
 
 
 def _build_predictor(name: str, params: dict) -> None:
-    """Build the predictor once to fail fast on an unknown name or a bad hyperparameter: its constructor checks
-    every value (e.g. device=cuda on a CPU-only torch) and the registry turns a rejection into one line."""
-    from predictors.registry import make_predictor
+    """Build the predictor once to fail fast on an unknown name, a missing optional extra or a bad hyperparameter:
+    its constructor checks every value (e.g. device=cuda on a CPU-only torch) and the registry turns a rejection
+    into one line."""
+    from predictors.registry import check_installed, make_predictor
 
+    check_installed(name)
     make_predictor(name, **params)
 
 

@@ -7,6 +7,7 @@ predictors plug in through the `pertbench.predictors` entry-point group, or ad h
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -24,6 +25,8 @@ class PredictorSpec:
     target: str  # "module:Class"
     params: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    requires: str | None = None  # a module that only the optional extra `extra` installs
+    extra: str = ""
 
 
 BUILTINS: dict[str, PredictorSpec] = {
@@ -52,6 +55,13 @@ BUILTINS: dict[str, PredictorSpec] = {
         "predictors.cvae:CVAEPredictor",
         {"mode": "B", "decoder": "mlp"},
         "plain CVAE (MLP decoder), encode controls",
+    ),
+    "scgen": PredictorSpec(
+        "predictors.scgen:ScGen",
+        {},
+        "scGen (pertpy; extra 'scgen'): VAE latent arithmetic",
+        requires="pertpy",
+        extra="scgen",
     ),
 }
 
@@ -86,6 +96,28 @@ def load_class(target: str) -> type[Predictor]:
     if not (callable(getattr(cls, "fit", None)) and callable(getattr(cls, "predict", None))):
         raise PertbenchError(f"{target} does not implement fit and predict")
     return cls
+
+
+def check_installed(name: str) -> None:
+    """A one-line PertbenchError, saying how to install it, when a registered predictor's optional extra is
+    missing. Looks the module up without importing it (pertpy takes tens of seconds to import)."""
+    spec = available_predictors().get(name)
+    if spec is None or spec.requires is None:
+        return
+    try:
+        found = importlib.util.find_spec(spec.requires) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise PertbenchError(
+            f"predictor {name!r} needs {spec.requires}, which is not installed; install it with: "
+            f"{install_command(spec.extra)}"
+        )
+
+
+def install_command(extra: str) -> str:
+    """The command that installs one of pertbench's optional extras (from the repository root)."""
+    return f"pip install -c constraints.txt -e '.[{extra}]'"
 
 
 def make_predictor(name: str, **overrides: Any) -> tuple[str, Predictor]:

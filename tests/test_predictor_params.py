@@ -19,6 +19,7 @@ from predictors.cvae import CVAEPredictor
 from predictors.gaming import InflatedVariance
 from predictors.linear import Linear
 from predictors.registry import BUILTINS, load_class, make_predictor
+from predictors.scgen import ScGen
 
 NAN, INF = math.nan, math.inf
 INTS_GE_1 = [0, -5, 2.5, 3.0, "4", True, None]
@@ -63,6 +64,17 @@ BAD: dict[type, dict[str, list]] = {
         "device": (["cuda", "cuda:0"] if not torch.cuda.is_available() else []) + ["gpu", "", 0, None],
         "verbose": BOOLS,
     },
+    ScGen: {
+        "n_latent": INTS_GE_1,
+        "n_hidden": INTS_GE_1,
+        "n_layers": INTS_GE_1,
+        "dropout_rate": [-0.1, 1.0, NAN, "0.2", None],
+        "max_epochs": INTS_GE_1,
+        "batch_size": [1, *INTS_GE_1],
+        "early_stopping": BOOLS,
+        "early_stopping_patience": INTS_GE_1,
+        "random_state": [-1, 2**40, 0.5, "0", True, None],
+    },
 }
 """Values every predictor must reject, per constructor parameter (each is checked for being listed below)."""
 
@@ -86,6 +98,12 @@ GOOD: dict[type, dict[str, object]] = {
         "random_state": 3,
         "device": "cpu",
         "verbose": True,
+    },
+    ScGen: {
+        "n_latent": np.int64(10),
+        "dropout_rate": 0,
+        "early_stopping": np.bool_(False),
+        "random_state": 5,
     },
 }
 """Accepted non-default values (ints for floats, numpy scalars, None where allowed)."""
