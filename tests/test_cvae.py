@@ -15,6 +15,7 @@ from benchmark.errors import NotApplicable
 from benchmark.synthetic import make_synthetic, true_lfc
 from benchmark.task import Task, dense, lognormalize, mean_profile
 from predictors.cvae import CVAEPredictor
+from predictors.cvae.generate import nb_quantile_transfer, sample_nb
 from predictors.cvae.module import (
     MLPDecoder,
     ResponseDecoder,
@@ -23,8 +24,6 @@ from predictors.cvae.module import (
     kl_standard_normal,
     mmd_rbf,
     nb_log_prob,
-    nb_quantile_transfer,
-    sample_nb,
 )
 from predictors.registry import make_predictor
 

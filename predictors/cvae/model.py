@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.pseudobulk import group_sums, split_controls
-from benchmark.task import Task, lognormalize
+from benchmark.task import Task
 from predictors.baselines import pca_basis
-from predictors.cvae.module import CVAEModule, Likelihood, nb_quantile_transfer, sample_nb
+from predictors.cvae import generate as generation
+from predictors.cvae.data import dense_rows
+from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
 from predictors.params import (
     ValidatedParams,
     check_bool,
@@ -43,13 +45,6 @@ _SMALL_STEP_FLOPS = 2e8
 busy-waiting on a loaded machine) dominates small matmuls."""
 _MIN_REL_IMPROVEMENT = 1e-3
 """A validation loss counts as better only if it improves on the best by this fraction of |best|."""
-
-
-def _rows(x, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Dense float32 tensor of the given rows: sparse input is densified one mini-batch at a time."""
-    block = x[idx]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
 
 
 @contextlib.contextmanager
@@ -84,7 +79,7 @@ class _TrainData:
     covariates: tuple[np.ndarray, np.ndarray | None]
     context_id: np.ndarray
     condition_id: np.ndarray
-    profiles: torch.Tensor | None = None  # context control profiles (decoder scale), rows in context_id order
+    profiles: torch.Tensor | None = None  # context control profiles, rows in context_id order (None: unread)
 
 
 def _condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
@@ -295,7 +290,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         check_int("n_hidden", self.n_hidden, 1)
         check_int("n_layers", self.n_layers, 1)
         check_bool("use_context", self.use_context)
-        check_choice("decoder", self.decoder, ("response", "mlp"))
+        check_choice("decoder", self.decoder, tuple(DECODERS))
         check_int("rank", self.rank, 0)
         check_bool("gain", self.gain)
         check_float("readout_penalty", self.readout_penalty, 0.0)
@@ -310,7 +305,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         check_float("weight_decay", self.weight_decay, 0.0)
         check_float("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         check_int("patience", self.patience, 0)
-        check_choice("generate", self.generate, ("auto", "counterfactual", "sample", "mean"))
+        check_choice("generate", self.generate, generation.GENERATE_OPTIONS)
         if self.generate == "counterfactual" and self.mode == "A":
             raise ValueError(
                 "generate='counterfactual' needs mode='B' (mode A has no real cell to start from)"
@@ -373,7 +368,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     def _n_threads(self) -> int | None:
         """One CPU thread for small networks (see _SMALL_STEP_FLOPS), else torch's default."""
-        small = self.module_.train_flops_per_cell() * self.batch_size < _SMALL_STEP_FLOPS
+        small = self.module_.train_flops_per_cell(len(self.contexts_)) * self.batch_size < _SMALL_STEP_FLOPS
         return 1 if small and self.device_.type == "cpu" else None
 
     def _build_module(self) -> CVAEModule:
@@ -418,18 +413,19 @@ class CVAEPredictor(ValidatedParams, Predictor):
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
         mean, std = _gene_moments(data.x[fit_idx])
-        fit_lognorm = data.x[fit_idx] if self.likelihood_ == "gaussian" else task.lognorm(train[fit_idx])
-        table, shifts, readout = self._pseudobulk_start(
-            data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
-        )
-        self.module_.init_from_data(
-            torch.from_numpy(mean),
-            torch.from_numpy(std),
-            torch.from_numpy(shifts),
-            None if readout is None else tuple(torch.from_numpy(a) for a in readout),
-        )
+        start = None
+        if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
+            fit_lognorm = data.x[fit_idx] if self.likelihood_ == "gaussian" else task.lognorm(train[fit_idx])
+            table, shifts, readout = self._pseudobulk_start(
+                data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
+            )
+            start = PseudobulkStart(
+                torch.from_numpy(shifts),
+                None if readout is None else tuple(torch.from_numpy(a) for a in readout),
+            )
+            data.profiles = torch.from_numpy(table).to(self.device_)
+        self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), start)
         self.module_.to(self.device_)
-        data.profiles = torch.from_numpy(table).to(self.device_)
         with _torch_threads(self._n_threads()):
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
         return self
@@ -470,7 +466,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         return table, starts, self._readout_start(controls, shifts)
 
     def _readout_start(self, controls: dict[str, np.ndarray], shifts: dict) -> tuple[np.ndarray, ...] | None:
-        """(axes, slopes, anchors) for CVAEModule.init_from_data; None with fewer than 2 context profiles.
+        """(axes, slopes, anchors), the PseudobulkStart's readout; None with fewer than 2 context profiles.
 
         axes: the top `rank` principal axes (unit rows) of the training contexts' control profiles, the fixed
         directions the response reads a context's profile along. slopes, anchors: for each single perturbation
@@ -516,10 +512,10 @@ class CVAEPredictor(ValidatedParams, Predictor):
             torch.from_numpy(a[idx]).to(self.device_) for a in (data.context_id, data.condition_id)
         )
         return self.module_(
-            _rows(data.x, idx, self.device_),
+            dense_rows(data.x, idx, self.device_),
             *self._tensors(pert[idx], None if ctx is None else ctx[idx]),
             beta,
-            (data.profiles, groups[0]),
+            None if data.profiles is None else (data.profiles, groups[0]),
             gen,
             groups=groups,
             mmd_weight=float(self.mmd_weight),
@@ -585,7 +581,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.best_epoch_ = stopper.restore_best(module, last_epoch=len(self.history_) - 1)
         module.eval()
         wall = time.perf_counter() - start
-        flops = float(module.train_flops_per_cell()) * len(train_idx) * len(self.history_)
+        flops = float(module.train_flops_per_cell(len(self.contexts_))) * len(train_idx) * len(self.history_)
         self.train_stats_ = {
             "epochs": len(self.history_),
             "epoch_budget": max_epochs,
@@ -629,89 +625,32 @@ class CVAEPredictor(ValidatedParams, Predictor):
         genes, ctx = self._check_applicable(perturbation, context)
         if [str(v) for v in control.var_names] != self.var_names_:
             raise ValueError("control cells do not have the training genes in the training order")
-        if self.mode not in ("A", "B"):
-            raise ValueError(f"unknown mode {self.mode!r}")
-        generate = self._generation()
-        n = control.n_obs
+        rule = generation.resolve_rule(self.mode, self.generate)
         x = control.X if self.likelihood_ == "nb" else self.task_.lognorm(control)
         if sp.issparse(x):
             x = sp.csr_matrix(x)
         lib = None
         if self.likelihood_ == "nb":
             lib = np.asarray(control.X.sum(axis=1), dtype=np.float32).ravel()
+        profile = None
+        if self.module_.decoder.reads_profiles:  # the target context's control profile, from these cells
+            lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
+            mean = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / control.n_obs
+            profile = torch.from_numpy(mean.astype(np.float32)).to(self.device_)
         gen = torch.Generator(device=self.device_).manual_seed(
             _label_seed(self.random_state, perturbation, context)
         )
-        module = self.module_
-        module.eval()
-        # The response reads the target context's control profile, taken from the given control cells.
-        lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
-        profile = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / n
-        table = torch.from_numpy(profile.astype(np.float32)).to(self.device_)
-        out = np.empty((n, len(self.var_names_)), dtype=np.float32)
         with torch.no_grad(), _torch_threads(self._n_threads()):
-            for batch in np.array_split(np.arange(n), max(1, math.ceil(n / 1024))):
-                if len(batch) == 0:
-                    continue
-                rows = None if self.mode == "A" else _rows(x, batch, self.device_)
-                if rows is None:
-                    z = torch.randn((len(batch), self.n_latent), generator=gen, device=self.device_)
-                else:
-                    mu, logvar = module.encode(rows, *self._covariates([], ctx, len(batch)))
-                    eps = torch.randn(mu.shape, generator=gen, device=self.device_)
-                    z = mu + torch.exp(0.5 * logvar) * eps
-                profiles = (table, torch.zeros(len(batch), dtype=torch.long, device=self.device_))
-                decoded = module.decode(z, *self._covariates(genes, ctx, len(batch)), profiles)
-                batch_lib = None if lib is None else lib[batch]
-                if generate == "counterfactual":
-                    base = module.decode(z, *self._covariates([], ctx, len(batch)), profiles)
-                    out[batch] = self._counterfactual(rows, base, decoded, batch_lib, gen)
-                else:
-                    out[batch] = self._to_lognorm(decoded, batch_lib, generate, gen)
+            out = generation.generate(
+                self.module_,
+                self.mode,
+                rule,
+                generation.Controls(x, lib, profile),
+                self._covariates(genes, ctx, 1),
+                self._covariates([], ctx, 1),
+                gen,
+            )
         return predicted_anndata(out, control, perturbation, context)
-
-    def _generation(self) -> str:
-        """The generation rule in effect: 'auto' is counterfactual in mode B and sampling in mode A."""
-        if self.generate not in ("auto", "counterfactual", "sample", "mean"):
-            raise ValueError(f"unknown generate {self.generate!r}")
-        if self.generate == "counterfactual" and self.mode == "A":
-            raise ValueError("generate='counterfactual' needs mode B (mode A has no real cell to start from)")
-        if self.generate == "auto":
-            return "counterfactual" if self.mode == "B" else "sample"
-        return self.generate
-
-    def _counterfactual(
-        self,
-        x: torch.Tensor,
-        base: torch.Tensor,
-        decoded: torch.Tensor,
-        lib: np.ndarray | None,
-        gen: torch.Generator,
-    ) -> np.ndarray:
-        """The control cell with its own noise kept and the decoded change applied (abduction, then action).
-
-        Gaussian: x + f(z, c_pert) - f(z, c_control), i.e. the residual x - f(z, c_control) is carried over.
-        NB: each count is moved to the same (randomized) quantile of the perturbed cell's NB law.
-        """
-        if self.likelihood_ == "gaussian":
-            return (x + decoded - base).cpu().numpy()
-        lib_t = torch.from_numpy(lib).to(decoded.device).unsqueeze(1)
-        counts = nb_quantile_transfer(x, base * lib_t, decoded * lib_t, self.module_.theta(), gen)
-        return lognormalize(counts.cpu().numpy())
-
-    def _to_lognorm(
-        self, decoded: torch.Tensor, lib: np.ndarray | None, generate: str, gen: torch.Generator
-    ) -> np.ndarray:
-        """Log-normalized values from the decoder output (see the class docstring for the NB conversion)."""
-        module = self.module_
-        if self.likelihood_ == "gaussian":
-            if generate == "sample":
-                noise = torch.randn(decoded.shape, generator=gen, device=decoded.device)
-                decoded = decoded + noise * module.sigma()
-            return decoded.cpu().numpy()
-        mu = decoded * torch.from_numpy(lib).to(decoded.device).unsqueeze(1)
-        counts = sample_nb(mu, module.theta(), gen) if generate == "sample" else mu
-        return lognormalize(counts.cpu().numpy())
 
     # ---------------------------------------------------------------- persistence
 
