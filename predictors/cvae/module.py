@@ -318,8 +318,14 @@ class ResponseDecoder(Decoder):
         return torch.addcmul(out, pert @ self.gain, m) if self.use_gain else out
 
     def train_flops_per_cell(self, n_profiles: int = 1) -> int:
-        """The MLP on z, the output layer and (not yet counted) the responses."""
-        return self.mlp.train_flops_per_cell(input_is_data=False) + _linear_train_flops(self.out, False)
+        """The MLP on z, the output layer, the responses' product (forward (cells x n_profiles*perturbations)
+        @ (n_profiles*perturbations x genes), backward its gradient with respect to the responses; the weights
+        are data) and the gain's (cells x perturbations) @ (perturbations x genes), forward and its gradient.
+        The responses themselves (n_profiles x perturbations x genes, once per step, not per cell) are left out.
+        """
+        n_pert, n_genes = self.offset.shape
+        mlp = self.mlp.train_flops_per_cell(input_is_data=False) + _linear_train_flops(self.out, False)
+        return mlp + 4 * n_profiles * n_pert * n_genes + (4 * n_pert * n_genes if self.use_gain else 0)
 
 
 DECODERS: dict[str, type[Decoder]] = {"response": ResponseDecoder, "mlp": MLPDecoder}
