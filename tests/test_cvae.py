@@ -507,13 +507,23 @@ def test_registered_plain_cvae_uses_the_mlp_decoder_without_pseudobulk_starts(sy
     )
 
 
-def test_max_steps_caps_the_epochs_by_optimizer_steps(synth: AnnData) -> None:
+def test_max_steps_caps_training_at_exactly_that_many_optimizer_steps(synth: AnnData) -> None:
     params = {**SMALL, "max_epochs": 50, "patience": 50, "kl_warmup_epochs": 1, "n_hidden": 16}
     model = CVAEPredictor(**params, max_steps=15).fit(synth, COUNTS_TASK)
     per_epoch = math.ceil((synth.n_obs - round(0.1 * synth.n_obs)) / params["batch_size"])  # 7 batches
-    assert 2 <= 15 // per_epoch < 50  # the budget allows a few whole epochs, not 50
-    assert model.train_stats_["epoch_budget"] == 15 // per_epoch == len(model.history_)
-    assert model.train_stats_["steps"] == len(model.history_) * per_epoch <= 15
-    assert CVAEPredictor(max_steps=None)._epoch_budget(10**6) == 300
-    assert CVAEPredictor(max_steps=1)._epoch_budget(10**6) == 1  # at least one epoch
-    assert CVAEPredictor()._epoch_budget(3400) == 300  # the default never binds on <= 3.4k cells
+    stats = model.train_stats_
+    assert stats["steps"] == stats["step_budget"] == 15 and stats["budget_spent"]
+    assert len(model.history_) == math.ceil(15 / per_epoch) == 3  # 7 + 7 + 1: the last epoch cut short
+    free = CVAEPredictor(**params, max_steps=None).fit(synth, COUNTS_TASK)
+    assert free.train_stats_["steps"] == 50 * per_epoch and not free.train_stats_["budget_spent"]
+    assert CVAEPredictor()._step_budget(3400) == 2000  # the default: 300 epochs x 12 batches would be 3,600
+
+
+def test_validation_cells_are_capped_and_the_rest_train(synth: AnnData, monkeypatch) -> None:
+    import predictors.cvae.model as cvae_model
+
+    monkeypatch.setattr(cvae_model, "_MAX_VAL_CELLS", 20)
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 1}).fit(synth, COUNTS_TASK)
+    assert round(0.1 * synth.n_obs) > 20
+    assert model.train_stats_["val_cells"] == 20
+    assert model.train_stats_["train_cells"] == synth.n_obs - 20

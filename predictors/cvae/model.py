@@ -43,6 +43,10 @@ _NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
 _SMALL_STEP_FLOPS = 2e8
 """Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
 busy-waiting on a loaded machine) dominates small matmuls."""
+_MAX_VAL_CELLS = 2048
+"""At most this many cells are held out for validation (val_fraction of the cells below 20,480): a validation
+pass costs at most 8 forward mini-batches of 256 per epoch, not a growing tenth of the data, and the cells beyond
+it train. Epochs are compared on the same cells with the same noise (a paired comparison)."""
 _MIN_REL_IMPROVEMENT = 1e-3
 """A validation loss counts as better only if it improves on the best by this fraction of |best|."""
 
@@ -140,7 +144,8 @@ class _Progress:
             return
         self.bar.close()
         print(
-            f"[cvae] {stats['epochs']} epochs (best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
+            f"[cvae] {stats['epochs']} epochs, {stats['steps']} of {stats['step_budget']} steps "
+            f"(best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
             f"{stats['train_seconds']:.1f} s, {stats['flops_per_second'] / 1e9:.1f} GFLOP/s",
             file=sys.stderr,
         )
@@ -202,11 +207,16 @@ class CVAEPredictor(ValidatedParams, Predictor):
     them with 95-100% accuracy on kang2018) and decoding a control cell under the perturbation recovered only
     60-80% of the effect; with it the probe is near chance and the in-distribution effect is recovered (slope 1).
 
-    max_steps bounds training by optimizer steps (mini-batches): the epochs run are at most
-    max(1, max_steps // batches per epoch), so a fit's cost grows at most linearly with the number of cells
-    (early stopping may end it sooner). The default, 10,000, is about 2.8 times the most any visible dataset
-    can use (300 epochs x 12 batches of 256 for <= 3.4k cells, 10% held out), so it never binds there; at 50k
-    cells it allows about 56 epochs. Chosen from that arithmetic, not from any score.
+    max_steps bounds training by optimizer steps (mini-batches), the last epoch cut short if need be, so the
+    training loop's cost is at most max_steps steps whatever the number of cells (early stopping may end it
+    sooner); the setup (moments, pseudobulks) is linear in the cells and a validation pass is capped at
+    _MAX_VAL_CELLS cells. The default, 2,000, was chosen on cost, not on any score: a step of the default network
+    on a 2,000-gene NB mini-batch (2.4 GFLOP of dense matmul with 4 contexts x 100 perturbations, plus the NB
+    likelihood's elementwise work) cost 74-89 ms of CPU time at one thread on this project's 2-core CPU (under
+    load), about 45 ms at two, so 2,000 steps take about 90 s, inside the 2-minute target for one split of a
+    50k-cell, 2,000-gene counts dataset with its setup and validation (benchmarks/test_bench_cvae.py records it).
+    On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
+    kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
 
     Every hyperparameter is checked on construction and by set_params (ValueError naming the parameter and
     what it accepts; see _validate).
@@ -244,7 +254,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         kl_warmup_epochs: int = 10,
         dropout: float = 0.0,
         max_epochs: int = 300,
-        max_steps: int | None = 10_000,
+        max_steps: int | None = 2_000,
         batch_size: int = 256,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
@@ -407,7 +417,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         )
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(train.n_obs)
-        n_val = int(round(self.val_fraction * train.n_obs)) if train.n_obs >= 10 else 0
+        n_val = min(int(round(self.val_fraction * train.n_obs)), _MAX_VAL_CELLS) if train.n_obs >= 10 else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.module_ = self._build_module()
@@ -534,11 +544,12 @@ class CVAEPredictor(ValidatedParams, Predictor):
             )
         return total / len(idx)
 
-    def _train_epoch(self, data: _TrainData, order: np.ndarray, beta: float, opt, gen) -> np.ndarray:
-        """One pass over the shuffled training cells; returns the cell-averaged (loss, recon, kl, mmd)."""
+    def _train_epoch(self, data: _TrainData, batches: list[np.ndarray], beta: float, opt, gen) -> np.ndarray:
+        """One pass over the given mini-batches (an epoch, or its start when the step budget ends inside it);
+        returns the cell-averaged (loss, recon, kl, mmd)."""
         self.module_.train()
         sums = np.zeros(4)
-        for batch in self._batches(order):
+        for batch in batches:
             parts = self._loss(data, batch, beta, gen)
             opt.zero_grad(set_to_none=True)
             parts.loss.backward()
@@ -546,30 +557,38 @@ class CVAEPredictor(ValidatedParams, Predictor):
             sums += len(batch) * np.array(
                 [float(t.detach()) for t in (parts.loss, parts.recon, parts.kl, parts.mmd)]
             )
-        return sums / len(order)
+        return sums / sum(len(b) for b in batches)
 
-    def _epoch_budget(self, n_train: int) -> int:
-        """Epochs allowed: max_epochs, capped by max_steps // (batches per epoch), at least 1."""
-        if self.max_steps is None:
-            return self.max_epochs
-        per_epoch = max(1, math.ceil(n_train / self.batch_size))
-        return min(self.max_epochs, max(1, self.max_steps // per_epoch))
+    def _step_budget(self, n_train: int) -> int:
+        """Optimizer steps allowed: max_epochs whole epochs of n_train cells, capped at max_steps."""
+        steps = self.max_epochs * max(1, math.ceil(n_train / self.batch_size))
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def _train(
         self, data: _TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
     ) -> None:
-        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best."""
+        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best.
+
+        Stops after max_steps optimizer steps at the latest, inside an epoch if need be (that last epoch is
+        validated and recorded like the others)."""
         module = self.module_
         opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
         gen = torch.Generator(device=self.device_).manual_seed(self.random_state)
         self.history_: list[dict[str, float]] = []
         stopper = _EarlyStopping(self.patience, after=self.kl_warmup_epochs - 1)
         start = time.perf_counter()
-        max_epochs = self._epoch_budget(len(train_idx))
-        progress = _Progress(self.verbose, max_epochs)
-        for epoch in range(max_epochs):
+        budget = steps_left = self._step_budget(len(train_idx))
+        per_epoch = max(1, math.ceil(len(train_idx) / self.batch_size))
+        progress = _Progress(self.verbose, math.ceil(budget / per_epoch))
+        cells = 0
+        for epoch in range(self.max_epochs):
+            if steps_left <= 0:
+                break
+            batches = self._batches(rng.permutation(train_idx))[:steps_left]
+            steps_left -= len(batches)
+            cells += sum(len(b) for b in batches)
             beta = self._epoch_beta(epoch)
-            train_loss, recon, kl, mmd = self._train_epoch(data, rng.permutation(train_idx), beta, opt, gen)
+            train_loss, recon, kl, mmd = self._train_epoch(data, batches, beta, opt, gen)
             val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
             record = {"epoch": epoch, "train_loss": float(train_loss), "val_loss": val_loss}
             record.update(recon=float(recon), kl=float(kl), beta=beta, mmd=float(mmd))
@@ -581,13 +600,16 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.best_epoch_ = stopper.restore_best(module, last_epoch=len(self.history_) - 1)
         module.eval()
         wall = time.perf_counter() - start
-        flops = float(module.train_flops_per_cell(len(self.contexts_))) * len(train_idx) * len(self.history_)
+        flops = float(module.train_flops_per_cell(len(self.contexts_))) * cells
         self.train_stats_ = {
             "epochs": len(self.history_),
-            "epoch_budget": max_epochs,
-            "steps": len(self.history_) * max(1, math.ceil(len(train_idx) / self.batch_size)),
+            "step_budget": budget,
+            "steps": budget - steps_left,
+            "budget_spent": self.max_steps is not None and budget - steps_left >= self.max_steps,
             "best_epoch": self.best_epoch_,
             "stopped_early": stopper.stopped,
+            "train_cells": len(train_idx),
+            "val_cells": len(val_idx),
             "train_seconds": wall,
             "train_flops": flops,
             "flops_per_second": flops / max(wall, 1e-9),
