@@ -75,9 +75,10 @@ def render_scale(results: dict[str, Any]) -> str:
         f"machine where it exceeds 0): `cvae_modeB` with its defaults on one holdout_context split of a "
         f"{info['cells']:,}-cell x {info['genes']:,}-gene synthetic counts screen (4 contexts x 100 "
         f"perturbations; {info['train_cells']:,} training cells) fitted in {info['fit_seconds']:.0f} s "
-        f"({info['steps']:,} of {info['step_budget']:,} optimizer steps, {info['epochs']} epochs, ended by "
-        f"{ended}; training loop {info['train_seconds']:.0f} s at {info['gflops']:.0f} GFLOP/s) and predicted "
-        f"the held-out group from {info['control_cells']:,} control cells in {info['predict_seconds']:.0f} s."
+        f"({info['fit_cpu_seconds']:.0f} s of CPU; {info['steps']:,} of {info['step_budget']:,} optimizer steps, "
+        f"{info['epochs']} epochs, ended by {ended}; training loop {info['train_seconds']:.0f} s at "
+        f"{info['gflops']:.0f} GFLOP/s) and predicted the held-out group from {info['control_cells']:,} control "
+        f"cells in {info['predict_seconds']:.0f} s ({info['predict_cpu_seconds']:.0f} s of CPU)."
     )
 
 

@@ -87,7 +87,9 @@ def _scale() -> dict:
         "train_cells": 49_900,
         "control_cells": 2500,
         "fit_seconds": 101.4,
+        "fit_cpu_seconds": 180.2,
         "predict_seconds": 6.2,
+        "predict_cpu_seconds": 9.0,
         "train_seconds": 88.0,
         "epochs": 12,
         "steps": 2000,
@@ -106,7 +108,7 @@ def test_scale_paragraph_quotes_the_fit_the_budget_and_the_load() -> None:
     text = render_scale(_scale())
     for expected in (
         "50,000-cell x 2,000-gene",
-        "fitted in 101 s",
+        "fitted in 101 s (180 s of CPU;",
         "2,000 of 2,000 optimizer steps",
         "the step budget",
     ):
