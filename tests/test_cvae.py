@@ -516,7 +516,7 @@ def test_max_steps_caps_training_at_exactly_that_many_optimizer_steps(synth: Ann
     assert len(model.history_) == math.ceil(15 / per_epoch) == 3  # 7 + 7 + 1: the last epoch cut short
     free = CVAEPredictor(**params, max_steps=None).fit(synth, COUNTS_TASK)
     assert free.train_stats_["steps"] == 50 * per_epoch and not free.train_stats_["budget_spent"]
-    assert CVAEPredictor()._step_budget(3400) == 2000  # the default: 300 epochs x 12 batches would be 3,600
+    assert CVAEPredictor()._step_budget(3400) == 1500  # the default: 300 epochs x 12 batches would be 3,600
 
 
 def test_validation_cells_are_capped_and_the_rest_train(synth: AnnData, monkeypatch) -> None:

@@ -210,11 +210,11 @@ class CVAEPredictor(ValidatedParams, Predictor):
     max_steps bounds training by optimizer steps (mini-batches), the last epoch cut short if need be, so the
     training loop's cost is at most max_steps steps whatever the number of cells (early stopping may end it
     sooner); the setup (moments, pseudobulks) is linear in the cells and a validation pass is capped at
-    _MAX_VAL_CELLS cells. The default, 2,000, was chosen on cost, not on any score: a step of the default network
-    on a 2,000-gene NB mini-batch (2.4 GFLOP of dense matmul with 4 contexts x 100 perturbations, plus the NB
-    likelihood's elementwise work) cost 74-89 ms of CPU time at one thread on this project's 2-core CPU (under
-    load), about 45 ms at two, so 2,000 steps take about 90 s, inside the 2-minute target for one split of a
-    50k-cell, 2,000-gene counts dataset with its setup and validation (benchmarks/test_bench_cvae.py records it).
+    _MAX_VAL_CELLS cells. The default, 1,500, was chosen on cost, not on any score, so that one split of a
+    50k-cell, 2,000-gene counts dataset fits in 2 minutes on this project's 2-core CPU even at one thread: there
+    a 50k-cell fit at 2,000 steps took 150 s of CPU at one thread (benchmarks/test_bench_cvae.py, under load),
+    about 72 ms per step (2.4 GFLOP of dense matmul per mini-batch with 4 contexts x 100 perturbations, plus
+    the NB likelihood's elementwise work) and a few seconds of setup, so 1,500 steps cost about 110 s.
     On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
     kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
 
@@ -254,7 +254,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         kl_warmup_epochs: int = 10,
         dropout: float = 0.0,
         max_epochs: int = 300,
-        max_steps: int | None = 2_000,
+        max_steps: int | None = 1_500,
         batch_size: int = 256,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
