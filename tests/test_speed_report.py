@@ -113,7 +113,11 @@ def test_scale_paragraph_quotes_the_fit_the_budget_and_the_load() -> None:
         "the step budget",
     ):
         assert expected in text
-    assert "load average 0.3 before and 2.1 after" in text and "2 torch threads on 2 CPUs" in text
+    assert "load average 0.3 before and 2.1 after; other jobs were running" in text
+    assert "2 torch thread(s) on 2 CPUs" in text
+    idle = _scale()
+    idle["benchmarks"][0]["extra_info"].update(load_before=0.1, load_after=0.4)
+    assert "nothing else was running" in render_scale(idle)
 
 
 def test_a_run_of_one_blocks_benchmarks_rewrites_that_block_only(tmp_path) -> None:
