@@ -1,5 +1,5 @@
 """Speed of the CVAE on kang2018: matmul ceiling, one training step, one fit + predict (CD4T held out), and
-the whole `bench run` of both modes.
+the whole `bench run` of both modes; and at scale, one split of a 50,000-cell x 2,000-gene synthetic counts screen.
 
 Training throughput is reported as dense-matmul FLOP/s (CVAEModule.train_flops_per_cell) next to the measured
 float32 torch.matmul ceiling, in each benchmark's extra_info.
@@ -7,6 +7,7 @@ float32 torch.matmul ceiling, in each benchmark's extra_info.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -15,11 +16,24 @@ import pytest
 import torch
 
 from benchmark import tracking
+from benchmark.datasets import load_h5ad
 from benchmark.runner import RunOptions, run_benchmark
+from benchmark.splits import make_splits
+from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
 from predictors.cvae import CVAEPredictor
 from predictors.cvae.module import CVAEModule
+from predictors.registry import make_predictor
 
 MATMUL_N = 2048
+SCREEN_50K = {
+    "n_genes": 2000,
+    "n_contexts": 4,
+    "n_perturbations": 100,
+    "cells_per_group": 100,
+    "n_controls": 2500,
+}
+"""50,000 cells x 2,000 genes: 4 contexts x (2,500 controls + 100 perturbations x 100 cells), what
+`bench make-synthetic --cells 50000 --genes 2000 --perturbations 100 --controls 2500 --contexts 4` writes."""
 
 
 def _matmul_gflops(n: int = MATMUL_N, repeats: int = 5) -> float:
@@ -128,3 +142,59 @@ def test_bench_cvae_full_kang_run_then_mode_a_from_the_cache(benchmark, kang, tm
     )
     assert len(scored) == len(mode_b.results) == 7
     assert all("cache hit" in m for m in scored), scored
+
+
+@pytest.fixture(scope="module")
+def screen_50k(tmp_path_factory):
+    """The first holdout_context split of SCREEN_50K, written chunk by chunk and read back as `bench run --data`
+    does (untimed): the dataset, its training AnnData and the held-out target."""
+    path = write_synthetic(tmp_path_factory.mktemp("screen") / "screen_50k.h5ad", **SCREEN_50K)
+    data = load_h5ad(path, PERTURBATION_KEY, CONTROL, CONTEXT_KEY, expression="counts")
+    split = make_splits(data.adata, data.task, "holdout_context")[0]
+    return data, data.adata[list(split.train_cells)].copy(), split.targets[0]
+
+
+def test_bench_cvae_fit_predict_50k_cells(benchmark, screen_50k):
+    """cvae_modeB (defaults) on one split of the 50k-cell screen: fit (to early stopping or the max_steps
+    budget) then predict the held-out group from its context's 2,500 controls; the fit should take <= 2 min.
+    The load average before and after and the process CPU seconds are recorded: the machine may be shared (at
+    one thread, CPU seconds are close to what the wall time would be on an idle machine)."""
+    data, train, target = screen_50k
+    control = data.adata[list(target.control_cells)]
+    load_before = os.getloadavg()
+    seconds: dict[str, float] = {}
+
+    def fit_predict():
+        _, model = make_predictor("cvae_modeB", random_state=0)
+        start, cpu = time.perf_counter(), time.process_time()
+        model.fit(train, data.task)
+        seconds["fit"], seconds["fit_cpu"] = time.perf_counter() - start, time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
+        pred = model.predict(control, target.perturbation, target.context)
+        seconds["predict"], seconds["predict_cpu"] = time.perf_counter() - start, time.process_time() - cpu
+        return model, pred
+
+    model, pred = benchmark.pedantic(fit_predict, rounds=1, iterations=1)
+    stats = model.train_stats_
+    benchmark.extra_info.update(
+        cells=data.adata.n_obs,
+        genes=data.adata.n_vars,
+        train_cells=train.n_obs,
+        control_cells=control.n_obs,
+        fit_seconds=seconds["fit"],
+        fit_cpu_seconds=seconds["fit_cpu"],
+        predict_seconds=seconds["predict"],
+        predict_cpu_seconds=seconds["predict_cpu"],
+        train_seconds=stats["train_seconds"],
+        epochs=stats["epochs"],
+        steps=stats["steps"],
+        step_budget=stats["step_budget"],
+        stopped_early=stats["stopped_early"],
+        gflops=stats["flops_per_second"] / 1e9,
+        threads=torch.get_num_threads(),
+        cpus=os.cpu_count(),
+        load_before=load_before[0],
+        load_after=os.getloadavg()[0],
+    )
+    assert pred.shape == control.shape and np.isfinite(pred.X).all()
+    assert stats["steps"] <= model.max_steps

@@ -15,16 +15,17 @@ from benchmark.errors import NotApplicable
 from benchmark.synthetic import make_synthetic, true_lfc
 from benchmark.task import Task, dense, lognormalize, mean_profile
 from predictors.cvae import CVAEPredictor
+from predictors.cvae.generate import nb_quantile_transfer, sample_nb
 from predictors.cvae.module import (
+    CVAEModule,
     MLPDecoder,
+    PseudobulkStart,
     ResponseDecoder,
     condition_mmd,
     gaussian_log_prob,
     kl_standard_normal,
     mmd_rbf,
     nb_log_prob,
-    nb_quantile_transfer,
-    sample_nb,
 )
 from predictors.registry import make_predictor
 
@@ -163,6 +164,44 @@ def test_response_decoder_adds_each_perturbations_response_to_the_cell_and_its_c
             expected[i] += pert[i, p] * response
     torch.testing.assert_close(dec(z, pert, ctx, (table, index)), expected)
     assert torch.equal(dec(z, torch.zeros_like(pert), ctx, (table, index)), m)  # control: m(z, context)
+
+
+@pytest.mark.parametrize("decoder", ["response", "mlp"])
+@pytest.mark.parametrize("gain", [True, False])
+def test_training_flops_counted_by_each_decoder_match_torchs_flop_counter(decoder: str, gain: bool) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cells, genes, n_pert, n_ctx, k = 64, 7, 3, 4, 5
+    module = CVAEModule(genes, n_pert, n_ctx, n_latent=3, n_hidden=8, n_layers=2, decoder=decoder, gain=gain)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(cells, genes, generator=gen)
+    pert = torch.eye(n_pert)[torch.randint(0, n_pert, (cells,), generator=gen)]
+    ctx = torch.eye(n_ctx)[torch.randint(0, n_ctx, (cells,), generator=gen)]
+    profiles = (torch.randn(k, genes, generator=gen), torch.randint(0, k, (cells,), generator=gen))
+    with FlopCounterMode(display=False) as counter:
+        module(x, pert, ctx, 1.0, profiles).loss.backward()
+    per_step = 6 * k * n_pert * genes if decoder == "response" else 0  # the responses, once per step
+    assert 0 <= counter.get_total_flops() - cells * module.train_flops_per_cell(k) <= per_step
+
+
+def test_decoders_own_their_start_the_mlp_reads_no_pseudobulk() -> None:
+    baseline = torch.arange(5.0)
+    start = PseudobulkStart(shifts=torch.ones(2, 5))
+    mlp = MLPDecoder(n_latent=3, n_pert=2, n_ctx=1, n_hidden=8, n_layers=1, n_genes=5)
+    mlp.initialize(baseline, start)  # the start is ignored: no parameter can hold it
+    assert torch.equal(mlp.out.bias, baseline) and not MLPDecoder.reads_profiles
+    response = ResponseDecoder(n_latent=3, n_pert=2, n_ctx=1, n_hidden=8, n_layers=1, n_genes=5)
+    response.initialize(baseline, start)
+    assert ResponseDecoder.reads_profiles
+    assert torch.equal(response.center, baseline) and torch.equal(response.offset, start.shifts)
+
+
+def test_thread_heuristic_asks_the_decoder_for_its_cost(synth: AnnData, monkeypatch) -> None:
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 1, "n_hidden": 8}).fit(synth, COUNTS_TASK)
+    assert model._n_threads() == 1  # a small network: one thread
+    decoder = type(model.module_.decoder)
+    monkeypatch.setattr(decoder, "train_flops_per_cell", lambda self, n_profiles=1: 10**9)
+    assert model._n_threads() is None  # a decoder that says it is costly gets torch's default
 
 
 def test_mmd_is_zero_for_one_sample_and_grows_with_a_shift() -> None:
@@ -468,13 +507,23 @@ def test_registered_plain_cvae_uses_the_mlp_decoder_without_pseudobulk_starts(sy
     )
 
 
-def test_max_steps_caps_the_epochs_by_optimizer_steps(synth: AnnData) -> None:
+def test_max_steps_caps_training_at_exactly_that_many_optimizer_steps(synth: AnnData) -> None:
     params = {**SMALL, "max_epochs": 50, "patience": 50, "kl_warmup_epochs": 1, "n_hidden": 16}
     model = CVAEPredictor(**params, max_steps=15).fit(synth, COUNTS_TASK)
     per_epoch = math.ceil((synth.n_obs - round(0.1 * synth.n_obs)) / params["batch_size"])  # 7 batches
-    assert 2 <= 15 // per_epoch < 50  # the budget allows a few whole epochs, not 50
-    assert model.train_stats_["epoch_budget"] == 15 // per_epoch == len(model.history_)
-    assert model.train_stats_["steps"] == len(model.history_) * per_epoch <= 15
-    assert CVAEPredictor(max_steps=None)._epoch_budget(10**6) == 300
-    assert CVAEPredictor(max_steps=1)._epoch_budget(10**6) == 1  # at least one epoch
-    assert CVAEPredictor()._epoch_budget(3400) == 300  # the default never binds on <= 3.4k cells
+    stats = model.train_stats_
+    assert stats["steps"] == stats["step_budget"] == 15 and stats["budget_spent"]
+    assert len(model.history_) == math.ceil(15 / per_epoch) == 3  # 7 + 7 + 1: the last epoch cut short
+    free = CVAEPredictor(**params, max_steps=None).fit(synth, COUNTS_TASK)
+    assert free.train_stats_["steps"] == 50 * per_epoch and not free.train_stats_["budget_spent"]
+    assert CVAEPredictor()._step_budget(3400) == 1500  # the default: 300 epochs x 12 batches would be 3,600
+
+
+def test_validation_cells_are_capped_and_the_rest_train(synth: AnnData, monkeypatch) -> None:
+    import predictors.cvae.model as cvae_model
+
+    monkeypatch.setattr(cvae_model, "_MAX_VAL_CELLS", 20)
+    model = CVAEPredictor(**{**SMALL, "max_epochs": 1}).fit(synth, COUNTS_TASK)
+    assert round(0.1 * synth.n_obs) > 20
+    assert model.train_stats_["val_cells"] == 20
+    assert model.train_stats_["train_cells"] == synth.n_obs - 20

@@ -7,7 +7,17 @@ import json
 import pytest
 
 from benchmark.errors import PertbenchError
-from benchmark.speed_report import BENCHMARKS, SPEED_END, SPEED_START, main, render_speed
+from benchmark.speed_report import (
+    BENCHMARKS,
+    SCALE_BENCHMARK,
+    SCALE_END,
+    SCALE_START,
+    SPEED_END,
+    SPEED_START,
+    main,
+    render_scale,
+    render_speed,
+)
 
 
 def _results() -> dict:
@@ -66,5 +76,70 @@ def test_partial_results_are_refused_and_the_readme_is_untouched(tmp_path) -> No
     original = f"{SPEED_START}\nkept\n{SPEED_END}\n"
     readme.write_text(original)
     results.write_text(json.dumps(partial))
+    assert main([str(results), str(readme)]) == 1
+    assert readme.read_text() == original
+
+
+def _scale() -> dict:
+    info = {
+        "cells": 50_000,
+        "genes": 2000,
+        "train_cells": 49_900,
+        "control_cells": 2500,
+        "fit_seconds": 101.4,
+        "fit_cpu_seconds": 180.2,
+        "predict_seconds": 6.2,
+        "predict_cpu_seconds": 9.0,
+        "train_seconds": 88.0,
+        "epochs": 12,
+        "steps": 2000,
+        "step_budget": 2000,
+        "stopped_early": False,
+        "gflops": 55.0,
+        "threads": 2,
+        "cpus": 2,
+        "load_before": 0.3,
+        "load_after": 2.1,
+    }
+    return {"datetime": "2026-12-06T12:00:00", "benchmarks": [{"name": SCALE_BENCHMARK, "extra_info": info}]}
+
+
+def test_scale_paragraph_quotes_the_fit_the_budget_and_the_load() -> None:
+    text = render_scale(_scale())
+    for expected in (
+        "50,000-cell x 2,000-gene",
+        "fitted in 101 s (180 s of CPU;",
+        "2,000 of 2,000 optimizer steps",
+        "the step budget",
+    ):
+        assert expected in text
+    assert "load average 0.3 before and 2.1 after; other jobs were running" in text
+    assert "2 torch thread(s) on 2 CPUs" in text
+    idle = _scale()
+    idle["benchmarks"][0]["extra_info"].update(load_before=0.1, load_after=0.4)
+    assert "nothing else was running" in render_scale(idle)
+
+
+def test_a_run_of_one_blocks_benchmarks_rewrites_that_block_only(tmp_path) -> None:
+    readme, results = tmp_path / "README.md", tmp_path / "latest.json"
+    readme.write_text(f"{SPEED_START}\nkang kept\n{SPEED_END}\n{SCALE_START}\nstale 999\n{SCALE_END}\n")
+    results.write_text(json.dumps(_scale()))
+    assert main([str(results), str(readme)]) == 0
+    text = readme.read_text()
+    assert "kang kept" in text and "fitted in 101 s" in text and "stale 999" not in text
+    both = _results()
+    both["benchmarks"] += _scale()["benchmarks"]
+    results.write_text(json.dumps(both))
+    assert main([str(results), str(readme)]) == 0
+    assert "kang kept" not in readme.read_text() and "took 187 s" in readme.read_text()
+
+
+def test_nothing_is_written_when_a_block_to_write_has_no_markers(tmp_path) -> None:
+    readme, results = tmp_path / "README.md", tmp_path / "latest.json"
+    original = f"{SPEED_START}\nkept\n{SPEED_END}\n"  # no scale block
+    readme.write_text(original)
+    both = _results()
+    both["benchmarks"] += _scale()["benchmarks"]
+    results.write_text(json.dumps(both))
     assert main([str(results), str(readme)]) == 1
     assert readme.read_text() == original

@@ -23,9 +23,11 @@ from benchmark import progress as bars
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.pseudobulk import group_sums, split_controls
-from benchmark.task import Task, lognormalize
+from benchmark.task import Task
 from predictors.baselines import pca_basis
-from predictors.cvae.module import CVAEModule, Likelihood, nb_quantile_transfer, sample_nb
+from predictors.cvae import generate as generation
+from predictors.cvae.data import dense_rows
+from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
 from predictors.params import (
     ValidatedParams,
     check_bool,
@@ -41,15 +43,12 @@ _NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
 _SMALL_STEP_FLOPS = 2e8
 """Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
 busy-waiting on a loaded machine) dominates small matmuls."""
+_MAX_VAL_CELLS = 2048
+"""At most this many cells are held out for validation (val_fraction of the cells below 20,480): a validation
+pass costs at most 8 forward mini-batches of 256 per epoch, not a growing tenth of the data, and the cells beyond
+it train. Epochs are compared on the same cells with the same noise (a paired comparison)."""
 _MIN_REL_IMPROVEMENT = 1e-3
 """A validation loss counts as better only if it improves on the best by this fraction of |best|."""
-
-
-def _rows(x, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Dense float32 tensor of the given rows: sparse input is densified one mini-batch at a time."""
-    block = x[idx]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
 
 
 @contextlib.contextmanager
@@ -84,7 +83,7 @@ class _TrainData:
     covariates: tuple[np.ndarray, np.ndarray | None]
     context_id: np.ndarray
     condition_id: np.ndarray
-    profiles: torch.Tensor | None = None  # context control profiles (decoder scale), rows in context_id order
+    profiles: torch.Tensor | None = None  # context control profiles, rows in context_id order (None: unread)
 
 
 def _condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
@@ -144,7 +143,8 @@ class _Progress:
         if not self.verbose:
             return
         print(
-            f"[cvae] {stats['epochs']} epochs (best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
+            f"[cvae] {stats['epochs']} epochs, {stats['steps']} of {stats['step_budget']} steps "
+            f"(best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
             f"{stats['train_seconds']:.1f} s, {stats['flops_per_second'] / 1e9:.1f} GFLOP/s",
             file=sys.stderr,
         )
@@ -206,11 +206,16 @@ class CVAEPredictor(ValidatedParams, Predictor):
     them with 95-100% accuracy on kang2018) and decoding a control cell under the perturbation recovered only
     60-80% of the effect; with it the probe is near chance and the in-distribution effect is recovered (slope 1).
 
-    max_steps bounds training by optimizer steps (mini-batches): the epochs run are at most
-    max(1, max_steps // batches per epoch), so a fit's cost grows at most linearly with the number of cells
-    (early stopping may end it sooner). The default, 10,000, is about 2.8 times the most any visible dataset
-    can use (300 epochs x 12 batches of 256 for <= 3.4k cells, 10% held out), so it never binds there; at 50k
-    cells it allows about 56 epochs. Chosen from that arithmetic, not from any score.
+    max_steps bounds training by optimizer steps (mini-batches), the last epoch cut short if need be, so the
+    training loop's cost is at most max_steps steps whatever the number of cells (early stopping may end it
+    sooner); the setup (moments, pseudobulks) is linear in the cells and a validation pass is capped at
+    _MAX_VAL_CELLS cells. The default, 1,500, was chosen on cost, not on any score, so that one split of a
+    50k-cell, 2,000-gene counts dataset fits in 2 minutes on this project's 2-core CPU even at one thread: there
+    a 50k-cell fit at 2,000 steps took 150 s of CPU at one thread (benchmarks/test_bench_cvae.py, under load),
+    about 72 ms per step (2.4 GFLOP of dense matmul per mini-batch with 4 contexts x 100 perturbations, plus
+    the NB likelihood's elementwise work) and a few seconds of setup, so 1,500 steps cost about 110 s.
+    On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
+    kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
 
     Every hyperparameter is checked on construction and by set_params (ValueError naming the parameter and
     what it accepts; see _validate).
@@ -248,7 +253,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         kl_warmup_epochs: int = 10,
         dropout: float = 0.0,
         max_epochs: int = 300,
-        max_steps: int | None = 10_000,
+        max_steps: int | None = 1_500,
         batch_size: int = 256,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
@@ -294,7 +299,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         check_int("n_hidden", self.n_hidden, 1)
         check_int("n_layers", self.n_layers, 1)
         check_bool("use_context", self.use_context)
-        check_choice("decoder", self.decoder, ("response", "mlp"))
+        check_choice("decoder", self.decoder, tuple(DECODERS))
         check_int("rank", self.rank, 0)
         check_bool("gain", self.gain)
         check_float("readout_penalty", self.readout_penalty, 0.0)
@@ -309,7 +314,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         check_float("weight_decay", self.weight_decay, 0.0)
         check_float("val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         check_int("patience", self.patience, 0)
-        check_choice("generate", self.generate, ("auto", "counterfactual", "sample", "mean"))
+        check_choice("generate", self.generate, generation.GENERATE_OPTIONS)
         if self.generate == "counterfactual" and self.mode == "A":
             raise ValueError(
                 "generate='counterfactual' needs mode='B' (mode A has no real cell to start from)"
@@ -372,7 +377,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     def _n_threads(self) -> int | None:
         """One CPU thread for small networks (see _SMALL_STEP_FLOPS), else torch's default."""
-        small = self.module_.train_flops_per_cell() * self.batch_size < _SMALL_STEP_FLOPS
+        small = self.module_.train_flops_per_cell(len(self.contexts_)) * self.batch_size < _SMALL_STEP_FLOPS
         return 1 if small and self.device_.type == "cpu" else None
 
     def _build_module(self) -> CVAEModule:
@@ -411,24 +416,25 @@ class CVAEPredictor(ValidatedParams, Predictor):
         )
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(train.n_obs)
-        n_val = int(round(self.val_fraction * train.n_obs)) if train.n_obs >= 10 else 0
+        n_val = min(int(round(self.val_fraction * train.n_obs)), _MAX_VAL_CELLS) if train.n_obs >= 10 else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
         mean, std = _gene_moments(data.x[fit_idx])
-        fit_lognorm = data.x[fit_idx] if self.likelihood_ == "gaussian" else task.lognorm(train[fit_idx])
-        table, shifts, readout = self._pseudobulk_start(
-            data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
-        )
-        self.module_.init_from_data(
-            torch.from_numpy(mean),
-            torch.from_numpy(std),
-            torch.from_numpy(shifts),
-            None if readout is None else tuple(torch.from_numpy(a) for a in readout),
-        )
+        start = None
+        if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
+            fit_lognorm = data.x[fit_idx] if self.likelihood_ == "gaussian" else task.lognorm(train[fit_idx])
+            table, shifts, readout = self._pseudobulk_start(
+                data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
+            )
+            start = PseudobulkStart(
+                torch.from_numpy(shifts),
+                None if readout is None else tuple(torch.from_numpy(a) for a in readout),
+            )
+            data.profiles = torch.from_numpy(table).to(self.device_)
+        self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), start)
         self.module_.to(self.device_)
-        data.profiles = torch.from_numpy(table).to(self.device_)
         with _torch_threads(self._n_threads()):
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
         return self
@@ -469,7 +475,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         return table, starts, self._readout_start(controls, shifts)
 
     def _readout_start(self, controls: dict[str, np.ndarray], shifts: dict) -> tuple[np.ndarray, ...] | None:
-        """(axes, slopes, anchors) for CVAEModule.init_from_data; None with fewer than 2 context profiles.
+        """(axes, slopes, anchors), the PseudobulkStart's readout; None with fewer than 2 context profiles.
 
         axes: the top `rank` principal axes (unit rows) of the training contexts' control profiles, the fixed
         directions the response reads a context's profile along. slopes, anchors: for each single perturbation
@@ -515,10 +521,10 @@ class CVAEPredictor(ValidatedParams, Predictor):
             torch.from_numpy(a[idx]).to(self.device_) for a in (data.context_id, data.condition_id)
         )
         return self.module_(
-            _rows(data.x, idx, self.device_),
+            dense_rows(data.x, idx, self.device_),
             *self._tensors(pert[idx], None if ctx is None else ctx[idx]),
             beta,
-            (data.profiles, groups[0]),
+            None if data.profiles is None else (data.profiles, groups[0]),
             gen,
             groups=groups,
             mmd_weight=float(self.mmd_weight),
@@ -537,11 +543,12 @@ class CVAEPredictor(ValidatedParams, Predictor):
             )
         return total / len(idx)
 
-    def _train_epoch(self, data: _TrainData, order: np.ndarray, beta: float, opt, gen) -> np.ndarray:
-        """One pass over the shuffled training cells; returns the cell-averaged (loss, recon, kl, mmd)."""
+    def _train_epoch(self, data: _TrainData, batches: list[np.ndarray], beta: float, opt, gen) -> np.ndarray:
+        """One pass over the given mini-batches (an epoch, or its start when the step budget ends inside it);
+        returns the cell-averaged (loss, recon, kl, mmd)."""
         self.module_.train()
         sums = np.zeros(4)
-        for batch in self._batches(order):
+        for batch in batches:
             parts = self._loss(data, batch, beta, gen)
             opt.zero_grad(set_to_none=True)
             parts.loss.backward()
@@ -549,30 +556,38 @@ class CVAEPredictor(ValidatedParams, Predictor):
             sums += len(batch) * np.array(
                 [float(t.detach()) for t in (parts.loss, parts.recon, parts.kl, parts.mmd)]
             )
-        return sums / len(order)
+        return sums / sum(len(b) for b in batches)
 
-    def _epoch_budget(self, n_train: int) -> int:
-        """Epochs allowed: max_epochs, capped by max_steps // (batches per epoch), at least 1."""
-        if self.max_steps is None:
-            return self.max_epochs
-        per_epoch = max(1, math.ceil(n_train / self.batch_size))
-        return min(self.max_epochs, max(1, self.max_steps // per_epoch))
+    def _step_budget(self, n_train: int) -> int:
+        """Optimizer steps allowed: max_epochs whole epochs of n_train cells, capped at max_steps."""
+        steps = self.max_epochs * max(1, math.ceil(n_train / self.batch_size))
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def _train(
         self, data: _TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
     ) -> None:
-        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best."""
+        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best.
+
+        Stops after max_steps optimizer steps at the latest, inside an epoch if need be (that last epoch is
+        validated and recorded like the others)."""
         module = self.module_
         opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
         gen = torch.Generator(device=self.device_).manual_seed(self.random_state)
         self.history_: list[dict[str, float]] = []
         stopper = _EarlyStopping(self.patience, after=self.kl_warmup_epochs - 1)
         start = time.perf_counter()
-        max_epochs = self._epoch_budget(len(train_idx))
-        progress = _Progress(self.verbose, max_epochs)
-        for epoch in range(max_epochs):
+        budget = steps_left = self._step_budget(len(train_idx))
+        per_epoch = max(1, math.ceil(len(train_idx) / self.batch_size))
+        progress = _Progress(self.verbose, math.ceil(budget / per_epoch))
+        cells = 0
+        for epoch in range(self.max_epochs):
+            if steps_left <= 0:
+                break
+            batches = self._batches(rng.permutation(train_idx))[:steps_left]
+            steps_left -= len(batches)
+            cells += sum(len(b) for b in batches)
             beta = self._epoch_beta(epoch)
-            train_loss, recon, kl, mmd = self._train_epoch(data, rng.permutation(train_idx), beta, opt, gen)
+            train_loss, recon, kl, mmd = self._train_epoch(data, batches, beta, opt, gen)
             val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
             record = {"epoch": epoch, "train_loss": float(train_loss), "val_loss": val_loss}
             record.update(recon=float(recon), kl=float(kl), beta=beta, mmd=float(mmd))
@@ -584,13 +599,16 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.best_epoch_ = stopper.restore_best(module, last_epoch=len(self.history_) - 1)
         module.eval()
         wall = time.perf_counter() - start
-        flops = float(module.train_flops_per_cell()) * len(train_idx) * len(self.history_)
+        flops = float(module.train_flops_per_cell(len(self.contexts_))) * cells
         self.train_stats_ = {
             "epochs": len(self.history_),
-            "epoch_budget": max_epochs,
-            "steps": len(self.history_) * max(1, math.ceil(len(train_idx) / self.batch_size)),
+            "step_budget": budget,
+            "steps": budget - steps_left,
+            "budget_spent": self.max_steps is not None and budget - steps_left >= self.max_steps,
             "best_epoch": self.best_epoch_,
             "stopped_early": stopper.stopped,
+            "train_cells": len(train_idx),
+            "val_cells": len(val_idx),
             "train_seconds": wall,
             "train_flops": flops,
             "flops_per_second": flops / max(wall, 1e-9),
@@ -628,89 +646,32 @@ class CVAEPredictor(ValidatedParams, Predictor):
         genes, ctx = self._check_applicable(perturbation, context)
         if [str(v) for v in control.var_names] != self.var_names_:
             raise ValueError("control cells do not have the training genes in the training order")
-        if self.mode not in ("A", "B"):
-            raise ValueError(f"unknown mode {self.mode!r}")
-        generate = self._generation()
-        n = control.n_obs
+        rule = generation.resolve_rule(self.mode, self.generate)
         x = control.X if self.likelihood_ == "nb" else self.task_.lognorm(control)
         if sp.issparse(x):
             x = sp.csr_matrix(x)
         lib = None
         if self.likelihood_ == "nb":
             lib = np.asarray(control.X.sum(axis=1), dtype=np.float32).ravel()
+        profile = None
+        if self.module_.decoder.reads_profiles:  # the target context's control profile, from these cells
+            lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
+            mean = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / control.n_obs
+            profile = torch.from_numpy(mean.astype(np.float32)).to(self.device_)
         gen = torch.Generator(device=self.device_).manual_seed(
             _label_seed(self.random_state, perturbation, context)
         )
-        module = self.module_
-        module.eval()
-        # The response reads the target context's control profile, taken from the given control cells.
-        lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
-        profile = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / n
-        table = torch.from_numpy(profile.astype(np.float32)).to(self.device_)
-        out = np.empty((n, len(self.var_names_)), dtype=np.float32)
         with torch.no_grad(), _torch_threads(self._n_threads()):
-            for batch in np.array_split(np.arange(n), max(1, math.ceil(n / 1024))):
-                if len(batch) == 0:
-                    continue
-                rows = None if self.mode == "A" else _rows(x, batch, self.device_)
-                if rows is None:
-                    z = torch.randn((len(batch), self.n_latent), generator=gen, device=self.device_)
-                else:
-                    mu, logvar = module.encode(rows, *self._covariates([], ctx, len(batch)))
-                    eps = torch.randn(mu.shape, generator=gen, device=self.device_)
-                    z = mu + torch.exp(0.5 * logvar) * eps
-                profiles = (table, torch.zeros(len(batch), dtype=torch.long, device=self.device_))
-                decoded = module.decode(z, *self._covariates(genes, ctx, len(batch)), profiles)
-                batch_lib = None if lib is None else lib[batch]
-                if generate == "counterfactual":
-                    base = module.decode(z, *self._covariates([], ctx, len(batch)), profiles)
-                    out[batch] = self._counterfactual(rows, base, decoded, batch_lib, gen)
-                else:
-                    out[batch] = self._to_lognorm(decoded, batch_lib, generate, gen)
+            out = generation.generate(
+                self.module_,
+                self.mode,
+                rule,
+                generation.Controls(x, lib, profile),
+                self._covariates(genes, ctx, 1),
+                self._covariates([], ctx, 1),
+                gen,
+            )
         return predicted_anndata(out, control, perturbation, context)
-
-    def _generation(self) -> str:
-        """The generation rule in effect: 'auto' is counterfactual in mode B and sampling in mode A."""
-        if self.generate not in ("auto", "counterfactual", "sample", "mean"):
-            raise ValueError(f"unknown generate {self.generate!r}")
-        if self.generate == "counterfactual" and self.mode == "A":
-            raise ValueError("generate='counterfactual' needs mode B (mode A has no real cell to start from)")
-        if self.generate == "auto":
-            return "counterfactual" if self.mode == "B" else "sample"
-        return self.generate
-
-    def _counterfactual(
-        self,
-        x: torch.Tensor,
-        base: torch.Tensor,
-        decoded: torch.Tensor,
-        lib: np.ndarray | None,
-        gen: torch.Generator,
-    ) -> np.ndarray:
-        """The control cell with its own noise kept and the decoded change applied (abduction, then action).
-
-        Gaussian: x + f(z, c_pert) - f(z, c_control), i.e. the residual x - f(z, c_control) is carried over.
-        NB: each count is moved to the same (randomized) quantile of the perturbed cell's NB law.
-        """
-        if self.likelihood_ == "gaussian":
-            return (x + decoded - base).cpu().numpy()
-        lib_t = torch.from_numpy(lib).to(decoded.device).unsqueeze(1)
-        counts = nb_quantile_transfer(x, base * lib_t, decoded * lib_t, self.module_.theta(), gen)
-        return lognormalize(counts.cpu().numpy())
-
-    def _to_lognorm(
-        self, decoded: torch.Tensor, lib: np.ndarray | None, generate: str, gen: torch.Generator
-    ) -> np.ndarray:
-        """Log-normalized values from the decoder output (see the class docstring for the NB conversion)."""
-        module = self.module_
-        if self.likelihood_ == "gaussian":
-            if generate == "sample":
-                noise = torch.randn(decoded.shape, generator=gen, device=decoded.device)
-                decoded = decoded + noise * module.sigma()
-            return decoded.cpu().numpy()
-        mu = decoded * torch.from_numpy(lib).to(decoded.device).unsqueeze(1)
-        counts = sample_nb(mu, module.theta(), gen) if generate == "sample" else mu
-        return lognormalize(counts.cpu().numpy())
 
     # ---------------------------------------------------------------- persistence
 

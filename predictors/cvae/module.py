@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -73,44 +72,6 @@ def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch
     )
 
 
-def sample_nb(mu: torch.Tensor, theta: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw NB counts as a Gamma-Poisson mixture: rate ~ Gamma(theta, theta / mu), counts ~ Poisson(rate)."""
-    theta = theta.expand_as(mu)
-    # torch's Gamma and Poisson samplers take no generator: seed a forked global RNG from `generator`.
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    with torch.random.fork_rng(devices=[mu.device] if mu.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        rate = torch.distributions.Gamma(theta, theta / mu.clamp_min(_EPS)).sample()
-        return torch.poisson(rate)
-
-
-def nb_quantile_transfer(
-    x: torch.Tensor,
-    mu_from: torch.Tensor,
-    mu_to: torch.Tensor,
-    theta: torch.Tensor,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Move counts x from NB(mu_from, theta) to the same quantile of NB(mu_to, theta), elementwise.
-
-    Randomized probability integral transform (discrete laws): u ~ U(F_from(x - 1), F_from(x)), then
-    F_to^-1(u). Keeps a cell's own position within its law (the counterfactual for count data); when the two
-    laws are equal it returns x exactly. Computed with scipy's nbinom on the CPU.
-    """
-    from scipy.stats import nbinom
-
-    theta_np = theta.expand_as(mu_from).detach().cpu().double().numpy()
-    x_np = x.detach().cpu().double().numpy()
-    p_from = theta_np / (theta_np + mu_from.detach().cpu().double().numpy() + _EPS)
-    p_to = theta_np / (theta_np + mu_to.detach().cpu().double().numpy() + _EPS)
-    lo = nbinom.cdf(x_np - 1.0, theta_np, p_from)
-    hi = nbinom.cdf(x_np, theta_np, p_from)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    u = lo + (hi - lo) * np.random.default_rng(seed).random(x_np.shape)
-    out = nbinom.ppf(np.clip(u, 1e-12, 1.0 - 1e-12), theta_np, p_to)
-    return torch.from_numpy(out.astype(np.float32)).to(x.device)
-
-
 MMD_SCALES = (0.01, 0.1, 1.0, 10.0, 100.0)
 """Squared bandwidths of the RBF kernels summed in the MMD: from within-cluster to prior-scale distances."""
 
@@ -172,6 +133,12 @@ class _Block(nn.Module):
         return self.dropout(F.silu(self.norm(out)))
 
 
+def _linear_train_flops(layer: nn.Linear, input_is_data: bool) -> int:
+    """Dense matmul FLOPs per cell of one training step through a Linear layer: forward 2*in*out, backward
+    2*in*out for the weight gradient plus, unless its input is data (no gradient), 2*in*out for the input's."""
+    return (4 if input_is_data else 6) * layer.in_features * layer.out_features
+
+
 class _MLP(nn.Module):
     """A stack of blocks, each one receiving the covariates (deep injection keeps the condition visible)."""
 
@@ -187,9 +154,64 @@ class _MLP(nn.Module):
             h = block(h, cov)
         return h
 
+    def train_flops_per_cell(self, input_is_data: bool) -> int:
+        """Dense matmul FLOPs per cell of one training step (the covariates are data: no input gradient)."""
+        total = 0
+        for i, block in enumerate(self.blocks):
+            total += _linear_train_flops(block.linear, input_is_data and i == 0)
+            if block.cov is not None:
+                total += _linear_train_flops(block.cov, True)
+        return total
 
-class MLPDecoder(nn.Module):
-    """The classic CVAE decoder: f(z, c) = V h, h = MLP(z) with perturbation and context injected in every layer."""
+
+@dataclass
+class PseudobulkStart:
+    """A start for a decoder's perturbation responses, estimated from the training cells' pseudobulks.
+
+    shifts: (perturbation genes x genes) each single perturbation's mean shift on the decoder's output scale.
+    readout: (axes, slopes, anchors) or None: up to rank x genes fixed read-out axes, perturbations x genes
+    slopes of each shift on the context control profile's score along axes[0], and one anchor score per
+    perturbation (see ResponseDecoder.initialize).
+    """
+
+    shifts: torch.Tensor
+    readout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+class Decoder(nn.Module):
+    """What CVAEModule asks of a decoder: f(z, c) on the output scale, its own start and its cost.
+
+    f(z, c) is the mean of log-normalized x (Gaussian) or the NB logits (before the softmax). A subclass sets
+    `out`, the final Linear layer whose bias holds the per-gene baseline, and `reads_profiles`: whether forward
+    reads the context control profiles (and initialize a PseudobulkStart); when False the model computes
+    neither and passes profiles=None.
+    """
+
+    reads_profiles: ClassVar[bool] = False
+    out: nn.Linear
+
+    def forward(
+        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def initialize(self, baseline: torch.Tensor, start: PseudobulkStart | None) -> None:
+        """Start the output at the data's per-gene baseline (decoder scale); a decoder that reads no
+        pseudobulk start ignores `start`."""
+        self.out.bias.copy_(baseline)
+
+    def train_flops_per_cell(self, n_profiles: int) -> int:
+        """Dense matmul FLOPs per cell of one training step (forward + backward); n_profiles: the rows of the
+        context profile table it is trained with."""
+        raise NotImplementedError
+
+
+class MLPDecoder(Decoder):
+    """The classic CVAE decoder: f(z, c) = V h, h = MLP(z) with perturbation and context injected in every layer.
+
+    Its only start is the output bias at the per-gene baseline: no pseudobulk start, no context profiles.
+    """
 
     def __init__(
         self, n_latent: int, n_pert: int, n_ctx: int, n_hidden: int, n_layers: int, n_genes: int
@@ -204,8 +226,12 @@ class MLPDecoder(nn.Module):
         """Ignores the context profiles (the condition enters every hidden layer instead)."""
         return self.out(self.mlp(z, _cat(pert, ctx)))
 
+    def train_flops_per_cell(self, n_profiles: int = 0) -> int:
+        """The MLP on z (covariate projections: data inputs) and the output layer."""
+        return self.mlp.train_flops_per_cell(input_is_data=False) + _linear_train_flops(self.out, False)
 
-class ResponseDecoder(nn.Module):
+
+class ResponseDecoder(Decoder):
     """The cell's unperturbed profile plus a response that reads the cell and its context's control profile.
 
     f(z, c) = m + sum_p c_p r_p(m, k), with m = V MLP(z, context) + bias the unperturbed profile (log-normalized
@@ -218,11 +244,13 @@ class ResponseDecoder(nn.Module):
     through its one-hot, so the response transfers to a context whose perturbed cells were never seen.
 
     The axes are a buffer, not trained: the model sets them to the top principal axes of the training contexts'
-    control profiles (CVAEModule.init_from_data). A data set has only a handful of contexts, and a learned axis
-    can separate them in any direction, so what it predicts for a new context was erratic (issue #3's note has
-    the measurements). Without that start they are random unit directions (e.g. one context: k is constant).
-    Gain and loadings start at zero.
+    control profiles (initialize, from the PseudobulkStart's readout). A data set has only a handful of
+    contexts, and a learned axis can separate them in any direction, so what it predicts for a new context was
+    erratic (issue #3's note has the measurements). Without that start they are random unit directions (e.g. one
+    context: k is constant). Gain and loadings start at zero.
     """
+
+    reads_profiles = True
 
     def __init__(
         self,
@@ -245,6 +273,27 @@ class ResponseDecoder(nn.Module):
         self.register_buffer("axes", F.normalize(torch.randn(rank, n_genes), dim=1))
         self.loadings = nn.Parameter(torch.zeros(n_pert, n_genes, rank))
 
+    @torch.no_grad()
+    def initialize(self, baseline: torch.Tensor, start: PseudobulkStart | None) -> None:
+        """Output bias and centre mu at the baseline; offsets at the start's shifts; read-out axes and the
+        loadings on axes[0] at its regression, so that p's response in context k starts at
+        shifts_p + slopes_p * (axes[0] . k - anchors_p).
+
+        Why a start: Adam moves a parameter by about lr per step, so a zero start needs hundreds of steps to
+        reach a shift of a few log units, and early stopping can end training first.
+        """
+        super().initialize(baseline, start)
+        self.center.copy_(self.out.bias)
+        if start is None:
+            return
+        self.offset.copy_(start.shifts)
+        if start.readout is not None and self.rank > 0:
+            axes, slopes, anchors = start.readout
+            self.axes[: len(axes)] = axes[: self.rank]
+            self.loadings[:, :, 0] = slopes
+            # the decoder reads axes . (k - center): the constant part goes into the offsets
+            self.offset += slopes * (axes[0] @ self.center - anchors)[:, None]
+
     def responses(self, profiles: torch.Tensor) -> torch.Tensor:
         """(k, genes) context control profiles -> (k, perturbations, genes): each response's part that does not
         depend on the cell, a_p - b_p * mu + U_p A (k - mu)."""
@@ -256,15 +305,31 @@ class ResponseDecoder(nn.Module):
         return out
 
     def forward(
-        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles
+        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles | None
     ) -> torch.Tensor:
         """m(z, context) plus each cell's summed responses: one (cells x k*perturbations) @ (k*perturbations x
         genes) product and one multiply-add for the gain, i.e. two passes over cells x genes."""
+        if profiles is None:
+            raise ValueError("the response decoder needs the context control profiles")
         table, index = profiles
         m = self.out(self.mlp(z, ctx))
         weights = F.one_hot(index, len(table)).to(pert.dtype).unsqueeze(2) * pert.unsqueeze(1)
         out = torch.addmm(m, weights.flatten(1), self.responses(table).flatten(0, 1))
         return torch.addcmul(out, pert @ self.gain, m) if self.use_gain else out
+
+    def train_flops_per_cell(self, n_profiles: int = 1) -> int:
+        """The MLP on z, the output layer, the responses' product (forward (cells x n_profiles*perturbations)
+        @ (n_profiles*perturbations x genes), backward its gradient with respect to the responses; the weights
+        are data) and the gain's (cells x perturbations) @ (perturbations x genes), forward and its gradient.
+        The responses themselves (n_profiles x perturbations x genes, once per step, not per cell) are left out.
+        """
+        n_pert, n_genes = self.offset.shape
+        mlp = self.mlp.train_flops_per_cell(input_is_data=False) + _linear_train_flops(self.out, False)
+        return mlp + 4 * n_profiles * n_pert * n_genes + (4 * n_pert * n_genes if self.use_gain else 0)
+
+
+DECODERS: dict[str, type[Decoder]] = {"response": ResponseDecoder, "mlp": MLPDecoder}
+"""The decoders by the name the predictor's `decoder` hyperparameter takes."""
 
 
 def _cat(pert: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
@@ -309,52 +374,35 @@ class CVAEModule(nn.Module):
         self.n_latent = n_latent
         self.encoder = _MLP(n_genes, n_pert + n_ctx, n_hidden, n_layers, dropout)
         self.enc_out = nn.Linear(n_hidden, 2 * n_latent)
-        if decoder == "response":
-            self.decoder = ResponseDecoder(n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes, rank, gain)
-        elif decoder == "mlp":
-            self.decoder = MLPDecoder(n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes)
-        else:
-            raise ValueError(f"unknown decoder {decoder!r} (expected 'response' or 'mlp')")
+        if decoder not in DECODERS:
+            raise ValueError(
+                f"unknown decoder {decoder!r} (expected one of {', '.join(map(repr, DECODERS))})"
+            )
+        options = {"rank": rank, "gain": gain} if decoder == "response" else {}
+        self.decoder: Decoder = DECODERS[decoder](
+            n_latent, n_pert, n_ctx, n_hidden, n_layers, n_genes, **options
+        )
         # Gaussian: log sigma per gene; NB: log theta per gene.
         self.gene_param = nn.Parameter(torch.zeros(n_genes))
 
     @torch.no_grad()
     def init_from_data(
-        self,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        shifts: torch.Tensor | None = None,
-        readout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        self, mean: torch.Tensor, std: torch.Tensor, start: PseudobulkStart | None = None
     ) -> None:
-        """Start the decoder at the data's per-gene moments, which saves many epochs of fitting offsets.
+        """Start at the data's per-gene moments, which saves many epochs of fitting offsets; the decoder takes
+        its own start from there (Decoder.initialize: the baseline, and the pseudobulk start if it reads one).
 
-        Gaussian: output bias = mean, log sigma = log std (floored). NB: output bias = log mean fraction,
-        theta by the method of moments, mean^2 / (var - mean), clipped to [0.1, 1000]. shifts (perturbation
-        genes x genes, on the decoder's output scale) start the response decoder's offsets at each
-        perturbation's mean shift (the caller's estimate; the CVAE's is averaged over contexts): Adam moves a parameter by about lr per step, so a zero start needs
-        hundreds of steps to reach a shift of a few log units, and early stopping can end training first.
-        readout = (axes, slopes, anchors) (up to rank x genes; perturbations x genes; one per perturbation) sets
-        the response decoder's read-out axes and starts the loadings on axes[0] at a regression of each shift on
-        the context's control profile k along that axis, for the same reason: p's response in context k starts
-        at shifts_p + slopes_p * (axes[0] . k - anchors_p).
+        Gaussian: baseline = mean, log sigma = log std (floored). NB: baseline = log mean fraction, theta by the
+        method of moments, mean^2 / (var - mean), clipped to [0.1, 1000].
         """
         if self.likelihood == "nb":
-            self.decoder.out.bias.copy_(torch.log(mean / mean.sum().clamp_min(_EPS) + _EPS))
+            baseline = torch.log(mean / mean.sum().clamp_min(_EPS) + _EPS)
             excess = (std.pow(2) - mean).clamp_min(_EPS)
             self.gene_param.copy_(torch.log((mean.pow(2) / excess).clamp(0.1, 1000.0)))
         else:
-            self.decoder.out.bias.copy_(mean)
+            baseline = mean
             self.gene_param.copy_(torch.log(std.clamp_min(_EPS)).clamp_min(self.log_min_sigma))
-        if isinstance(self.decoder, ResponseDecoder):
-            self.decoder.center.copy_(self.decoder.out.bias)
-            if shifts is not None:
-                self.decoder.offset.copy_(shifts)
-            if readout is not None and self.decoder.rank > 0:
-                axes, slopes, anchors = readout
-                self.decoder.axes[: len(axes)] = axes[: self.decoder.rank]
-                self.decoder.loadings[:, :, 0] = slopes
-                # the decoder reads axes . (k - center): the constant part goes into the offsets
-                self.decoder.offset += slopes * (axes[0] @ self.decoder.center - anchors)[:, None]
+        self.decoder.initialize(baseline, start)
 
     def sigma(self) -> torch.Tensor:
         """Per-gene Gaussian standard deviation (floored at min_sigma)."""
@@ -381,7 +429,7 @@ class CVAEModule(nn.Module):
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode(
-        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles
+        self, z: torch.Tensor, pert: torch.Tensor, ctx: torch.Tensor | None, profiles: Profiles | None
     ) -> torch.Tensor:
         """Gaussian: the mean of x. NB: the per-gene expression fractions (rows sum to 1)."""
         out = self.decoder(z, pert, ctx, profiles)
@@ -400,7 +448,7 @@ class CVAEModule(nn.Module):
         pert: torch.Tensor,
         ctx: torch.Tensor | None,
         beta: float,
-        profiles: Profiles,
+        profiles: Profiles | None,
         generator: torch.Generator | None = None,
         groups: tuple[torch.Tensor, torch.Tensor] | None = None,
         mmd_weight: float = 0.0,
@@ -418,20 +466,12 @@ class CVAEModule(nn.Module):
         mmd = condition_mmd(z, *groups) if groups is not None and mmd_weight > 0 else z.new_zeros(())
         return LossParts(loss=recon + beta * kl + mmd_weight * mmd, recon=recon, kl=kl, mmd=mmd)
 
-    def train_flops_per_cell(self) -> int:
-        """Dense matmul FLOPs per cell for one training step (forward + backward), counted per Linear layer.
-
-        Forward 2*in*out; backward 2*in*out for the weight gradient plus 2*in*out for the input gradient,
-        except where the input is data (the encoder's first layer on x, the covariate projections). The
-        response decoder's per-context responses (contexts x perturbations x genes, tiny) and their product with
-        the cells' (context, perturbation) weights (cells x genes x contexts*perturbations) are left out.
+    def train_flops_per_cell(self, n_profiles: int = 1) -> int:
+        """Dense matmul FLOPs per cell for one training step (forward + backward): the encoder's Linear layers
+        (its first layer and the covariate projections read data: no input gradient) plus what the decoder
+        counts for itself (Decoder.train_flops_per_cell; n_profiles: the rows of its context profile table).
         """
-        data_inputs = {id(self.encoder.blocks[0].linear)}
-        for block in [*self.encoder.blocks, *self.decoder.mlp.blocks]:
-            if block.cov is not None:
-                data_inputs.add(id(block.cov))
-        total = 0
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                total += (4 if id(module) in data_inputs else 6) * module.in_features * module.out_features
-        return total
+        encoder = self.encoder.train_flops_per_cell(input_is_data=True)
+        return (
+            encoder + _linear_train_flops(self.enc_out, False) + self.decoder.train_flops_per_cell(n_profiles)
+        )
