@@ -397,7 +397,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not args.no_leaderboard:
         board = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
         print(f"leaderboard updated: {board}")
-    _print_locations(args.tracking_uri, [result.parent_run_id], board, not args.no_figures)
+    _print_locations(args.tracking_uri, [result.parent_run_id], board, not args.no_figures, predictions=None)
     return 0
 
 
@@ -416,10 +416,10 @@ def _print_locations(
     parent_ids: list[str],
     board: Path | None,
     figures: bool = True,
-    predictions: bool = False,
+    predictions: bool | None = False,
 ) -> None:
-    """Where the run went: the MLflow store, the runs' artifacts (figures, predictions), the leaderboard, and the
-    command that opens the MLflow UI on them."""
+    """Where the run went: the MLflow store, the figures and predictions (artifacts of the parent and split runs),
+    the leaderboard, and the command that opens the MLflow UI on the experiment's runs."""
     import urllib.parse
 
     import mlflow
@@ -427,25 +427,51 @@ def _print_locations(
     from benchmark import schema, tracking
 
     uri = _absolute_uri(tracking.tracking_uri(tracking_uri))
-    kinds = [schema.FIGURES_DIR] if figures else []
-    kinds += [schema.PREDICTIONS_DIR, schema.CELL_EVAL_DIR] if predictions else []
-    stored = ", ".join(kinds + [schema.SPLIT_ARTIFACT])
     print("\nwhere it went:")
     print(f"  MLflow store:  {uri}")
+    experiments = []
     for parent_id in parent_ids:
-        artifacts = _local(mlflow.get_run(parent_id).info.artifact_uri)
-        folder = artifacts.rsplit("/", 2)[0] if artifacts.endswith("/artifacts") else artifacts
+        parent = mlflow.get_run(parent_id)
+        experiments.append(parent.info.experiment_id)
+        artifacts = _local(parent.info.artifact_uri)
+        runs = artifacts.rsplit("/", 2)[0] if artifacts.endswith("/artifacts") else f"{artifacts}/.."
+        split_artifacts = f"{runs}/<split_run_id>/artifacts"
+        tags = parent.data.tags
+        n = sum(int(tags.get(t, 0)) for t in (schema.TAG_N_SCORED, schema.TAG_N_NOT_APPLICABLE))
+        print(f"  parent run:    {tags.get(schema.TAG_RUN_NAME, '')} ({parent_id})")
         print(
-            f"  artifacts:     {artifacts} (parent run {parent_id[:12]}{': summary figure' if figures else ''})"
+            f"  artifacts:     {artifacts} (parent run), {split_artifacts}"
+            f" ({n} split run{'' if n == 1 else 's'}: {schema.SPLIT_ARTIFACT}, ...)"
         )
-        print(f"                 {folder}/<split run id>/artifacts/ ({stored} of each split)")
+        if figures:
+            print(f"  figures:       {artifacts}/{schema.FIGURES_DIR}/{schema.SUMMARY_FIGURE} (summary)")
+            print(
+                f"                 {split_artifacts}/{schema.FIGURES_DIR}/{schema.COMPOSITE_FIGURE} (each split)"
+            )
+        else:
+            print("  figures:       (none: --no-figures)")
+        if predictions:
+            print(f"  predictions:   {split_artifacts}/{schema.PREDICTIONS_DIR}/*.h5ad (each split)")
+            print(
+                f"  cell-eval:     {split_artifacts}/{schema.CELL_EVAL_DIR}/{{real,pred}}.h5ad (each split)"
+            )
+        elif predictions is not None:
+            print("  predictions:   (not saved; add --save-predictions)")
     print(f"  leaderboard:   {Path(board).resolve() if board is not None else '(not updated)'}")
+    pages = [schema.runs_page_path(e) for e in dict.fromkeys(experiments)]
     if urllib.parse.urlparse(uri).scheme.lower() in ("http", "https"):
-        print(f"  browse:        open {uri} in a browser")
+        for page in pages:
+            print(f"  browse:        {uri.rstrip('/')}{page}")
     else:
         mlflow_bin = Path(sys.executable).parent / "mlflow"
         command = str(mlflow_bin) if mlflow_bin.is_file() else "mlflow"
-        print(f"  browse:        {command} ui --backend-store-uri {uri}   # then open http://127.0.0.1:5000")
+        print(f"  browse:        {command} ui --backend-store-uri {uri} --port {UI_PORT}")
+        for page in pages:
+            print(f"                 then open http://127.0.0.1:{UI_PORT}{page}")
+
+
+UI_PORT = 5000
+"""The port of the printed `mlflow ui` command (MLflow's default)."""
 
 
 def _local(uri: str) -> str:

@@ -542,7 +542,7 @@ def _copy_figures(
         for predictor, parent_id in board.parents.items():
             stem = f"{board.dataset}__{board.split_kind}__{predictor}"
             found = []
-            sources = [(parent_id, "figures/summary.png", "summary")]
+            sources = [(parent_id, f"{schema.FIGURES_DIR}/{schema.SUMMARY_FIGURE}", "summary")]
             children = mlflow.search_runs(
                 [client.get_run(parent_id).info.experiment_id],
                 filter_string=schema.children_filter(parent_id, schema.STATUS_OK),
@@ -551,7 +551,9 @@ def _copy_figures(
                 output_format="list",
             )
             if children:
-                sources.append((children[0].info.run_id, "figures/composite.png", "composite"))
+                sources.append(
+                    (children[0].info.run_id, f"{schema.FIGURES_DIR}/{schema.COMPOSITE_FIGURE}", "composite")
+                )
             for run_id, artifact, kind in sources:
                 try:
                     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)

@@ -138,6 +138,7 @@ def run_benchmark(
                 schema.TAG_RUN_NAME: _run_name(display_name, split_kind, options, config),
             }
         )
+        tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
         tracking.log_params(
             parent_id,
             {
@@ -323,7 +324,7 @@ class SplitScorer:
         from `predict` becomes a recorded status. `fit_seconds` is logged when known.
         """
         split, seed, task = self.split, self.seed, self.dataset.task
-        with mlflow.start_run(run_name=f"{split.name} · seed {seed}", nested=True) as child:
+        with mlflow.start_run(run_name=f"{self.name} · {split.name} · seed {seed}", nested=True) as child:
             run_id = child.info.run_id
             mlflow.set_tags(
                 {
@@ -335,6 +336,7 @@ class SplitScorer:
                     **(tags or {}),
                 }
             )
+            tracking.log_dataset(self.dataset.name, self.dataset.checksum, self.dataset.source)
             others = other_deltas(
                 *self.profiles,
                 task.control_label,
@@ -421,7 +423,7 @@ class SplitScorer:
                     result.metrics,
                     result.reference or None,
                     title,
-                    Path(tmp) / "composite.png",
+                    Path(tmp) / schema.COMPOSITE_FIGURE,
                     embedding=options.embedding,
                     seed=seed,
                 )
@@ -593,9 +595,13 @@ def _config_digest(
 
 
 def _run_name(display_name: str, split_kind: str, options: RunOptions, config: dict[str, str]) -> str:
-    """A parent run name that tells configurations apart: predictor, changed params, split kind, seeds."""
-    params = config[schema.PARAM_CLI_PARAMS]
-    name = f"{display_name}{f' ({params})' if params else ''} · {split_kind} · seeds {','.join(map(str, options.seeds))}"
+    """A parent run name that tells configurations apart: predictor, changed params, the `bench tune` config in
+    force (its digest, as on the leaderboard), split kind, seeds, and whether the splits were restricted."""
+    extra = [config[schema.PARAM_CLI_PARAMS]]
+    if schema.PARAM_CONFIG_DIGEST in config:
+        extra.append(f"config {config[schema.PARAM_CONFIG_DIGEST][:8]}")
+    shown = "; ".join(x for x in extra if x)
+    name = f"{display_name}{f' ({shown})' if shown else ''} · {split_kind} · seeds {','.join(map(str, options.seeds))}"
     return name + (" · partial" if config[schema.PARAM_PARTIAL] == schema.TRUE else "")
 
 
@@ -673,7 +679,8 @@ def log_summary(
     results: list[TargetResult],
     options: RunOptions,
 ) -> None:
-    """Mean metrics on the parent run, and the summary figure of metrics across splits."""
+    """Mean metrics on the parent run (`mean_<metric>`, and the headline metrics under their plain names, so the
+    MLflow UI shows them in the columns of the split runs), and the summary figure of metrics across splits."""
     scored = [r for r in results if r.status == schema.STATUS_OK]
     mlflow.set_tags(
         {
@@ -684,11 +691,12 @@ def log_summary(
     if not scored:
         return
     table = pd.DataFrame([r.metrics for r in scored], index=[f"{r.label} s{r.seed}" for r in scored])
+    means = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in table.items()}
     tracking.log_metrics(
         parent_id,
         {
-            f"{schema.MEAN_PREFIX}{k}": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-            for k, v in table.items()
+            **schema.prefixed(schema.MEAN_PREFIX, means),
+            **{k: means[k] for k in schema.headline_metrics() if k in means},
         },
     )
     if options.figures:
@@ -696,7 +704,7 @@ def log_summary(
             path = summary_figure(
                 table,
                 f"{dataset.name} · {split_kind} · {name} · seeds {','.join(map(str, options.seeds))}",
-                Path(tmp) / "summary.png",
+                Path(tmp) / schema.SUMMARY_FIGURE,
                 directions={k: m.higher_is_better for k, m in METRICS.items()},
             )
             mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)

@@ -3,8 +3,10 @@
 A `bench run` logs one parent run per (predictor, dataset, split kind) with one child run per held-out target
 and seed. Child runs carry the metrics under their registry names plus prefixed companions (the target's noise
 ceiling, reference baseline, mean oracle and normalized score); the parent carries each metric's mean over its
-children, the run's configuration (predictor, `hp.*` hyperparameters, data checksum, split set) and the
-command-line arguments that reproduce it.
+children (`mean_<metric>`, and the headline metrics under their plain names too, so the MLflow UI shows parent
+and child runs in the same columns), the run's configuration (predictor, `hp.*` hyperparameters, data checksum,
+split set) and the command-line arguments that reproduce it. Every run logs the dataset as an MLflow input
+(name, digest, source), which fills the UI's Dataset column.
 """
 
 from __future__ import annotations
@@ -13,6 +15,19 @@ from benchmark.metrics import METRICS
 
 EXPERIMENT_PREFIX = "pertbench"
 """Experiments are named `pertbench/<dataset>`."""
+
+# -- experiment tags the MLflow UI reads -----------------------------------------------------------------------
+
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3 UIs that read the experiment kind open such an experiment on its training runs (not on GenAI traces)."""
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+"""MLflow 3.17's UI ignores the kind tag and picks its pages from a global GenAI / Model training switch (GenAI by
+default); this URL query turns it to Model training."""
+VIEW_KEY = "pertbench"
+TAG_SHARED_VIEW = f"mlflow.sharedViewState.{VIEW_KEY}"
+"""A shared runs-table view stored on the experiment (MLflow's "share view" format): the Dataset column and the
+headline metrics; opened by the `viewStateShareKey` URL query (see runs_page_path)."""
 
 # -- tags ----------------------------------------------------------------------------------------------------
 
@@ -94,10 +109,19 @@ CONFIG_ARTIFACT = "config.toml"
 SELECTION_ARTIFACT = "selection.json"
 SPLIT_ARTIFACT = "split.json"
 FIGURES_DIR = "figures"
+COMPOSITE_FIGURE, SUMMARY_FIGURE = "composite.png", "summary.png"
+"""Under FIGURES_DIR: each split run's composite figure, the parent run's summary figure."""
 PREDICTIONS_DIR = "predictions"
 CELL_EVAL_DIR = "cell_eval"
 """A child run's real.h5ad and pred.h5ad in cell-eval's input layout (benchmark.export), with --save-predictions."""
 SELECTION_PARAM_CHARS = 250
+
+# -- dataset input ------------------------------------------------------------------------------------------
+
+DATASET_CONTEXT = "benchmark"
+"""The `mlflow.data.context` of the logged dataset: it gives both the training and the held-out cells."""
+DATASET_DIGEST_CHARS = 16
+"""The dataset input's digest: the first characters of the data checksum (MLflow stores at most 36)."""
 
 # -- metrics -------------------------------------------------------------------------------------------------
 
@@ -127,6 +151,17 @@ HEADLINE_METRICS = (
 def headline_metrics() -> list[str]:
     """HEADLINE_METRICS that are registered, in that order (the registry decides what exists)."""
     return [m for m in HEADLINE_METRICS if m in METRICS]
+
+
+def shared_view_state() -> dict:
+    """The runs-table view of TAG_SHARED_VIEW: columns Dataset and the headline metrics, in that order."""
+    columns = ["attributes.`Dataset`", *(f"metrics.`{m}`" for m in headline_metrics())]
+    return {"selectedColumns": columns, "columnOrder": columns}
+
+
+def runs_page_path(experiment_id: str) -> str:
+    """The MLflow UI route (after the server address) of an experiment's runs table in the pertbench view."""
+    return f"/#/experiments/{experiment_id}/runs?{UI_WORKFLOW_QUERY}&viewStateShareKey={VIEW_KEY}"
 
 
 def prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:

@@ -254,6 +254,7 @@ def score_predictions(
                 schema.TAG_RUN_NAME: f"{name} (scored file) · {split_kind} · seed {seed}",
             }
         )
+        tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
         tracking.log_params(
             parent_id, {**params, schema.PARAM_SEEDS: str(seed), schema.PARAM_N_SPLITS: len(splits), **config}
         )

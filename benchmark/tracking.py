@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -163,12 +164,38 @@ def experiment_for(dataset: str) -> str:
         if mlflow.get_tracking_uri().startswith("sqlite:"):
             artifact_location = (Path.cwd() / LOCAL_ARTIFACT_DIR).resolve().as_uri()
         try:
-            mlflow.create_experiment(name, artifact_location=artifact_location)
+            mlflow.create_experiment(name, artifact_location=artifact_location, tags=experiment_tags())
         except MlflowException:
             if mlflow.get_experiment_by_name(name) is None:
                 raise
-    mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    missing = {k: v for k, v in experiment_tags().items() if experiment.tags.get(k) != v}
+    for key, value in missing.items():  # an experiment made before these tags existed, or edited in the UI
+        MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     return name
+
+
+def experiment_tags() -> dict[str, str]:
+    """Tags that make the MLflow UI open an experiment on its training runs, with the pertbench runs view."""
+    return {
+        schema.TAG_EXPERIMENT_KIND: schema.EXPERIMENT_KIND,
+        schema.TAG_SHARED_VIEW: json.dumps(schema.shared_view_state()),
+    }
+
+
+def log_dataset(name: str, checksum: str, source: str) -> None:
+    """Log the data as an input of the active run (name, digest from the checksum, source path or URL), without
+    reading the cells: MLflow's UI shows it in the Dataset column."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    is_hex = all(ch in "0123456789abcdef" for ch in checksum)
+    digest = checksum if is_hex else hashlib.sha256(checksum.encode()).hexdigest()
+    scheme = urllib.parse.urlparse(source).scheme.lower()
+    where = HTTPDatasetSource(source) if scheme in ("http", "https") else LocalArtifactDatasetSource(source)
+    dataset = MetaDataset(where, name=name, digest=digest[: schema.DATASET_DIGEST_CHARS])
+    mlflow.log_input(dataset, context=schema.DATASET_CONTEXT)
 
 
 # ---------------------------------------------------------------------------------------------- lifecycle

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -202,3 +204,38 @@ def test_registry_names_and_module_class_path():
         make_predictor("helpers_predictors:")
     with pytest.raises(PertbenchError, match="has no class"):
         make_predictor("helpers_predictors:Nope")
+
+
+def test_run_prints_where_the_store_figures_and_predictions_went(workdir, capsys):
+    import re
+
+    import mlflow
+
+    from benchmark import schema
+
+    path = user_file(workdir / "u.h5ad")
+    args = [*data_args(path), "--save-predictions", "--embedding", "pca", "--no-leaderboard"]
+    assert main(["run", "--predictor", "mean_shift", *args]) == 0
+    out = capsys.readouterr().out.split("where it went:")[1]
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert f"MLflow store:  {uri}" in out
+    (parent,) = mlflow.search_runs(
+        filter_string=schema.parent_filter(), search_all_experiments=True, output_format="list"
+    )
+    child = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=schema.children_filter(parent.info.run_id),
+        output_format="list",
+    )[0]
+    summary = re.search(r"figures:\s+(\S+)", out).group(1)
+    composite = re.search(r"figures:.*\n\s+(\S+)", out).group(1)
+    predictions = re.search(r"predictions:\s+(\S+)", out).group(1)
+    assert summary.endswith(f"{parent.info.run_id}/artifacts/figures/summary.png") and Path(summary).is_file()
+    assert Path(composite.replace("<split_run_id>", child.info.run_id)).is_file()
+    saved = Path(predictions.replace("<split_run_id>", child.info.run_id)).parent.glob("*.h5ad")
+    assert len(list(saved)) == 1
+    page = schema.runs_page_path(parent.info.experiment_id)
+    assert re.search(
+        rf"mlflow ui --backend-store-uri {re.escape(uri)} --port 5000\n.*open http://127.0.0.1:5000{re.escape(page)}",
+        out,
+    )

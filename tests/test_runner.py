@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import helpers_predictors as hp
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -87,6 +91,45 @@ def test_runs_are_logged_with_provenance_metrics_and_the_split(tiny, store):
     # discrimination's comparison groups: a single P0 target is compared with P0 in the 2 other contexts
     by_target = {(c.data.tags[schema.TAG_CONTEXT], c.data.tags[schema.TAG_PERTURBATION]): c for c in children}
     assert by_target[("C0", "P0")].data.params[schema.PARAM_N_OTHERS] == "2"
+
+
+def test_runs_fill_the_mlflow_ui_columns(tiny, store):
+    """Parent runs carry the headline metrics under the children's names, every run names its predictor and logs
+    the dataset as an input (the UI's Dataset column), and the experiment opens on runs in the pertbench view."""
+    result = run_benchmark("mean_shift", tiny, "holdout_context", FAST, lambda _: None)
+    parent = MlflowClient().get_run(result.parent_run_id)
+    children = mlflow.search_runs(
+        [parent.info.experiment_id],
+        filter_string=schema.children_filter(parent.info.run_id),
+        output_format="list",
+    )
+    for metric in schema.headline_metrics():
+        values = [c.data.metrics[metric] for c in children if np.isfinite(c.data.metrics[metric])]
+        expected = float(np.mean(values)) if values else float("nan")
+        assert parent.data.metrics[metric] == pytest.approx(expected, nan_ok=True)
+        assert parent.data.metrics[metric] == parent.data.metrics[
+            f"{schema.MEAN_PREFIX}{metric}"
+        ] or np.isnan(parent.data.metrics[metric])
+    digest = hashlib.sha256(b"tiny-checksum").hexdigest()[: schema.DATASET_DIGEST_CHARS]
+    for run in (parent, *children):
+        (logged,) = run.inputs.dataset_inputs
+        assert (logged.dataset.name, logged.dataset.digest) == ("tiny", digest)
+        assert json.loads(logged.dataset.source) == {"uri": "test"}
+        assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == schema.DATASET_CONTEXT
+    assert parent.info.run_name == "mean_shift · holdout_context · seeds 0"
+    assert {c.info.run_name for c in children} == {f"mean_shift · {r.split} · seed 0" for r in result.results}
+    tags = MlflowClient().get_experiment(parent.info.experiment_id).tags
+    assert tags[schema.TAG_EXPERIMENT_KIND] == schema.EXPERIMENT_KIND
+    assert "metrics.`r`" in json.loads(tags[schema.TAG_SHARED_VIEW])["selectedColumns"]
+
+
+def test_an_older_experiment_gets_the_ui_tags(store):
+    experiment_id = mlflow.create_experiment(f"{schema.EXPERIMENT_PREFIX}/old")
+    MlflowClient().set_experiment_tag(experiment_id, schema.TAG_EXPERIMENT_KIND, "genai_development")
+    tracking.experiment_for("old")
+    tags = MlflowClient().get_experiment(experiment_id).tags
+    assert tags[schema.TAG_EXPERIMENT_KIND] == schema.EXPERIMENT_KIND
+    assert json.loads(tags[schema.TAG_SHARED_VIEW]) == schema.shared_view_state()
 
 
 def test_not_applicable_targets_are_recorded_not_failed(tiny, store):
