@@ -424,14 +424,15 @@ def _print_locations(
     uri = _absolute_uri(tracking.tracking_uri(tracking_uri))
     kinds = [schema.FIGURES_DIR] if figures else []
     kinds += [schema.PREDICTIONS_DIR] if predictions else []
-    stored = ", ".join(kinds + [schema.SPLIT_ARTIFACT])
+    stored = ", ".join(kinds) or "params and metrics"
     print("\nwhere it went:")
     print(f"  MLflow store:  {uri}")
     for parent_id in parent_ids:
         artifacts = _local(mlflow.get_run(parent_id).info.artifact_uri)
         folder = artifacts.rsplit("/", 2)[0] if artifacts.endswith("/artifacts") else artifacts
         print(
-            f"  artifacts:     {artifacts} (parent run {parent_id[:12]}{': summary figure' if figures else ''})"
+            f"  artifacts:     {artifacts} (parent run {parent_id[:12]}: "
+            f"{'summary figure, ' if figures else ''}each split in {schema.SPLITS_DIR}/<split digest>.npz)"
         )
         print(f"                 {folder}/<split run id>/artifacts/ ({stored} of each split)")
     print(f"  leaderboard:   {Path(board).resolve() if board is not None else '(not updated)'}")

@@ -268,6 +268,7 @@ class SplitScorer:
     positions: dict[str, int]
     options: RunOptions
     progress: Progress
+    _split_logged: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def prepare(
@@ -320,6 +321,8 @@ class SplitScorer:
         from `predict` becomes a recorded status. `fit_seconds` is logged when known.
         """
         split, seed, task = self.split, self.seed, self.dataset.task
+        if not self._split_logged and mlflow.active_run() is not None:
+            self._log_split()  # once per split, on the parent run
         with mlflow.start_run(run_name=f"{split.name} · seed {seed}", nested=True) as child:
             run_id = child.info.run_id
             mlflow.set_tags(
@@ -355,9 +358,10 @@ class SplitScorer:
                     : schema.SELECTION_PARAM_CHARS
                 ]
             tracking.log_params(run_id, logged)
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(split.save(Path(tmp) / schema.SPLIT_ARTIFACT)))
-                if selection is not None:
+            if not self._split_logged:  # no parent run: the split goes with its first target instead
+                self._log_split()
+            if selection is not None:
+                with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / schema.SELECTION_ARTIFACT
                     path.write_text(_json(selection))
                     mlflow.log_artifact(str(path))
@@ -389,6 +393,13 @@ class SplitScorer:
                     + note
                 )
         return result
+
+    def _log_split(self) -> None:
+        """Log the split (integer positions, schema.split_artifact) to the active run, once per SplitScorer."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.split.save(Path(tmp) / f"{self.split.digest()}.npz", self.dataset.adata.obs_names)
+            mlflow.log_artifact(str(path), artifact_path=schema.SPLITS_DIR)
+        self._split_logged = True
 
     def _score(self, target: Target, predict: PredictFn, others: np.ndarray | None) -> TargetResult:
         """Predict one target and score it with the engine; NotApplicable becomes a recorded status."""
