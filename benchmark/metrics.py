@@ -61,7 +61,7 @@ from scipy.special import ndtr
 from scipy.stats import false_discovery_control
 
 from benchmark.errors import PertbenchError
-from benchmark.task import dense
+from benchmark.task import Task, dense, lognorm_batches
 
 VAR_EPS = 1e-6
 """Added to both per-gene variances in `var_ratio` so genes with zero variance give finite logs."""
@@ -631,6 +631,40 @@ def fit_embedding(train_x, n_components: int = 50, seed: int = 0) -> Callable[[n
         components = _gram_components(x, mu, k) if n <= p else _covariance_components(x, mu, k)
     else:
         components = _arpack_components(x, mu, k)
+    return _signed(mu, components)
+
+
+def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbedding:
+    """`fit_embedding` of the log-normalized cells of `adata` (in memory, a view or backed), read batch by batch.
+
+    One batch (at most BATCH_CELLS cells: the committed datasets) is exactly `fit_embedding(task.lognorm(adata))`.
+    More cells than genes (the usual large case): the mean and the scatter matrix X^T X are summed batch by batch
+    and the covariance solver runs on them, the same exact PCA with O(batch + genes²) memory. Otherwise (more
+    genes than cells, or both sides past EXACT_PCA_MAX_DIM) the batches are stacked and fit as one matrix.
+    """
+    batches = lognorm_batches(adata, task)
+    first_rows, first = next(batches)
+    n, p = adata.n_obs, adata.n_vars
+    if first_rows == slice(0, n):
+        return fit_embedding(first, n_components=n_components)
+    k = min(n_components, n - 1, p)
+    if n <= p or min(n, p) > EXACT_PCA_MAX_DIM or k < 1:
+        rest = [x for _, x in batches]
+        stack = sp.vstack([first, *rest], format="csr") if sp.issparse(first) else np.vstack([first, *rest])
+        return fit_embedding(stack, n_components=n_components)
+    total, scatter = np.zeros(p), np.zeros((p, p))
+    for _, x in ((first_rows, first), *batches):
+        x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
+        total += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
+        scatter += _dense(x.T @ x)
+    mu = total / n
+    c = scatter - n * np.outer(mu, mu)
+    components = _top_eigh((c + c.T) / 2.0, k)[1].T
+    return _signed(mu, components)
+
+
+def _signed(mu: np.ndarray, components: np.ndarray) -> PCAEmbedding:
+    """The embedding with each component's largest-|loading| gene positive (sklearn's svd_flip rule)."""
     signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
     return PCAEmbedding(mean=mu, components=components * np.where(signs == 0, 1.0, signs)[:, None])
 

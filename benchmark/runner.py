@@ -32,13 +32,13 @@ from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
 from benchmark.figures import composite_figure, summary_figure
-from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
+from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding_cells
 from benchmark.model_cache import cache_key, fit_or_load
 from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
-from benchmark.task import Task, dense
+from benchmark.task import Positions, Task, dense, take
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
@@ -118,7 +118,7 @@ def run_benchmark(
         progress(f"skipped {note}")
 
     tracking.experiment_for(dataset.name)
-    positions = {name: i for i, name in enumerate(dataset.adata.obs_names)}
+    positions = Positions(dataset.adata.obs_names)
     profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
     results: list[TargetResult] = []
     total = sum(len(v) for v in splits_by_seed.values())
@@ -179,14 +179,14 @@ def _run_split(
     dataset: Dataset,
     split: Split,
     seed: int,
-    positions: dict[str, int],
+    positions: Positions,
     options: RunOptions,
     progress: Progress,
     embeddings: dict[str, PCAEmbedding],
     profiles: tuple[dict, dict],
 ) -> list[TargetResult]:
     """Fit once on the split's training cells, then predict and score each of its targets in a child run."""
-    train = dataset.adata[[positions[c] for c in split.train_cells]].copy()
+    train = dataset.adata[positions.of(split.train_cells)]  # a view: predictors read it, nothing is copied
     scorer = SplitScorer.prepare(
         name, dataset, split, seed, train, positions, profiles, embeddings, options, progress
     )
@@ -265,7 +265,7 @@ class SplitScorer:
     embed: PCAEmbedding
     references: ReferenceShifts
     profiles: tuple[dict, dict]
-    positions: dict[str, int]
+    positions: Positions
     options: RunOptions
     progress: Progress
     _split_logged: bool = field(default=False, init=False, repr=False)
@@ -278,7 +278,7 @@ class SplitScorer:
         split: Split,
         seed: int,
         train: AnnData,
-        positions: dict[str, int],
+        positions: Positions,
         profiles: tuple[dict, dict],
         embeddings: dict[str, PCAEmbedding],
         options: RunOptions,
@@ -290,7 +290,7 @@ class SplitScorer:
         if (
             split.digest() not in embeddings
         ):  # same training cells (a holdout split under another seed): same PCA
-            embeddings[split.digest()] = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+            embeddings[split.digest()] = fit_embedding_cells(train, task, n_components=50)
         return cls(
             name,
             dataset,
@@ -406,8 +406,8 @@ class SplitScorer:
         adata, task, split, seed = self.dataset.adata, self.dataset.task, self.split, self.seed
         positions, options = self.positions, self.options
         result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
-        control = adata[[positions[c] for c in target.control_cells]].copy()
-        real = dense(task.lognorm(adata[[positions[c] for c in target.test_cells]]))
+        control = take(adata, positions.of(target.control_cells))
+        real = dense(task.lognorm(take(adata, positions.of(target.test_cells))))
         control_x = dense(task.lognorm(control))
         started = time.perf_counter()
         try:
