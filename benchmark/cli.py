@@ -14,6 +14,8 @@ from pathlib import Path
 from benchmark.errors import PertbenchError
 
 DEFAULT_DATASET = "kang2018"
+DEFAULT_CONTROLS = 10_000
+"""`bench make-synthetic`'s control cells per context when --controls is not given (Replogle K562: ~10,000)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--cells", type=int, required=True, help="total cells (controls included)")
     synth.add_argument("--genes", type=int, required=True)
     synth.add_argument("--perturbations", type=int, required=True, help="perturbations per context")
-    synth.add_argument("--controls", type=int, required=True, help="control cells per context")
+    synth.add_argument(
+        "--controls",
+        type=int,
+        default=None,
+        help=f"control cells per context (default {DEFAULT_CONTROLS:,}, at most a tenth of the context's cells)",
+    )
     synth.add_argument("--contexts", type=int, default=1)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help="the .h5ad file to write")
@@ -533,6 +540,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     """Write a synthetic screen of about --cells cells and print how to benchmark it."""
     from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
 
+    if args.controls is None:  # a Replogle-like screen: many controls, capped for small files
+        args.controls = max(1, min(DEFAULT_CONTROLS, args.cells // (10 * max(args.contexts, 1))))
     for name in ("cells", "genes", "perturbations", "controls", "contexts"):
         if getattr(args, name) < 1:
             raise PertbenchError(f"--{name} must be at least 1, got {getattr(args, name)}")
