@@ -61,7 +61,7 @@ from scipy.special import ndtr
 from scipy.stats import false_discovery_control
 
 from benchmark.errors import PertbenchError
-from benchmark.task import Task, dense, lognorm_batches
+from benchmark.task import Task, dense, lognorm_batches, take
 
 VAR_EPS = 1e-6
 """Added to both per-gene variances in `var_ratio` so genes with zero variance give finite logs."""
@@ -77,6 +77,14 @@ MAX_DISTANCE_CELLS = 2000
 
 SUBSAMPLE_SEED = 0
 """Seeds the K-cell subsample together with the number of cells, so it is the same on every call."""
+
+PCA_MAX_CELLS = 20_000
+"""Most training cells the scoring PCA (`fit_embedding_cells`) is fit on; a larger training set is represented by
+a seeded uniform sample of this many (`pca_rows`). The PCA only places the at most K scored cells of each side, and
+20,000 cells pin down its top 50 axes; every committed dataset has fewer training cells, so is fit on all."""
+
+SCATTER_CHUNK_VALUES = 1 << 24
+"""Values (cells x genes) of one dense chunk when the PCA scatter matrix is summed chunk by chunk (128 MB)."""
 
 EXACT_PCA_MAX_DIM = 12000
 """Largest min(cells, genes) for the dense eigendecomposition in `fit_embedding`; beyond it, ARPACK."""
@@ -636,18 +644,30 @@ def fit_embedding(train_x, n_components: int = 50, seed: int = 0) -> Callable[[n
     return _signed(mu, components)
 
 
-def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbedding:
-    """`fit_embedding` of the log-normalized cells of `adata` (in memory, a view or backed), read batch by batch.
+def pca_rows(n: int) -> np.ndarray:
+    """Training cells the scoring PCA is fit on: all n up to PCA_MAX_CELLS, else PCA_MAX_CELLS sorted rows drawn
+    uniformly by a generator seeded with (SUBSAMPLE_SEED, n)."""
+    if n <= PCA_MAX_CELLS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([SUBSAMPLE_SEED, n]).choice(n, size=PCA_MAX_CELLS, replace=False))
 
-    One batch (at most BATCH_CELLS cells: the committed datasets) is exactly `fit_embedding(task.lognorm(adata))`.
-    More cells than genes (the usual large case): the mean and the scatter matrix X^T X are summed batch by batch
-    and the covariance solver runs on them, the same exact PCA with O(batch + genes²) memory. Otherwise (more
-    genes than cells, or both sides past EXACT_PCA_MAX_DIM) the batches are stacked and fit as one matrix.
+
+def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbedding:
+    """`fit_embedding` of the log-normalized training cells of `adata` (in memory, a view or backed).
+
+    Up to PCA_MAX_CELLS cells, all of them; beyond, the `pca_rows` sample. All cells in one batch (at most
+    BATCH_CELLS: the committed datasets) is exactly `fit_embedding(task.lognorm(adata))`. Otherwise, with
+    more cells than genes, the mean and the scatter matrix X^T X are summed over dense row chunks (BLAS, O(chunk +
+    genes²) memory) and the covariance solver runs on them: the same exact PCA of those cells. With more genes
+    than cells (or both past EXACT_PCA_MAX_DIM) the batches are stacked and fit as one matrix.
     """
+    sampled = adata.n_obs > PCA_MAX_CELLS
+    if sampled:
+        adata = take(adata, pca_rows(adata.n_obs))
     batches = lognorm_batches(adata, task)
     first_rows, first = next(batches)
     n, p = adata.n_obs, adata.n_vars
-    if first_rows == slice(0, n):
+    if first_rows == slice(0, n) and not sampled:
         return fit_embedding(first, n_components=n_components)
     k = min(n_components, n - 1, p)
     if n <= p or min(n, p) > EXACT_PCA_MAX_DIM or k < 1:
@@ -655,10 +675,12 @@ def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbeddi
         stack = sp.vstack([first, *rest], format="csr") if sp.issparse(first) else np.vstack([first, *rest])
         return fit_embedding(stack, n_components=n_components)
     total, scatter = np.zeros(p), np.zeros((p, p))
+    chunk = max(1, SCATTER_CHUNK_VALUES // p)
     for _, x in ((first_rows, first), *batches):
-        x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, np.float64)
-        total += np.asarray(x.sum(axis=0), dtype=np.float64).ravel()
-        scatter += _dense(x.T @ x)
+        for start in range(0, x.shape[0], chunk):
+            rows = dense(x[start : start + chunk])
+            total += rows.sum(axis=0)
+            scatter += rows.T @ rows
     mu = total / n
     c = scatter - n * np.outer(mu, mu)
     components = _top_eigh((c + c.T) / 2.0, k)[1].T

@@ -21,7 +21,7 @@ LOGNORM_LAYER = "lognorm"
 TARGET_SUM = 1e4
 """Size-normalization target used to turn counts into log-normalized values (scanpy's default)."""
 
-BATCH_CELLS = 20_000
+BATCH_CELLS = 10_000
 """Most cells whose log-normalized values `lognorm_batches` holds at once (whole-dataset and training-set sums
 and the PCA scatter run batch by batch). A set of at most this many cells is one batch, computed exactly as it
 was before batching, so results on the committed datasets (all smaller) do not move."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import benchmark.metrics as metrics_module
 import benchmark.task
 from benchmark.datasets import Dataset, load_h5ad
 from benchmark.metrics import fit_embedding, fit_embedding_cells
@@ -71,3 +72,13 @@ def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatc
             x, y = getattr(a, part), getattr(b, part)
             assert x.keys() == y.keys()
             np.testing.assert_allclose([y[k] for k in x], [x[k] for k in x], rtol=1e-9, atol=1e-9)
+
+
+def test_a_large_training_set_is_embedded_from_its_seeded_pca_sample(small_synthetic, monkeypatch):
+    monkeypatch.setattr(metrics_module, "PCA_MAX_CELLS", 200)
+    rows = metrics_module.pca_rows(small_synthetic.n_obs)
+    assert rows.size == 200 and np.array_equal(rows, metrics_module.pca_rows(small_synthetic.n_obs))
+    sampled = fit_embedding_cells(small_synthetic, TASK, n_components=10)
+    exact = fit_embedding(TASK.lognorm(small_synthetic[rows]), n_components=10)
+    cells = TASK.lognorm(small_synthetic[:50]).toarray()
+    np.testing.assert_allclose(sampled(cells), exact(cells), rtol=0, atol=1e-8)
