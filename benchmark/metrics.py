@@ -144,6 +144,38 @@ class EvalData:
         self.__dict__["real_z"], self.__dict__["pred_z"] = real_z, pred_z
         return self
 
+    _REAL_SIDE = (
+        "mean_control",
+        "mean_real",
+        "delta_true",
+        "real_index",
+        "control_index",
+        "real_z",
+        "true_top",
+        "deg_index",
+        "de_real",
+        "var_real",
+    )
+    """Cached values that depend only on the control cells, the real cells and the embedding."""
+
+    def sharing_real(self, other: EvalData) -> EvalData:
+        """Reuse `other`'s cached real-side values (same control, real and embed objects): scoring several
+        predictions of one target computes the real cells' DE test, embedding and variances once."""
+        if other.control is not self.control or other.real is not self.real or other.embed is not self.embed:
+            raise ValueError("sharing_real needs the same control, real and embed objects")
+        for name in self._REAL_SIDE:
+            if name in other.__dict__:
+                self.__dict__[name] = other.__dict__[name]
+        return self
+
+    @cached_property
+    def var_real(self) -> np.ndarray:
+        return gene_variance(self.real)
+
+    @cached_property
+    def var_pred(self) -> np.ndarray:
+        return gene_variance(self.pred)
+
     @cached_property
     def mean_control(self) -> np.ndarray:
         return self.control.mean(axis=0)
@@ -596,7 +628,7 @@ def _crps_deg100(data: EvalData) -> float:
 def _var_ratio(data: EvalData) -> float:
     # Genes constant in both samples (on sparse data: most genes, all zero) say nothing about dispersion and
     # would pull the median to 0, so only genes that vary in the real or the predicted cells count.
-    pred_var, real_var = gene_variance(data.pred), gene_variance(data.real)
+    pred_var, real_var = data.var_pred, data.var_real
     varying = (pred_var > VAR_EPS) | (real_var > VAR_EPS)
     if not varying.any():
         return 0.0
