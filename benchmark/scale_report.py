@@ -77,16 +77,21 @@ def render_table(records: list[dict[str, Any]], png: str) -> str:
     lines = [
         f"![growth curve]({png})",
         "",
-        "| case | cells | genes | split | predictor | targets scored | seconds | peak GB | run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | cells | genes | split | predictor | targets scored | wall s | CPU s | peak GB | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['case']} | {r['cells']:,} | {r.get('genes', '?')} | {r.get('split', '?')} | {r['predictor']} "
-            f"| {r.get('targets_scored', '?')} | {r['seconds']:.0f} | {r['peak_gb']:.2f} "
+            f"| {r.get('targets_scored', '?')} | {r['seconds']:.0f} | {_number(r.get('cpu_seconds'))} "
+            f"| {r['peak_gb']:.2f} "
             f"| {r['date']}, load {r.get('load_before', float('nan')):.1f} |"
         )
     return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return "?" if value is None else f"{value:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
