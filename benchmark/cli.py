@@ -538,6 +538,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
     """Write a synthetic screen of about --cells cells and print how to benchmark it."""
+    from benchmark.splits import MIN_CELLS, RANDOM_TEST_FRACTION
     from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
 
     if args.controls is None:  # a Replogle-like screen: many controls, capped for small files
@@ -572,6 +573,13 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         f"bench run --predictor mean_shift --data {path} --perturbation-key {PERTURBATION_KEY}"
         f" --control {CONTROL}{context} --expression counts"
     )
+    held_out = round(RANDOM_TEST_FRACTION * per_group)
+    if args.contexts == 1 and held_out < MIN_CELLS:
+        print(
+            f"note: the random split holds out {held_out} of {per_group} cells per perturbation, fewer than the "
+            f"{MIN_CELLS} a target needs: use more --cells or fewer --perturbations",
+            file=sys.stderr,
+        )
     return 0
 
 
