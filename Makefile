@@ -12,7 +12,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export PERTBENCH_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup run test lint bench leaderboard
+.PHONY: setup run test lint bench bench-scale leaderboard
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ lint: setup
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json
 	$(BIN)/python -m benchmark.speed_report .benchmarks/latest.json README.md
+
+# Whole bench runs on large synthetic screens (minutes to tens of minutes; SCALE_MAX_CELLS=1000000 adds the 310k x
+# 8,000 screen and the 1M grid), then the README's growth curve and table from their JSON.
+SCALE_MAX_CELLS ?= 200000
+bench-scale: setup
+	PERTBENCH_SCALE_MAX_CELLS=$(SCALE_MAX_CELLS) $(BIN)/python -m pytest benchmarks/test_bench_scale.py --benchmark-only \
+		--benchmark-json=.benchmarks/scale.json
+	$(BIN)/python -m benchmark.scale_report .benchmarks/scale.json --png leaderboard/figures/scale.png --readme README.md
 
 leaderboard: setup
 	bash scripts/reproduce_leaderboard.sh

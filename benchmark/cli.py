@@ -14,6 +14,8 @@ from pathlib import Path
 from benchmark.errors import PertbenchError
 
 DEFAULT_DATASET = "kang2018"
+DEFAULT_CONTROLS = 10_000
+"""`bench make-synthetic`'s control cells per context when --controls is not given (Replogle K562: ~10,000)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -239,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--cells", type=int, required=True, help="total cells (controls included)")
     synth.add_argument("--genes", type=int, required=True)
     synth.add_argument("--perturbations", type=int, required=True, help="perturbations per context")
-    synth.add_argument("--controls", type=int, required=True, help="control cells per context")
+    synth.add_argument(
+        "--controls",
+        type=int,
+        default=None,
+        help=f"control cells per context (default {DEFAULT_CONTROLS:,}, at most a tenth of the context's cells)",
+    )
     synth.add_argument("--contexts", type=int, default=1)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", type=Path, required=True, help="the .h5ad file to write")
@@ -440,9 +447,9 @@ def _print_locations(
         n = sum(int(tags.get(t, 0)) for t in (schema.TAG_N_SCORED, schema.TAG_N_NOT_APPLICABLE))
         print(f"  parent run:    {tags.get(schema.TAG_RUN_NAME, '')} ({parent_id})")
         print(
-            f"  artifacts:     {artifacts} (parent run), {split_artifacts}"
-            f" ({n} split run{'' if n == 1 else 's'}: {schema.SPLIT_ARTIFACT}, ...)"
+            f"  artifacts:     {artifacts} (parent run: each split once in {schema.SPLITS_DIR}/<split digest>.npz)"
         )
+        print(f"  split runs:    {split_artifacts} ({n} split run{'' if n == 1 else 's'})")
         if figures:
             print(f"  figures:       {artifacts}/{schema.FIGURES_DIR}/{schema.SUMMARY_FIGURE} (summary)")
             print(
@@ -562,8 +569,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
     """Write a synthetic screen of about --cells cells and print how to benchmark it."""
+    from benchmark.splits import MIN_CELLS, RANDOM_TEST_FRACTION
     from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
 
+    if args.controls is None:  # a Replogle-like screen: many controls, capped for small files
+        args.controls = max(1, min(DEFAULT_CONTROLS, args.cells // (10 * max(args.contexts, 1))))
     for name in ("cells", "genes", "perturbations", "controls", "contexts"):
         if getattr(args, name) < 1:
             raise PertbenchError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -594,6 +604,13 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
         f"bench run --predictor mean_shift --data {path} --perturbation-key {PERTURBATION_KEY}"
         f" --control {CONTROL}{context} --expression counts"
     )
+    held_out = round(RANDOM_TEST_FRACTION * per_group)
+    if args.contexts == 1 and held_out < MIN_CELLS:
+        print(
+            f"note: the random split holds out {held_out} of {per_group} cells per perturbation, fewer than the "
+            f"{MIN_CELLS} a target needs: use more --cells or fewer --perturbations",
+            file=sys.stderr,
+        )
     return 0
 
 

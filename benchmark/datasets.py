@@ -29,7 +29,7 @@ from anndata import AnnData
 from benchmark import synthetic
 from benchmark.errors import PertbenchError
 from benchmark.splits import SPLIT_KINDS
-from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.task import Task
 from benchmark.validation import format_labels, validate
 
 try:
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic"
 EXPRESSIONS = ("lognorm", "counts")
 DOWNLOAD_TIMEOUT_S = 60.0
+BACKED_MIN_BYTES = 1 << 30
+"""An h5ad file this large or larger is opened backed: X stays on disk and the harness reads the cells it needs (a
+split's groups, a batch of `task.BATCH_CELLS` cells) when it needs them; smaller files are read whole (faster)."""
 REQUIRED_FIELDS = ("name", "file", "sha256", "perturbation_key", "control", "expression", "default_split")
 
 
@@ -255,15 +258,18 @@ def locate_file(card: DatasetCard, folder: Path | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def read_h5ad(path: Path) -> AnnData:
-    """Read an h5ad file, silencing the old-format warnings old anndata files trigger on read."""
+def read_h5ad(path: Path, backed: bool | None = False) -> AnnData:
+    """Read an h5ad file (backed: X left on disk; None: backed when the file is at least BACKED_MIN_BYTES),
+    silencing the old-format warnings old anndata files trigger on read."""
+    if backed is None:
+        backed = Path(path).stat().st_size >= BACKED_MIN_BYTES
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"Moving element from \.uns\['neighbors'\]", category=FutureWarning
         )
         warnings.filterwarnings("ignore", category=ad.OldFormatWarning)
         try:
-            return ad.read_h5ad(path)
+            return ad.read_h5ad(path, backed="r" if backed else None)
         except (OSError, KeyError, ValueError) as e:
             raise PertbenchError(f"cannot read {path} as h5ad: {e}") from e
 
@@ -282,7 +288,8 @@ def apply_filters(adata: AnnData, filters: dict[str, str]) -> AnnData:
         if value not in set(column):
             raise PertbenchError(f"filter {key} == {value!r} keeps no cells; values: {format_labels(column)}")
         keep &= column == value
-    return adata[keep].copy()
+    kept = adata[keep]
+    return kept.to_memory() if kept.isbacked else kept.copy()
 
 
 def _string_categorical(column: pd.Series) -> pd.Categorical:
@@ -304,7 +311,9 @@ def tidy(adata: AnnData, task: Task) -> AnnData:
             adata.obs[key] = adata.obs[key].cat.remove_unused_categories()
     adata.obs_names_make_unique()
     adata.var_names_make_unique()
-    if sp.issparse(adata.X):
+    if adata.isbacked:  # X stays on disk as stored; the cells read from it are converted as they are used
+        pass
+    elif sp.issparse(adata.X):
         adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
     else:
         adata.X = np.asarray(adata.X, dtype=np.float32)
@@ -312,11 +321,10 @@ def tidy(adata: AnnData, task: Task) -> AnnData:
 
 
 def prepare(adata: AnnData, task: Task, filters: dict[str, str] | None = None) -> AnnData:
-    """Filter, tidy and validate; count data get a log-normalized layer for scoring."""
+    """Filter, tidy and validate. Count data are log-normalized when read (a group or batch at a time), never
+    stored twice."""
     adata = tidy(apply_filters(adata, filters or {}), task)
     validate(adata, task)
-    if task.expression == "counts":
-        adata.layers[LOGNORM_LAYER] = lognormalize(adata.X)
     return adata
 
 
@@ -334,14 +342,15 @@ def load_synthetic() -> Dataset:
     )
 
 
-def load_dataset(name: str, data_dir: Path | None = None) -> Dataset:
-    """Load a dataset by card name (or 'synthetic'): verified file, filtered, tidied and validated."""
+def load_dataset(name: str, data_dir: Path | None = None, backed: bool | None = None) -> Dataset:
+    """Load a dataset by card name (or 'synthetic'): verified file, filtered, tidied and validated (`backed` as in
+    `read_h5ad`: None opens a large file backed)."""
     if name == SYNTHETIC:
         return load_synthetic()
     card = get_card(name)
     path = locate_file(card, data_dir)
     task = card.task()
-    adata = prepare(read_h5ad(path), task, card.filters)
+    adata = prepare(read_h5ad(path, backed), task, card.filters)
     return Dataset(card.name, adata, task, card.sha256, str(path), card.default_split)
 
 
@@ -360,13 +369,14 @@ def load_h5ad(
     control: str,
     context_key: str | None = None,
     expression: str = "lognorm",
+    backed: bool | None = None,
 ) -> Dataset:
-    """Load any user h5ad file without a card; the checksum is the file's SHA-256."""
+    """Load any user h5ad file without a card; the checksum is the file's SHA-256 (`backed` as in `read_h5ad`)."""
     path = Path(path)
     if not path.is_file():
         raise PertbenchError(f"no such file: {path}")
     if expression not in EXPRESSIONS:
         raise PertbenchError(f"expression must be one of {', '.join(EXPRESSIONS)}, got {expression!r}")
     task = Task(perturbation_key, control, context_key, expression=expression)  # type: ignore[arg-type]
-    adata = prepare(read_h5ad(path), task)
+    adata = prepare(read_h5ad(path, backed), task)
     return Dataset(path.stem, adata, task, sha256_file(path), str(path), _guess_split(adata, task))

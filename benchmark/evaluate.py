@@ -112,11 +112,15 @@ def evaluate_target(
     (rows), used by `discrimination`. The ceiling's random halves are drawn from `seed`.
     """
     control_x, real_x = dense(control_x), dense(real_x)
+    first: list[EvalData] = []
 
     def scored(cells: np.ndarray) -> dict[str, float]:
-        return score(
-            EvalData(control=control_x, real=real_x, pred=as_scored(cells), embed=embed, others=others)
-        )
+        data = EvalData(control=control_x, real=real_x, pred=as_scored(cells), embed=embed, others=others)
+        if first:  # the real side (DE test, embedding, variances) is the same for every prediction: once
+            data.sharing_real(first[0])
+        else:
+            first.append(data)
+        return score(data)
 
     metrics = scored(pred_x)
     ceiling = noise_ceiling(control_x, real_x, embed, n_repeats=ceiling_repeats, seed=seed, others=others)

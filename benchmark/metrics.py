@@ -61,7 +61,7 @@ from scipy.special import ndtr
 from scipy.stats import false_discovery_control
 
 from benchmark.errors import PertbenchError
-from benchmark.task import dense
+from benchmark.task import Task, dense, lognorm_batches, take
 
 VAR_EPS = 1e-6
 """Added to both per-gene variances in `var_ratio` so genes with zero variance give finite logs."""
@@ -77,6 +77,14 @@ MAX_DISTANCE_CELLS = 2000
 
 SUBSAMPLE_SEED = 0
 """Seeds the K-cell subsample together with the number of cells, so it is the same on every call."""
+
+PCA_MAX_CELLS = 20_000
+"""Most training cells the scoring PCA (`fit_embedding_cells`) is fit on; a larger training set is represented by
+a seeded uniform sample of this many (`pca_rows`). The PCA only places the at most K scored cells of each side, and
+20,000 cells pin down its top 50 axes; every committed dataset has fewer training cells, so is fit on all."""
+
+SCATTER_CHUNK_VALUES = 1 << 24
+"""Values (cells x genes) of one dense chunk when the PCA scatter matrix is summed chunk by chunk (128 MB)."""
 
 EXACT_PCA_MAX_DIM = 12000
 """Largest min(cells, genes) for the dense eigendecomposition in `fit_embedding`; beyond it, ARPACK."""
@@ -135,6 +143,38 @@ class EvalData:
         """Seed the cached (subsampled) embeddings so they are not recomputed."""
         self.__dict__["real_z"], self.__dict__["pred_z"] = real_z, pred_z
         return self
+
+    _REAL_SIDE = (
+        "mean_control",
+        "mean_real",
+        "delta_true",
+        "real_index",
+        "control_index",
+        "real_z",
+        "true_top",
+        "deg_index",
+        "de_real",
+        "var_real",
+    )
+    """Cached values that depend only on the control cells, the real cells and the embedding."""
+
+    def sharing_real(self, other: EvalData) -> EvalData:
+        """Reuse `other`'s cached real-side values (same control, real and embed objects): scoring several
+        predictions of one target computes the real cells' DE test, embedding and variances once."""
+        if other.control is not self.control or other.real is not self.real or other.embed is not self.embed:
+            raise ValueError("sharing_real needs the same control, real and embed objects")
+        for name in self._REAL_SIDE:
+            if name in other.__dict__:
+                self.__dict__[name] = other.__dict__[name]
+        return self
+
+    @cached_property
+    def var_real(self) -> np.ndarray:
+        return gene_variance(self.real)
+
+    @cached_property
+    def var_pred(self) -> np.ndarray:
+        return gene_variance(self.pred)
 
     @cached_property
     def mean_control(self) -> np.ndarray:
@@ -332,7 +372,9 @@ def median_sq_distance(x: np.ndarray) -> float:
 
 def rbf_bandwidth(real: np.ndarray, pred: np.ndarray) -> float:
     """The RBF scale h: median squared real-real distance, else pooled, else 1 (see module docstring)."""
-    for sample in (real, np.vstack([real, pred])):
+    pooled = np.vstack([real, pred])
+    pooled = pooled[subsample_index(pooled.shape[0])]  # at most K rows: the fallback stays O(K²) too
+    for sample in (real, pooled):
         h = median_sq_distance(sample)
         if np.isfinite(h) and h > 0:
             return h
@@ -586,7 +628,7 @@ def _crps_deg100(data: EvalData) -> float:
 def _var_ratio(data: EvalData) -> float:
     # Genes constant in both samples (on sparse data: most genes, all zero) say nothing about dispersion and
     # would pull the median to 0, so only genes that vary in the real or the predicted cells count.
-    pred_var, real_var = gene_variance(data.pred), gene_variance(data.real)
+    pred_var, real_var = data.var_pred, data.var_real
     varying = (pred_var > VAR_EPS) | (real_var > VAR_EPS)
     if not varying.any():
         return 0.0
@@ -631,6 +673,54 @@ def fit_embedding(train_x, n_components: int = 50, seed: int = 0) -> Callable[[n
         components = _gram_components(x, mu, k) if n <= p else _covariance_components(x, mu, k)
     else:
         components = _arpack_components(x, mu, k)
+    return _signed(mu, components)
+
+
+def pca_rows(n: int) -> np.ndarray:
+    """Training cells the scoring PCA is fit on: all n up to PCA_MAX_CELLS, else PCA_MAX_CELLS sorted rows drawn
+    uniformly by a generator seeded with (SUBSAMPLE_SEED, n)."""
+    if n <= PCA_MAX_CELLS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([SUBSAMPLE_SEED, n]).choice(n, size=PCA_MAX_CELLS, replace=False))
+
+
+def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbedding:
+    """`fit_embedding` of the log-normalized training cells of `adata` (in memory, a view or backed).
+
+    Up to PCA_MAX_CELLS cells, all of them; beyond, the `pca_rows` sample. All cells in one batch (at most
+    BATCH_CELLS: the committed datasets) is exactly `fit_embedding(task.lognorm(adata))`. Otherwise, with
+    more cells than genes, the mean and the scatter matrix X^T X are summed over dense row chunks (BLAS, O(chunk +
+    genes²) memory) and the covariance solver runs on them: the same exact PCA of those cells. With more genes
+    than cells (or both past EXACT_PCA_MAX_DIM) the batches are stacked and fit as one matrix.
+    """
+    sampled = adata.n_obs > PCA_MAX_CELLS
+    if sampled:
+        adata = take(adata, pca_rows(adata.n_obs))
+    batches = lognorm_batches(adata, task)
+    first_rows, first = next(batches)
+    n, p = adata.n_obs, adata.n_vars
+    if first_rows == slice(0, n) and not sampled:
+        return fit_embedding(first, n_components=n_components)
+    k = min(n_components, n - 1, p)
+    if n <= p or min(n, p) > EXACT_PCA_MAX_DIM or k < 1:
+        rest = [x for _, x in batches]
+        stack = sp.vstack([first, *rest], format="csr") if sp.issparse(first) else np.vstack([first, *rest])
+        return fit_embedding(stack, n_components=n_components)
+    total, scatter = np.zeros(p), np.zeros((p, p))
+    chunk = max(1, SCATTER_CHUNK_VALUES // p)
+    for _, x in ((first_rows, first), *batches):
+        for start in range(0, x.shape[0], chunk):
+            rows = dense(x[start : start + chunk])
+            total += rows.sum(axis=0)
+            scatter += rows.T @ rows
+    mu = total / n
+    c = scatter - n * np.outer(mu, mu)
+    components = _top_eigh((c + c.T) / 2.0, k)[1].T
+    return _signed(mu, components)
+
+
+def _signed(mu: np.ndarray, components: np.ndarray) -> PCAEmbedding:
+    """The embedding with each component's largest-|loading| gene positive (sklearn's svd_flip rule)."""
     signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
     return PCAEmbedding(mean=mu, components=components * np.where(signs == 0, 1.0, signs)[:, None])
 

@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from benchmark.task import Task, dense
+from benchmark.task import Task, dense, lognorm_batches
 
 Group = tuple[str, str]  # (context, perturbation)
 
@@ -34,9 +34,29 @@ def group_sums(
 
 def group_means(train: AnnData, task: Task) -> dict[Group, np.ndarray]:
     """Mean log-normalized profile of every (context, perturbation) group."""
-    groups, sums, sizes = group_sums(task.lognorm(train), task.contexts(train), task.perturbations(train))
+    groups, sums, sizes = lognorm_group_sums(train, task)
     means = sums / sizes[:, None]
     return {group: means[i] for i, group in enumerate(groups)}
+
+
+def lognorm_group_sums(adata: AnnData, task: Task) -> tuple[list[Group], np.ndarray, np.ndarray]:
+    """`group_sums` of the log-normalized cells of `adata`, read batch by batch (`lognorm_batches`): memory holds
+    one batch, never a second full matrix. One batch (the committed datasets) is exactly `group_sums` on all."""
+    contexts, perturbations = task.contexts(adata), task.perturbations(adata)
+    codes = pd.MultiIndex.from_arrays([np.asarray(contexts), np.asarray(perturbations)])
+    group_of_cell, labels = pd.factorize(codes)
+    total: np.ndarray | None = None
+    for rows, x in lognorm_batches(adata, task):
+        if rows == slice(0, adata.n_obs):
+            return group_sums(x, contexts, perturbations)
+        part = group_of_cell[rows]
+        indicator = sp.csr_matrix(
+            (np.ones(len(part)), (part, np.arange(len(part)))), shape=(len(labels), len(part))
+        )
+        batch = dense(indicator @ x)
+        total = batch if total is None else total + batch
+    sizes = np.bincount(group_of_cell, minlength=len(labels)).astype(np.float64)
+    return [(str(t), str(p)) for t, p in labels], total, sizes
 
 
 def split_controls(
@@ -52,7 +72,7 @@ def split_controls(
 
 def group_profiles(adata: AnnData, task: Task) -> tuple[dict[Group, np.ndarray], dict[Group, int]]:
     """Mean log-normalized profile and cell count of every (context, perturbation) group of `adata`."""
-    groups, sums, sizes = group_sums(task.lognorm(adata), task.contexts(adata), task.perturbations(adata))
+    groups, sums, sizes = lognorm_group_sums(adata, task)
     means = sums / sizes[:, None]
     return (
         {group: means[i] for i, group in enumerate(groups)},

@@ -33,13 +33,13 @@ from benchmark.errors import NotApplicable, PertbenchError
 from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
 from benchmark.export import cell_eval_pair, saved_prediction
 from benchmark.figures import composite_figure, summary_figure
-from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding
+from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding_cells
 from benchmark.model_cache import cache_key, fit_or_load
 from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
-from benchmark.task import dense
+from benchmark.task import Positions, dense, take
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
@@ -119,7 +119,7 @@ def run_benchmark(
         progress(f"skipped {note}")
 
     tracking.experiment_for(dataset.name)
-    positions = {name: i for i, name in enumerate(dataset.adata.obs_names)}
+    positions = Positions(dataset.adata.obs_names)
     profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
     results: list[TargetResult] = []
     total = sum(len(v) for v in splits_by_seed.values())
@@ -183,14 +183,14 @@ def _run_split(
     dataset: Dataset,
     split: Split,
     seed: int,
-    positions: dict[str, int],
+    positions: Positions,
     options: RunOptions,
     progress: Progress,
     embeddings: dict[str, PCAEmbedding],
     profiles: tuple[dict, dict],
 ) -> list[TargetResult]:
     """Fit once on the split's training cells, then predict and score each of its targets in a child run."""
-    train = dataset.adata[[positions[c] for c in split.train_cells]].copy()
+    train = dataset.adata[positions.of(split.train_cells)]  # a view: predictors read it, nothing is copied
     scorer = SplitScorer.prepare(
         name, dataset, split, seed, train, positions, profiles, embeddings, options, progress
     )
@@ -269,9 +269,10 @@ class SplitScorer:
     embed: PCAEmbedding
     references: ReferenceShifts
     profiles: tuple[dict, dict]
-    positions: dict[str, int]
+    positions: Positions
     options: RunOptions
     progress: Progress
+    _split_logged: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     def prepare(
@@ -281,7 +282,7 @@ class SplitScorer:
         split: Split,
         seed: int,
         train: AnnData,
-        positions: dict[str, int],
+        positions: Positions,
         profiles: tuple[dict, dict],
         embeddings: dict[str, PCAEmbedding],
         options: RunOptions,
@@ -293,7 +294,7 @@ class SplitScorer:
         if (
             split.digest() not in embeddings
         ):  # same training cells (a holdout split under another seed): same PCA
-            embeddings[split.digest()] = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+            embeddings[split.digest()] = fit_embedding_cells(train, task, n_components=50)
         return cls(
             name,
             dataset,
@@ -324,6 +325,8 @@ class SplitScorer:
         from `predict` becomes a recorded status. `fit_seconds` is logged when known.
         """
         split, seed, task = self.split, self.seed, self.dataset.task
+        if not self._split_logged and mlflow.active_run() is not None:
+            self._log_split()  # once per split, on the parent run
         with mlflow.start_run(run_name=f"{self.name} · {split.name} · seed {seed}", nested=True) as child:
             run_id = child.info.run_id
             mlflow.set_tags(
@@ -360,9 +363,10 @@ class SplitScorer:
                     : schema.SELECTION_PARAM_CHARS
                 ]
             tracking.log_params(run_id, logged)
-            with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(split.save(Path(tmp) / schema.SPLIT_ARTIFACT)))
-                if selection is not None:
+            if not self._split_logged:  # no parent run: the split goes with its first target instead
+                self._log_split()
+            if selection is not None:
+                with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / schema.SELECTION_ARTIFACT
                     path.write_text(_json(selection))
                     mlflow.log_artifact(str(path))
@@ -395,13 +399,20 @@ class SplitScorer:
                 )
         return result
 
+    def _log_split(self) -> None:
+        """Log the split (integer positions, schema.split_artifact) to the active run, once per SplitScorer."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.split.save(Path(tmp) / f"{self.split.digest()}.npz", self.dataset.adata.obs_names)
+            mlflow.log_artifact(str(path), artifact_path=schema.SPLITS_DIR)
+        self._split_logged = True
+
     def _score(self, target: Target, predict: PredictFn, others: np.ndarray | None) -> TargetResult:
         """Predict one target and score it with the engine; NotApplicable becomes a recorded status."""
         adata, task, split, seed = self.dataset.adata, self.dataset.task, self.split, self.seed
         positions, options = self.positions, self.options
         result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
-        control = adata[[positions[c] for c in target.control_cells]].copy()
-        real = dense(task.lognorm(adata[[positions[c] for c in target.test_cells]]))
+        control = take(adata, positions.of(target.control_cells))
+        real = dense(task.lognorm(take(adata, positions.of(target.test_cells))))
         control_x = dense(task.lognorm(control))
         started = time.perf_counter()
         try:
@@ -433,7 +444,7 @@ class SplitScorer:
                 pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
-                test = adata[[positions[c] for c in target.test_cells]]
+                test = take(adata, positions.of(target.test_cells))
                 pair = cell_eval_pair(control, control_x, test, real, saved, target)
                 for file, cells in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
                     cells.write_h5ad(Path(tmp) / file)

@@ -107,7 +107,15 @@ PER_SPLIT = "per split"
 """A parent's `hp.*` value when a config gives the splits different values (each child logs its own)."""
 CONFIG_ARTIFACT = "config.toml"
 SELECTION_ARTIFACT = "selection.json"
-SPLIT_ARTIFACT = "split.json"
+SPLITS_DIR = "splits"
+"""Parent-run artifact folder holding each split once, as `<split digest>.npz` (benchmark.splits.Split.save)."""
+
+
+def split_artifact(digest: str) -> str:
+    """The parent-run artifact path of the split with this digest (its children log the digest as a param)."""
+    return f"{SPLITS_DIR}/{digest}.npz"
+
+
 FIGURES_DIR = "figures"
 COMPOSITE_FIGURE, SUMMARY_FIGURE = "composite.png", "summary.png"
 """Under FIGURES_DIR: each split run's composite figure, the parent run's summary figure."""

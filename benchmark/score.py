@@ -43,6 +43,7 @@ from benchmark.runner import (
     run_tags,
 )
 from benchmark.splits import Split, Target, make_splits
+from benchmark.task import Positions
 from benchmark.validation import COUNTS_LOOKING_MAX, format_labels
 
 PERTURBATION_KEY, CONTEXT_KEY = "perturbation", "context"
@@ -233,7 +234,7 @@ def score_predictions(
     for note in splits[0].skipped:
         progress(f"skipped {note}")
     tracking.experiment_for(dataset.name)
-    positions = {cell: i for i, cell in enumerate(dataset.adata.obs_names)}
+    positions = Positions(dataset.adata.obs_names)
     profiles = group_profiles(dataset.adata, dataset.task)
     config = _configuration(predictions, name, dataset, split_kind, seed, splits)
     params = {
@@ -295,7 +296,7 @@ def _scorer(
     dataset: Dataset,
     split: Split,
     seed: int,
-    positions: dict[str, int],
+    positions: Positions,
     profiles: tuple[dict, dict],
     embeddings: dict[str, PCAEmbedding],
     options: RunOptions,
@@ -305,7 +306,7 @@ def _scorer(
     """The split's SplitScorer; its embedding and references are fit only when the file predicts a target of it."""
     if not any((t.perturbation, t.context) in predictions.groups for t in split.targets):
         return SplitScorer(name, dataset, split, seed, None, None, profiles, positions, options, progress)  # type: ignore[arg-type]
-    train = dataset.adata[[positions[c] for c in split.train_cells]].copy()
+    train = dataset.adata[positions.of(split.train_cells)]
     return SplitScorer.prepare(
         name, dataset, split, seed, train, positions, profiles, embeddings, options, progress
     )

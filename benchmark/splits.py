@@ -14,7 +14,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,51 +61,101 @@ class Split:
     skipped: tuple[str, ...] = field(default=())
 
     def digest(self) -> str:
-        """A short hash of the split's cell ids: two runs with the same digest trained on the same cells."""
-        payload = json.dumps([self.kind, self.train_cells, [asdict(t) for t in self.targets]])
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """A short hash of the split's cell ids: two runs with the same digest trained on the same cells.
 
-    def to_dict(self) -> dict:
-        """A JSON-serializable form (cell ids as lists)."""
-        return {
+        Computed once and cached. The value is the SHA-256 of `json.dumps([kind, train_cells, [asdict(t) for t in
+        targets]])` (its first 16 hex digits), fed to the hash piece by piece so a cell-id tuple that several
+        targets share (the controls of a context) is JSON-encoded once.
+        """
+        cached = self.__dict__.get("_digest")
+        if cached is None:
+            cached = _digest(self.kind, self.train_cells, self.targets)
+            self.__dict__["_digest"] = cached  # a frozen dataclass: bypass __setattr__ (not a field)
+        return cached
+
+    def save(self, path: Path | str, obs_names: pd.Index) -> Path:
+        """Write the split as integer positions into `obs_names` (the dataset's) plus the names they point at.
+
+        An .npz file: `train` positions, every target's test positions (`test`, split by `test_offsets`), each
+        distinct control set once (`controls`, `control_offsets`; `target_controls` says which one a target
+        uses), the referenced cells' names and positions (`names`, `name_positions`) that `load` checks the
+        positions against, and the rest (name, kind, seed, digest, labels, skipped) as JSON in `meta`.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        obs_names = pd.Index(obs_names)
+        locate = _Locator(obs_names)
+        train = locate(self.train_cells)
+        tests = [locate(t.test_cells) for t in self.targets]
+        sets: dict[int, int] = {}
+        control_sets: list[np.ndarray] = []
+        target_controls = []
+        for t in self.targets:
+            key = id(t.control_cells)
+            if key not in sets:
+                sets[key] = len(control_sets)
+                control_sets.append(locate(t.control_cells))
+            target_controls.append(sets[key])
+        used = np.unique(np.concatenate([train, *tests, *control_sets]))
+        meta = {
+            "format": SPLIT_FORMAT,
             "name": self.name,
             "kind": self.kind,
             "seed": self.seed,
             "digest": self.digest(),
-            "train_cells": list(self.train_cells),
-            "targets": [
-                {**asdict(t), "test_cells": list(t.test_cells), "control_cells": list(t.control_cells)}
-                for t in self.targets
-            ],
+            "skipped": list(self.skipped),
+            "targets": [[t.perturbation, t.context] for t in self.targets],
         }
-
-    def save(self, path: Path | str) -> Path:
-        """Write the split as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict()))
+        with open(path, "wb") as f:
+            np.savez_compressed(
+                f,
+                meta=np.array(json.dumps(meta)),
+                train=train,
+                test=_concat(tests),
+                test_offsets=_offsets(tests),
+                controls=_concat(control_sets),
+                control_offsets=_offsets(control_sets),
+                target_controls=np.asarray(target_controls, dtype=np.int64),
+                names=np.asarray(obs_names[used], dtype=str),
+                name_positions=used,
+            )
         return path
 
     @classmethod
-    def load(cls, path: Path | str) -> Split:
-        """Read a split written by `save`, checking its digest."""
-        data = json.loads(Path(path).read_text())
-        split = cls(
-            name=data["name"],
-            kind=data["kind"],
-            seed=int(data["seed"]),
-            train_cells=tuple(data["train_cells"]),
-            targets=tuple(
-                Target(
-                    perturbation=t["perturbation"],
-                    context=t["context"],
-                    test_cells=tuple(t["test_cells"]),
-                    control_cells=tuple(t["control_cells"]),
+    def load(cls, path: Path | str, obs_names: pd.Index | None = None) -> Split:
+        """Read a split written by `save`, checking its digest, and (given the dataset's `obs_names`) that its
+        positions still point at the same cells."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                data = {k: f[k] for k in f.files}
+            meta = json.loads(str(data["meta"]))
+        except (OSError, ValueError, KeyError) as e:
+            raise PertbenchError(f"cannot read split file {path}: {e}") from e
+        names, where = data["names"].astype(object), data["name_positions"]
+        if obs_names is not None:
+            inside = where < len(obs_names)
+            if not inside.all() or not np.array_equal(np.asarray(obs_names[where], dtype=str), data["names"]):
+                raise PertbenchError(
+                    f"split file {path} does not match this dataset: its positions point at other cells"
                 )
-                for t in data["targets"]
+
+        def ids(positions: np.ndarray) -> tuple[str, ...]:
+            return tuple(names[np.searchsorted(where, positions)])
+
+        tests = np.split(data["test"], data["test_offsets"][1:-1])
+        sets = [ids(c) for c in np.split(data["controls"], data["control_offsets"][1:-1])]
+        split = cls(
+            name=meta["name"],
+            kind=meta["kind"],
+            seed=int(meta["seed"]),
+            train_cells=ids(data["train"]),
+            targets=tuple(
+                Target(perturbation=p, context=c, test_cells=ids(test), control_cells=sets[int(k)])
+                for (p, c), test, k in zip(meta["targets"], tests, data["target_controls"], strict=True)
             ),
+            skipped=tuple(meta.get("skipped", ())),
         )
-        if "digest" in data and data["digest"] != split.digest():
+        if split.digest() != meta["digest"]:
             raise PertbenchError(f"split file {path} is corrupted: its cell ids do not match its digest")
         return split
 
@@ -152,6 +202,7 @@ class _Groups:
         self.perts = task.perturbations(adata)
         self.contexts = task.contexts(adata)
         self.skipped: list[str] = []
+        self._controls: dict[str, tuple[str, ...]] = {}  # one tuple per context, shared by its targets
         frame = pd.DataFrame({"context": self.contexts, "pert": self.perts})
         self.index: dict[tuple[str, str], np.ndarray] = {
             (str(c), str(p)): np.asarray(idx)
@@ -193,8 +244,12 @@ class _Groups:
                 f"a split needs {min_cells} of each"
             )
             return None
-        control_idx = capped_controls(control_idx, len(test_idx), seed, f"{context}\0{pert}")
-        return Target(pert, context, tuple(self.ids[test_idx]), tuple(self.ids[control_idx]))
+        capped = capped_controls(control_idx, len(test_idx), seed, f"{context}\0{pert}")
+        if len(capped) < len(control_idx):  # a sample of its own
+            return Target(pert, context, tuple(self.ids[test_idx]), tuple(self.ids[capped]))
+        if context not in self._controls:  # every control cell: one tuple shared by the context's targets
+            self._controls[context] = tuple(self.ids[control_idx])
+        return Target(pert, context, tuple(self.ids[test_idx]), self._controls[context])
 
     def train_without(self, held_out: np.ndarray) -> tuple[str, ...]:
         mask = np.ones(len(self.ids), dtype=bool)
@@ -289,3 +344,58 @@ def _with_skipped(splits: list[Split], groups: _Groups) -> list[Split]:
     """Attach the list of skipped groups to every split so the run can report them."""
     skipped = tuple(groups.skipped)
     return [Split(s.name, s.kind, s.seed, s.train_cells, s.targets, skipped) for s in splits]
+
+
+SPLIT_FORMAT = 1
+"""Version of the .npz layout `Split.save` writes."""
+
+
+def _digest(kind: str, train_cells: tuple[str, ...], targets: tuple[Target, ...]) -> str:
+    """SHA-256 (16 hex digits) of json.dumps([kind, train_cells, [asdict(t) for t in targets]]), streamed."""
+    h = hashlib.sha256()
+    encoded: dict[int, bytes] = {}
+
+    def cells(ids: tuple[str, ...]) -> bytes:
+        key = id(ids)
+        if key not in encoded:
+            encoded[key] = json.dumps(ids).encode()
+        return encoded[key]
+
+    h.update(b"[" + json.dumps(kind).encode() + b", " + cells(train_cells) + b", [")
+    for i, t in enumerate(targets):
+        h.update(
+            (", " if i else "").encode()
+            + b'{"perturbation": '
+            + json.dumps(t.perturbation).encode()
+            + b', "context": '
+            + json.dumps(t.context).encode()
+            + b', "test_cells": '
+            + cells(t.test_cells)
+            + b', "control_cells": '
+            + cells(t.control_cells)
+            + b"}"
+        )
+    h.update(b"]]")
+    return h.hexdigest()[:16]
+
+
+class _Locator:
+    """Positions of cell ids in obs_names (one hash lookup each); an unknown id is an error."""
+
+    def __init__(self, obs_names: pd.Index) -> None:
+        self.obs_names = obs_names
+
+    def __call__(self, ids: tuple[str, ...]) -> np.ndarray:
+        positions = self.obs_names.get_indexer(pd.Index(ids, dtype=object)).astype(np.int64)
+        if (positions < 0).any():
+            missing = [ids[i] for i in np.flatnonzero(positions < 0)[:3]]
+            raise PertbenchError(f"cell id(s) {', '.join(map(repr, missing))} are not in the dataset")
+        return positions
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+
+def _offsets(parts: list[np.ndarray]) -> np.ndarray:
+    return np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64)

@@ -54,7 +54,7 @@ from benchmark.evaluate import other_deltas
 from benchmark.metrics import METRICS, EvalData, fit_embedding, score
 from benchmark.pseudobulk import group_profiles
 from benchmark.splits import MIN_CELLS, SPLIT_KINDS, Split, make_splits
-from benchmark.task import dense
+from benchmark.task import dense, take
 from predictors.registry import make_predictor
 
 try:
@@ -171,7 +171,7 @@ def validation_splits(
 
 def _subset(dataset: Dataset, cells) -> Any:
     positions = dataset.adata.obs_names.get_indexer(list(cells))
-    return dataset.adata[positions].copy()
+    return take(dataset.adata, positions)  # in memory, also from a backed file
 
 
 # ---------------------------------------------------------------------------------------------- objective

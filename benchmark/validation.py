@@ -14,7 +14,7 @@ from anndata import AnnData
 from benchmark.errors import PertbenchError
 from benchmark.export import PRED_FILE, SOURCE_CELL
 from benchmark.schema import CELL_EVAL_DIR
-from benchmark.task import Task
+from benchmark.task import BATCH_CELLS, Task
 
 MAX_LISTED = 12
 """How many labels an error message lists before eliding the rest."""
@@ -29,7 +29,11 @@ def validate(adata: AnnData, task: Task, min_cells: int = 1) -> None:
     _check_not_empty(adata)
     _check_obs_keys(adata, task)
     _check_control_present(adata, task)
-    _check_values(adata.X, task.expression)
+    if adata.isbacked:  # X on disk: check it a batch of cells at a time
+        for start in range(0, adata.n_obs, BATCH_CELLS):
+            _check_values(adata[start : start + BATCH_CELLS].X, task.expression)
+    else:
+        _check_values(adata.X, task.expression)
     _check_context_controls(adata, task, min_cells)
 
 

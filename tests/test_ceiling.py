@@ -298,3 +298,18 @@ def test_kang_subsampled_distances_stay_near_the_exact_values(kang_cd8t, monkeyp
     assert exact["energy_distance"] > 1.0
     ceiling = noise_ceiling(control, real, kang_cd8t["embed"], n_repeats=5, names=["energy_distance"])
     assert abs(ceiling["energy_distance"]) < 0.05
+
+
+def test_large_groups_bootstrap_halves_from_moments_match_copied_halves(monkeypatch):
+    import benchmark.ceiling as ceiling_module
+
+    rng = np.random.default_rng(3)
+    control = np.log1p(rng.poisson(1.0, size=(60, 40)).astype(float))
+    real = np.log1p(rng.poisson(1.3, size=(80, 40)).astype(float))
+    others = rng.normal(0, 0.2, size=(4, 40))
+    names = ["jaccard_25", "discrimination", "var_ratio"]
+    copied = noise_ceiling(control, real, None, names=names, others=others)
+    monkeypatch.setattr(ceiling_module, "MAX_DISTANCE_CELLS", 10)  # 80 real cells: the moments path
+    moments = noise_ceiling(control, real, None, names=names, others=others)
+    for name in names:
+        assert moments[name] == pytest.approx(copied[name], abs=1e-9)

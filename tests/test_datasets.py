@@ -22,7 +22,7 @@ from benchmark.datasets import (
     sha256_file,
 )
 from benchmark.errors import PertbenchError
-from benchmark.task import LOGNORM_LAYER
+from benchmark.task import LOGNORM_LAYER, lognormalize, take
 
 KANG = "kang2018_pbmc_ifnb.h5ad"
 
@@ -86,8 +86,7 @@ def test_load_real_dataset(shared_data_dir, name, shape, n_contexts, split):
     assert len(ds.adata.obs[ds.task.context_key].cat.categories) == n_contexts
     assert ds.task.is_control(ds.adata).any()
     assert sp.isspmatrix_csr(ds.adata.X) and ds.adata.X.dtype == np.float32
-    if ds.task.expression == "counts":
-        assert sp.issparse(ds.adata.layers[LOGNORM_LAYER])
+    assert LOGNORM_LAYER not in ds.adata.layers  # log-normalized when read, never a second full matrix
     if name == "norman19":
         assert "KLF1+MAP2K6" in set(ds.task.perturbations(ds.adata))
         assert list(ds.adata.obs["dataset"].cat.categories) == ["norman19"]
@@ -191,7 +190,10 @@ def test_synthetic_dataset():
     assert ds.task.expression == "counts" and ds.default_split == "holdout_context"
     assert ds.checksum.startswith("synthetic:") and "seed=0" in ds.checksum
     assert ds.checksum == load_dataset("synthetic").checksum
-    assert sp.issparse(ds.adata.layers[LOGNORM_LAYER])
+    assert LOGNORM_LAYER not in ds.adata.layers
+    np.testing.assert_array_equal(
+        ds.task.lognorm(ds.adata[:5]).toarray(), lognormalize(ds.adata.X[:5]).toarray()
+    )
 
 
 def test_load_h5ad_user_file(small_synthetic, tmp_path):
@@ -199,7 +201,7 @@ def test_load_h5ad_user_file(small_synthetic, tmp_path):
     small_synthetic.write_h5ad(path)
     ds = load_h5ad(path, "condition", "control", "cell_type", expression="counts")
     assert ds.name == "mine" and ds.checksum == sha256_file(path) and ds.default_split == "holdout_context"
-    assert ds.adata.shape == small_synthetic.shape and LOGNORM_LAYER in ds.adata.layers
+    assert ds.adata.shape == small_synthetic.shape and not ds.adata.isbacked
     assert load_h5ad(path, "condition", "control", expression="counts").default_split == "holdout_combo"
     with pytest.raises(PertbenchError, match=r"looks like raw counts"):
         load_h5ad(path, "condition", "control")  # counts loaded as lognorm (the default)
@@ -210,3 +212,15 @@ def test_load_h5ad_user_file(small_synthetic, tmp_path):
         load_h5ad(tmp_path / "junk.h5ad", "condition", "control")
     with pytest.raises(PertbenchError, match=r"no such file"):
         load_h5ad(tmp_path / "nope.h5ad", "condition", "control")
+
+
+def test_a_backed_file_stays_on_disk_and_reads_the_same_cells(small_synthetic, tmp_path):
+    path = tmp_path / "mine.h5ad"
+    small_synthetic.write_h5ad(path)
+    backed = load_h5ad(path, "condition", "control", "cell_type", expression="counts", backed=True)
+    memory = load_h5ad(path, "condition", "control", "cell_type", expression="counts", backed=False)
+    assert backed.adata.isbacked and not memory.adata.isbacked
+    rows = np.array([7, 3, 100])
+    np.testing.assert_array_equal(take(backed.adata, rows).X.toarray(), memory.adata.X[rows].toarray())
+    with pytest.raises(PertbenchError, match=r"looks like raw counts"):
+        load_h5ad(path, "condition", "control", backed=True)  # checked batch by batch on disk

@@ -15,7 +15,7 @@ from benchmark import schema, tracking
 from benchmark.datasets import Dataset
 from benchmark.metrics import METRICS
 from benchmark.runner import RunOptions, run_benchmark
-from benchmark.splits import make_splits
+from benchmark.splits import Split, make_splits
 from benchmark.synthetic import make_synthetic
 from benchmark.task import LOGNORM_LAYER, Task, lognormalize
 
@@ -57,7 +57,7 @@ def test_no_held_out_cell_ever_reaches_fit(tiny, store, kind):
     assert {r.status for r in result.results} == {"ok"}
 
 
-def test_runs_are_logged_with_provenance_metrics_and_the_split(tiny, store):
+def test_runs_are_logged_with_provenance_metrics_and_the_split(tiny, store, tmp_path):
     result = run_benchmark(
         "mean_shift", tiny, "holdout_context", RunOptions(seeds=(0, 1), figures=False), lambda _: None
     )
@@ -79,8 +79,12 @@ def test_runs_are_logged_with_provenance_metrics_and_the_split(tiny, store):
         assert key in child.data.metrics
     assert child.data.params["predictor"] == "mean_shift"
     assert child.data.params["split_digest"]
-    artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
-    assert "split.json" in artifacts
+    assert not [a.path for a in client.list_artifacts(child.info.run_id) if "split" in a.path]
+    saved = [a.path for a in client.list_artifacts(parent.info.run_id, schema.SPLITS_DIR)]
+    assert len(saved) == len({c.data.params["split_digest"] for c in children}) == 9  # once per split
+    digest = child.data.params["split_digest"]
+    local = client.download_artifacts(parent.info.run_id, schema.split_artifact(digest), str(tmp_path))
+    assert Split.load(local, tiny.adata.obs_names).digest() == digest
     # mean_shift is its own reference: normalized r is exactly 0 there
     assert child.data.metrics["norm_r"] == pytest.approx(0.0, abs=1e-12)
     assert child.data.params[schema.PARAM_REFERENCE] == "mean_shift"

@@ -1,4 +1,4 @@
-"""The split manager: the right cells held out, nothing leaks, splits repeat exactly from their JSON."""
+"""The split manager: the right cells held out, nothing leaks, splits repeat exactly from their saved positions."""
 
 from __future__ import annotations
 
@@ -108,16 +108,18 @@ def test_unknown_label_and_too_small_groups_are_clear_errors(contexts):
         make_splits(contexts, TASK, "holdout_context", min_cells=50)
 
 
-def test_split_round_trips_through_json_and_detects_tampering(contexts, tmp_path):
+def test_split_round_trips_through_npz_and_detects_tampering(contexts, tmp_path):
     split = make_splits(contexts, TASK, "holdout_context")[0]
-    path = split.save(tmp_path / "split.json")
-    loaded = Split.load(path)
+    path = split.save(tmp_path / "split.npz", contexts.obs_names)
+    loaded = Split.load(path, contexts.obs_names)
     assert loaded.train_cells == split.train_cells
     assert loaded.targets == split.targets
     assert loaded.digest() == split.digest()
-    data = json.loads(path.read_text())
-    data["train_cells"].append(data["targets"][0]["test_cells"][0])
-    path.write_text(json.dumps(data))
+    with np.load(path) as f:
+        data = dict(f)
+    assert data["train"].dtype == np.int64  # positions, not cell-id strings
+    data["train"] = np.r_[data["train"], data["test"][0]]
+    np.savez(path, **data)
     with pytest.raises(PertbenchError, match="corrupted"):
         Split.load(path)
 
@@ -140,3 +142,30 @@ def test_a_large_control_group_is_capped_to_a_seeded_sample_per_target(monkeypat
     (target,) = [t for s in held for t in s.targets if t.context == "A"]
     assert len(target.control_cells) == 60  # as many as the held-out group when that is larger
     assert list(target.control_cells) == sorted(target.control_cells, key=list(adata.obs_names).index)
+
+
+def test_a_saved_split_is_checked_against_the_datasets_cell_names(contexts, tmp_path):
+    split = make_splits(contexts, TASK, "holdout_context")[0]
+    path = split.save(tmp_path / "split.npz", contexts.obs_names)
+    reordered = contexts.obs_names[::-1]
+    with pytest.raises(PertbenchError, match="does not match this dataset"):
+        Split.load(path, reordered)
+
+
+def test_digest_is_the_json_hash_of_the_cell_ids_and_is_cached(contexts):
+    import hashlib
+    from dataclasses import asdict
+
+    for kind in ("holdout_context", "random"):
+        for split in make_splits(contexts, TASK, kind, min_cells=2):
+            payload = json.dumps([split.kind, split.train_cells, [asdict(t) for t in split.targets]])
+            assert split.digest() == hashlib.sha256(payload.encode()).hexdigest()[:16]
+            assert split.digest() is split.digest()
+
+
+def test_targets_of_a_context_share_one_control_tuple(contexts):
+    split = make_splits(contexts, TASK, "random", min_cells=2)[0]
+    by_context: dict[str, set[int]] = {}
+    for t in split.targets:
+        by_context.setdefault(t.context, set()).add(id(t.control_cells))
+    assert all(len(ids) == 1 for ids in by_context.values()) and len(by_context) == 3

@@ -253,3 +253,16 @@ def test_make_synthetic_command(tmp_path, capsys):
     assert "1300 cells x 50 genes" in printed and "--perturbation-key condition --control control" in printed
     assert ad.read_h5ad(out, backed="r").shape == (1300, 50)
     assert main([*args[:2], "500", *args[3:], "--out", str(out)]) == 2  # no cells left for perturbations
+
+
+def test_make_synthetic_defaults_to_a_replogle_like_control_group(tmp_path, capsys):
+    out = tmp_path / "screen.h5ad"
+    args = ["make-synthetic", "--cells", "3000", "--genes", "20", "--perturbations", "27", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "3000 cells x 20 genes (100 cells per perturbation)" in printed.out and not printed.err
+    labels = ad.read_h5ad(out, backed="r").obs["condition"]
+    assert (labels == "control").sum() == 300  # min(10,000, a tenth of the cells)
+    few = ["make-synthetic", "--cells", "600", "--genes", "20", "--perturbations", "20", "--out", str(out)]
+    assert main(few) == 0  # 27 cells per perturbation: 5 held out by the random split
+    assert "holds out 5 of 27 cells per perturbation, fewer than the 10" in capsys.readouterr().err
