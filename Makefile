@@ -17,7 +17,7 @@ endif
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $@
 
 # bench's default data folder (the per-user cache), where a fresh shell without PERTBENCH_DATA_DIR looks: the shared
