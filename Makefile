@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PREDICTOR ?= mean_shift
 DATASET ?= kang2018
+# `make leaderboard` runs leaderboard/sweep.toml serially; EXECUTOR=ray runs its tasks on a local Ray instance.
+EXECUTOR ?= serial
 # `make run` (like any `bench run` or plain `bench leaderboard`) writes the local store's leaderboard to
 # .pertbench/LEADERBOARD.md, out of git; only `make leaderboard` writes the committed leaderboard/LEADERBOARD.md.
 BIN := $(VENV)/bin
@@ -48,4 +50,4 @@ bench: setup
 	$(BIN)/python -m benchmark.speed_report .benchmarks/latest.json README.md
 
 leaderboard: setup
-	bash scripts/reproduce_leaderboard.sh
+	EXECUTOR=$(EXECUTOR) bash scripts/reproduce_leaderboard.sh

@@ -82,7 +82,9 @@ class RayExecutor:
                 p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p
             ),
         }
+        address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs = {"include_dashboard": False} if address is None else {}
+        handlers = _signal_handlers()
         try:
             ray.init(
                 address=address,
@@ -95,6 +97,8 @@ class RayExecutor:
             raise PertbenchError(
                 f"cannot start or join Ray at {address or 'a new local instance'}: {exc}"
             ) from None
+        finally:  # Ray's driver aborts on SIGTERM; bench's own handler ends the sweep's runs KILLED instead
+            _restore(handlers)
         total = int(ray.cluster_resources().get("CPU", 0))
         if total < cpus_per_task:
             ray.shutdown()
@@ -152,6 +156,34 @@ class RayExecutor:
             self.server.stop()
             self.server = None
         self._ray.shutdown()
+
+
+def _signal_handlers() -> dict:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(handlers: dict) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
+def _die_with_parent() -> None:
+    """In the server's process (Linux): get SIGTERM when the sweep's process dies, even by SIGKILL."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def make_executor(
@@ -214,7 +246,12 @@ class TrackingServer:
         ]
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path.cwd()
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=Path.cwd(),
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         server = cls(process, f"http://127.0.0.1:{port}", log)
         deadline = time.monotonic() + timeout

@@ -261,7 +261,8 @@ def run_sweep(
 
     started = time.perf_counter()
     settings = sweep.settings
-    store = tracking.tracking_uri(tracking_uri or settings.store)
+    # --tracking-uri, else MLFLOW_TRACKING_URI (e.g. a cluster's server), else the file's store, else bench's default
+    store = tracking.tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or settings.store)
     tracking.check_uri(store)
     cache_dir = Path(settings.cache_dir or default_cache_dir()).resolve()
     board_path = Path(settings.leaderboard) if settings.leaderboard else RUN_PATH
