@@ -165,3 +165,49 @@ def test_progress_prints_a_quiet_line_per_task_off_a_terminal() -> None:
     assert lines[0].startswith("[1/2] done mean_shift on kang2018 seed 0 split r (1.5 s)")
     assert lines[1].startswith("[2/2] failed") and lines[1].endswith("ValueError: boom")
     assert (bar.done, bar.failed, bar.running) == (1, 1, 0)
+
+
+class _SlowFit:
+    """A cacheable predictor whose fit takes a while and leaves a line per fit in a file (shared by processes)."""
+
+    cacheable = True
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def fit(self, train, task):
+        import time
+
+        with open(self.log, "a") as out:
+            out.write("fit\n")
+        time.sleep(1.0)
+        return self
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / "state").write_text("x")
+
+    def load_fitted(self, directory: Path):
+        return self
+
+
+def _fit_in_child(cache: Path, log: Path, queue) -> None:
+    from benchmark.model_cache import fit_or_load
+
+    queue.put(fit_or_load(_SlowFit(log), None, None, "key", cache)[1])
+
+
+def test_two_processes_wanting_one_fit_fit_it_once(tmp_path: Path) -> None:
+    """Two sweep workers on the same split and cache key (cvae_modeB, cvae_modeA): one fits, the other waits and
+    loads the fit instead of training a second time."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    log = tmp_path / "fits.log"
+    workers = [context.Process(target=_fit_in_child, args=(tmp_path / "cache", log, queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(queue.get(timeout=5) for _ in workers) == ["hit", "miss"]
+    assert log.read_text().count("fit") == 1
