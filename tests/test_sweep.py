@@ -211,3 +211,24 @@ def test_two_processes_wanting_one_fit_fit_it_once(tmp_path: Path) -> None:
         worker.join(timeout=60)
     assert sorted(queue.get(timeout=5) for _ in workers) == ["hit", "miss"]
     assert log.read_text().count("fit") == 1
+
+
+def test_readme_sweep_example_parses(tmp_path: Path) -> None:
+    """The README's sweep file, as written, is a valid sweep (so it cannot rot)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Sweeps", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    sweep = load_sweep(write(tmp_path, block))
+    assert len(sweep.groups) == 2 * 2 + 2 * 2
+
+
+def test_leaderboard_sweep_is_the_committed_grid() -> None:
+    """leaderboard/sweep.toml: the six predictors on the four datasets, additive on norman19, seeds 0-2, PCA."""
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "leaderboard" / "sweep.toml")
+    grid = {(g.predictor, g.dataset.name, g.split_kind, g.seeds) for g in sweep.groups}
+    predictors = ("no_change", "mean_shift", "linear", "linear_cv", "cvae_modeB", "cvae_modeA")
+    datasets = ("kang2018", "kang2018_counts", "mcfaline23", "norman19")
+    expected = {(p, d, "default", (0, 1, 2)) for p in predictors for d in datasets}
+    assert grid == expected | {("additive", "norman19", "default", (0, 1, 2))}
+    assert sweep.settings.embedding == "pca" and sweep.settings.store == "sqlite:///leaderboard.db"
+    assert (sweep.settings.leaderboard, sweep.settings.readme) == ("leaderboard/LEADERBOARD.md", "README.md")
