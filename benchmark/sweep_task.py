@@ -32,14 +32,12 @@ class SplitTask:
     group: str  # the group's key (benchmark.sweep.group_key)
     parent_run_id: str
     predictor: str
-    params: tuple[tuple[str, Any], ...]
     dataset: DatasetSpec
     split_kind: str
     seed: int
     index: int  # position among the seed's splits
     split_name: str
-    n_targets: int
-    options: RunOptions
+    options: RunOptions  # the group's (its params, figures, cache folder, ...)
     tracking_uri: str
     threads: int | None = None
     """Torch and BLAS threads inside the task (a Ray task's CPUs); None leaves the process's settings."""

@@ -155,7 +155,7 @@ def test_group_key_changes_with_what_the_runs_record(tmp_path: Path) -> None:
 
 def test_progress_prints_a_quiet_line_per_task_off_a_terminal() -> None:
     stream = io.StringIO()
-    task = SplitTask("g", "p", "mean_shift", (), DatasetSpec("kang2018"), "random", 0, 0, "r", 3, None, "u")  # type: ignore[arg-type]
+    task = SplitTask("g", "p", "mean_shift", DatasetSpec("kang2018"), "random", 0, 0, "r", None, "u")  # type: ignore[arg-type]
     bar = Progress(2, 1, stream)
     bar("start", task, None)
     bar("end", task, TaskOutcome(task.key, DONE, seconds=1.5))
