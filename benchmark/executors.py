@@ -8,6 +8,7 @@ process starts on a local store when every Ray node is this machine). Workers ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from benchmark.errors import PertbenchError
@@ -138,17 +139,19 @@ class RayExecutor:
             by_ref[remote.remote(task)] = task
             report("start", task, None)
         pending, outcomes = list(by_ref), {}
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            for ref in ready:
-                task = by_ref[ref]
-                try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the worker died more often than max_retries
-                    text = " ".join(str(exc).split())[:300]
-                    outcome = TaskOutcome(task.key, FAILED, error=f"{type(exc).__name__}: {text}")
-                outcomes[task.key] = outcome
-                report("end", task, outcome)
+        with _signals_noted() as noted:
+            while pending:
+                _raise_noted(noted)
+                ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+                for ref in ready:
+                    task = by_ref[ref]
+                    try:
+                        outcome = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # the worker died more often than max_retries
+                        text = " ".join(str(exc).split())[:300]
+                        outcome = TaskOutcome(task.key, FAILED, error=f"{type(exc).__name__}: {text}")
+                    outcomes[task.key] = outcome
+                    report("end", task, outcome)
         return outcomes
 
     def close(self) -> None:
@@ -173,6 +176,36 @@ def _restore(handlers: dict) -> None:
     for sig, handler in handlers.items():
         if handler is not None:
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[list[int]]:
+    """Within the block SIGTERM and SIGINT are only noted (raising inside Ray's C++ wait would garble the
+    exception); the caller raises them between waits with _raise_noted. Handlers restored after."""
+    import signal
+    import threading
+
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: noted.append(signum))
+    try:
+        yield noted
+    finally:
+        _restore(previous)
+
+
+def _raise_noted(noted: list[int]) -> None:
+    """Raise what bench raises for a noted signal: KeyboardInterrupt (Ctrl-C) or Terminated (SIGTERM)."""
+    import signal
+
+    from benchmark.tracking import Terminated
+
+    if noted:
+        raise KeyboardInterrupt if noted[0] == signal.SIGINT else Terminated("terminated by SIGTERM")
 
 
 def _die_with_parent() -> None:
