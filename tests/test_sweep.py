@@ -232,3 +232,20 @@ def test_leaderboard_sweep_is_the_committed_grid() -> None:
     assert grid == expected | {("additive", "norman19", "default", (0, 1, 2))}
     assert sweep.settings.embedding == "pca" and sweep.settings.store == "sqlite:///leaderboard.db"
     assert (sweep.settings.leaderboard, sweep.settings.readme) == ("leaderboard/LEADERBOARD.md", "README.md")
+
+
+def test_progress_on_a_terminal_redraws_one_bar() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    task = SplitTask("g", "p", "mean_shift", DatasetSpec("kang2018"), "random", 0, 0, "r", None, "u")  # type: ignore[arg-type]
+    bar = Progress(3, 2, stream)
+    for _ in range(3):
+        bar("start", task, None)
+    bar("end", task, TaskOutcome(task.key, DONE))
+    bar.close()
+    text = stream.getvalue()
+    assert "\n" not in text.rstrip("\n") and text.count("\r") == 4  # one line, redrawn per event
+    assert text.rstrip().endswith("1/3 tasks: 1 done, 0 skipped, 2 running, 0 failed")
