@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PREDICTOR ?= mean_shift
 DATASET ?= kang2018
+# `make leaderboard` runs leaderboard/sweep.toml serially; EXECUTOR=ray runs its tasks on a local Ray instance.
+EXECUTOR ?= serial
 # `make run` (like any `bench run` or plain `bench leaderboard`) writes the local store's leaderboard to
 # .pertbench/LEADERBOARD.md, out of git; only `make leaderboard` writes the committed leaderboard/LEADERBOARD.md.
 BIN := $(VENV)/bin
@@ -17,7 +19,7 @@ endif
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $@
 
 # bench's default data folder (the per-user cache), where a fresh shell without PERTBENCH_DATA_DIR looks: the shared
@@ -56,4 +58,4 @@ bench-scale: setup
 	$(BIN)/python -m benchmark.scale_report .benchmarks/scale.json --png leaderboard/figures/scale.png --readme README.md
 
 leaderboard: setup
-	bash scripts/reproduce_leaderboard.sh
+	EXECUTOR=$(EXECUTOR) bash scripts/reproduce_leaderboard.sh

@@ -235,6 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("--readme", type=Path, default=None, help="also regenerate this file's results block")
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a grid (predictors x datasets x split kinds x seeds x params) from a TOML/YAML file",
+    )
+    sweep.add_argument("file", type=Path, help="the sweep file (.toml, .yaml or .yml)")
+    sweep.add_argument(
+        "--executor", choices=["serial", "ray"], default="serial", help="where tasks run (default serial)"
+    )
+    sweep.add_argument("--address", default=None, help="Ray cluster to join (default: start one here)")
+    sweep.add_argument(
+        "--max-splits", type=_positive_int, default=None, help="only the first N >= 1 splits of each seed"
+    )
+    sweep.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: the file's store, else as `bench run`)"
+    )
+    sweep.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard")
+    sweep.add_argument("--dry-run", action="store_true", help="check the file and list its parent runs only")
+
     sub.add_parser("list", help="show predictors, datasets, split kinds and metrics")
 
     synth = sub.add_parser("make-synthetic", help="write a large synthetic count .h5ad, chunk by chunk")
@@ -553,6 +571,33 @@ def _data_hint(args: argparse.Namespace, dataset) -> str:
     return " " + " ".join(dataset_cli_args(dataset)) + (f" --seed {args.seed}" if args.seed else "")
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep file's grid (benchmark.sweep, benchmark.sweep_run) on the chosen executor."""
+    from benchmark.sweep import load_sweep
+    from benchmark.sweep_run import run_sweep, summary_table
+
+    sweep = load_sweep(args.file)
+    if args.dry_run:
+        for group in sweep.groups:
+            print(f"{group.label()} · seeds {','.join(map(str, group.seeds))}")
+        print(f"{len(sweep.groups)} parent run(s)")
+        return 0
+    result = run_sweep(
+        sweep,
+        args.executor,
+        args.address,
+        args.tracking_uri,
+        args.max_splits,
+        leaderboard=not args.no_leaderboard,
+    )
+    print(summary_table(result))
+    if result.board is not None:
+        print(f"leaderboard updated: {result.board}")
+    for outcome in result.failed:
+        print(f"failed: {outcome.key}: {outcome.error}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from benchmark import tracking
     from benchmark.leaderboard import RUN_PATH, write_leaderboard
@@ -672,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             "tune": cmd_tune,
             "score": cmd_score,
             "leaderboard": cmd_leaderboard,
+            "sweep": cmd_sweep,
             "list": cmd_list,
             "make-synthetic": cmd_make_synthetic,
         }

@@ -56,14 +56,29 @@ def cache_key(predictor: Predictor, dataset_checksum: str, split_digest: str, se
 def fit_or_load(
     predictor: Predictor, train: AnnData, task: Task, key: str, cache_dir: Path | None
 ) -> tuple[Predictor, str]:
-    """Fit, or load a cached fit; returns (predictor, 'hit' | 'miss' | 'off'). Writes are atomic."""
+    """Fit, or load a cached fit; returns (predictor, 'hit' | 'miss' | 'off'). Writes are atomic.
+
+    A lock file per key beside the entry makes a second process that wants the same fit (a `bench sweep` worker
+    running cvae_modeA while another fits cvae_modeB on the same split) wait and load it instead of fitting twice;
+    the lock dies with its process."""
     if cache_dir is None or not getattr(predictor, "cacheable", False):
         return predictor.fit(train, task), "off"
+    from filelock import FileLock
+
     entry = Path(cache_dir) / key
     if (entry / DONE_MARKER).exists():
         return predictor.load_fitted(entry), "hit"
-    predictor.fit(train, task)
     entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(entry.parent / f".{key}.lock"):
+        if (entry / DONE_MARKER).exists():  # fitted by another process while this one waited
+            return predictor.load_fitted(entry), "hit"
+        return _fit_and_store(predictor, train, task, entry), "miss"
+
+
+def _fit_and_store(predictor: Predictor, train: AnnData, task: Task, entry: Path) -> Predictor:
+    """Fit, then save into a temp folder renamed to `entry` (readers never see half a fit)."""
+    key = entry.name
+    predictor.fit(train, task)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=entry.parent))
     try:
         predictor.save(tmp)
@@ -74,4 +89,4 @@ def fit_or_load(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return predictor, "miss"
+    return predictor

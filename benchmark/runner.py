@@ -43,7 +43,18 @@ from benchmark.task import Positions, dense, take
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
 
-__all__ = ["RunOptions", "RunResult", "SplitScorer", "TargetResult", "run_benchmark", "saved_prediction"]
+__all__ = [
+    "ParentRecord",
+    "RunOptions",
+    "RunResult",
+    "SplitScorer",
+    "TargetResult",
+    "parent_record",
+    "plan_splits",
+    "run_benchmark",
+    "run_split",
+    "saved_prediction",
+]
 
 
 @dataclass
@@ -100,21 +111,10 @@ def run_benchmark(
 ) -> RunResult:
     """Benchmark one predictor on every split of `split_kind` and seed; log a parent run with child runs."""
     options = options or RunOptions()
-    common = dict(options.config.get("params", {})) if options.config else {}
-    display_name, template = make_predictor(predictor_name, **{**common, **options.params})
-    splits_by_seed = {
-        seed: make_splits(
-            dataset.adata, dataset.task, split_kind, seed=seed, perturbations=options.perturbations
-        )
-        for seed in options.seeds
-    }
-    truncated = options.max_splits is not None and any(
-        len(v) > options.max_splits for v in splits_by_seed.values()
-    )
-    if options.max_splits is not None:
-        splits_by_seed = {s: v[: options.max_splits] for s, v in splits_by_seed.items()}
+    splits_by_seed, truncated = plan_splits(dataset, split_kind, options)
     skipped = next(iter(splits_by_seed.values()))[0].skipped
-    templates = _split_templates(predictor_name, options, splits_by_seed)
+    record = parent_record(predictor_name, dataset, split_kind, options, splits_by_seed, truncated)
+    display_name, template, templates = record.display_name, record.template, record.templates
     for note in skipped:
         progress(f"skipped {note}")
 
@@ -123,31 +123,11 @@ def run_benchmark(
     profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
     results: list[TargetResult] = []
     total = sum(len(v) for v in splits_by_seed.values())
-    config = _configuration(
-        predictor_name, display_name, template, dataset, split_kind, options, splits_by_seed
-    )
-    config[schema.PARAM_PARTIAL] = schema.TRUE if truncated or _restricted(dataset, options) else schema.FALSE
-    config.update(_config_record(template, templates, options))
-    with tracking.parent_run(f"{display_name} · {split_kind}") as parent:
+    with tracking.parent_run(record.run_name) as parent:
         parent_id = parent.info.run_id
-        mlflow.set_tags(
-            {
-                **run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
-                schema.TAG_PARTIAL: config[schema.PARAM_PARTIAL],
-                schema.TAG_CONFIG: _config_digest(display_name, template, dataset, split_kind, config),
-                schema.TAG_RUN_NAME: _run_name(display_name, split_kind, options, config),
-            }
-        )
+        mlflow.set_tags(record.tags)
+        tracking.log_params(parent_id, record.params)
         tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
-        tracking.log_params(
-            parent_id,
-            {
-                **_provenance(display_name, template, dataset, split_kind),
-                schema.PARAM_SEEDS: ",".join(map(str, options.seeds)),
-                schema.PARAM_N_SPLITS: total,
-                **config,
-            },
-        )
         if options.config is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / schema.CONFIG_ARTIFACT
@@ -177,6 +157,105 @@ def run_benchmark(
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
 
 
+def plan_splits(
+    dataset: Dataset, split_kind: str, options: RunOptions
+) -> tuple[dict[int, list[Split]], bool]:
+    """The splits of every seed (the first --max-splits of each), and whether --max-splits left some out."""
+    splits_by_seed = {
+        seed: make_splits(
+            dataset.adata, dataset.task, split_kind, seed=seed, perturbations=options.perturbations
+        )
+        for seed in options.seeds
+    }
+    truncated = options.max_splits is not None and any(
+        len(v) > options.max_splits for v in splits_by_seed.values()
+    )
+    if options.max_splits is not None:
+        splits_by_seed = {s: v[: options.max_splits] for s, v in splits_by_seed.items()}
+    return splits_by_seed, truncated
+
+
+@dataclass
+class ParentRecord:
+    """What a parent run records (name, tags, params) and the predictors its split runs start from."""
+
+    display_name: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+    template: Predictor
+    templates: dict[str, Predictor]
+    """Per split digest, the predictor a `bench tune` config assigns to it ({} without a config)."""
+
+
+def parent_record(
+    predictor_name: str,
+    dataset: Dataset,
+    split_kind: str,
+    options: RunOptions,
+    splits_by_seed: dict[int, list[Split]],
+    truncated: bool,
+) -> ParentRecord:
+    """The parent run of `bench run` (and of `bench sweep`, which logs the same one) for these splits."""
+    common = dict(options.config.get("params", {})) if options.config else {}
+    display_name, template = make_predictor(predictor_name, **{**common, **options.params})
+    templates = _split_templates(predictor_name, options, splits_by_seed)
+    total = sum(len(v) for v in splits_by_seed.values())
+    config = _configuration(
+        predictor_name, display_name, template, dataset, split_kind, options, splits_by_seed
+    )
+    config[schema.PARAM_PARTIAL] = schema.TRUE if truncated or _restricted(dataset, options) else schema.FALSE
+    config.update(_config_record(template, templates, options))
+    tags = {
+        **run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
+        schema.TAG_PARTIAL: config[schema.PARAM_PARTIAL],
+        schema.TAG_CONFIG: _config_digest(display_name, template, dataset, split_kind, config),
+        schema.TAG_RUN_NAME: _run_name(display_name, split_kind, options, config),
+    }
+    params = {
+        **_provenance(display_name, template, dataset, split_kind),
+        schema.PARAM_SEEDS: ",".join(map(str, options.seeds)),
+        schema.PARAM_N_SPLITS: total,
+        **config,
+    }
+    run_name = f"{display_name} · {split_kind}"
+    return ParentRecord(display_name, run_name, tags, params, template, templates)
+
+
+def run_split(
+    predictor_name: str,
+    dataset: Dataset,
+    split: Split,
+    seed: int,
+    options: RunOptions,
+    parent_run_id: str,
+    progress: Progress = _stderr,
+    profiles: tuple[dict, dict] | None = None,
+) -> list[TargetResult]:
+    """One split of a parent run logged elsewhere (`bench sweep`'s tasks): fit, then predict, score and log
+    each target as a child run of `parent_run_id`, exactly as `run_benchmark` does for that split."""
+    common = dict(options.config.get("params", {})) if options.config else {}
+    display_name, template = make_predictor(predictor_name, **{**common, **options.params})
+    template = _split_templates(predictor_name, options, {seed: [split]}).get(split.digest(), template)
+    tracking.experiment_for(dataset.name)
+    positions = {name: i for i, name in enumerate(dataset.adata.obs_names)}
+    if profiles is None:
+        profiles = group_profiles(dataset.adata, dataset.task)
+    return _run_split(
+        display_name,
+        template,
+        dataset,
+        split,
+        seed,
+        positions,
+        options,
+        progress,
+        {},
+        profiles,
+        parent_run_id=parent_run_id,
+    )
+
+
 def _run_split(
     name: str,
     template: Predictor,
@@ -188,11 +267,13 @@ def _run_split(
     progress: Progress,
     embeddings: dict[str, PCAEmbedding],
     profiles: tuple[dict, dict],
+    parent_run_id: str | None = None,
 ) -> list[TargetResult]:
-    """Fit once on the split's training cells, then predict and score each of its targets in a child run."""
+    """Fit once on the split's training cells, then predict and score each of its targets in a child run (of the
+    active run, or of `parent_run_id`)."""
     train = dataset.adata[positions.of(split.train_cells)]  # a view: predictors read it, nothing is copied
     scorer = SplitScorer.prepare(
-        name, dataset, split, seed, train, positions, profiles, embeddings, options, progress
+        name, dataset, split, seed, train, positions, profiles, embeddings, options, progress, parent_run_id
     )
     predictor = _fresh(template, seed)
     started = time.perf_counter()
@@ -272,6 +353,8 @@ class SplitScorer:
     positions: Positions
     options: RunOptions
     progress: Progress
+    parent_run_id: str | None = None
+    """The parent of the child runs; None: the active run (a sweep's task has no active parent run)."""
     _split_logged: bool = field(default=False, init=False, repr=False)
 
     @classmethod
@@ -287,6 +370,7 @@ class SplitScorer:
         embeddings: dict[str, PCAEmbedding],
         options: RunOptions,
         progress: Progress,
+        parent_run_id: str | None = None,
     ) -> SplitScorer:
         """The split's scoring state from its training cells: the PCA embedding (shared by splits with the same
         training cells through `embeddings`) and the reference shifts."""
@@ -306,6 +390,7 @@ class SplitScorer:
             positions,
             options,
             progress,
+            parent_run_id,
         )
 
     def log_target(
@@ -325,9 +410,13 @@ class SplitScorer:
         from `predict` becomes a recorded status. `fit_seconds` is logged when known.
         """
         split, seed, task = self.split, self.seed, self.dataset.task
-        if not self._split_logged and mlflow.active_run() is not None:
+        if not self._split_logged:
             self._log_split()  # once per split, on the parent run
-        with mlflow.start_run(run_name=f"{self.name} · {split.name} · seed {seed}", nested=True) as child:
+        with mlflow.start_run(
+            run_name=f"{self.name} · {split.name} · seed {seed}",
+            nested=True,
+            parent_run_id=self.parent_run_id,
+        ) as child:
             run_id = child.info.run_id
             mlflow.set_tags(
                 {
@@ -400,10 +489,13 @@ class SplitScorer:
         return result
 
     def _log_split(self) -> None:
-        """Log the split (integer positions, schema.split_artifact) to the active run, once per SplitScorer."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.split.save(Path(tmp) / f"{self.split.digest()}.npz", self.dataset.adata.obs_names)
-            mlflow.log_artifact(str(path), artifact_path=schema.SPLITS_DIR)
+        """Log the split (integer positions, schema.SPLITS_DIR) to its parent run, once per SplitScorer."""
+        active = mlflow.active_run()
+        parent = self.parent_run_id or (active.info.run_id if active is not None else None)
+        if parent is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.split.save(Path(tmp) / f"{self.split.digest()}.npz", self.dataset.adata.obs_names)
+                mlflow.MlflowClient().log_artifact(parent, str(path), artifact_path=schema.SPLITS_DIR)
         self._split_logged = True
 
     def _score(self, target: Target, predict: PredictFn, others: np.ndarray | None) -> TargetResult:

@@ -55,6 +55,8 @@ TAG_SOURCE = "pertbench.source"
 """Where the predicted cells came from: 'run' (a predictor fitted by `bench run`) or 'score' (a predictions file
 scored by `bench score`); runs without the tag are 'run'."""
 SOURCE_RUN, SOURCE_SCORE = "run", "score"
+TAG_SWEEP_KEY = "pertbench.sweep_key"
+"""On a parent run made by `bench sweep`: the digest of its grid entry, so a restarted sweep finds and resumes it."""
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN = "mlflow.parentRunId"
 

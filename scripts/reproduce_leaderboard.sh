@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# Regenerates leaderboard/LEADERBOARD.md and the README's results block exactly as committed: every predictor on
-# kang2018, kang2018_counts, mcfaline23 and norman19 (each dataset's default split kind), in one MLflow store, then
-# `bench leaderboard --output leaderboard/LEADERBOARD.md --readme README.md` (the only writer of the committed board).
-# Composite figures use the PCA panel (--embedding pca): a UMAP panel costs ~13 s per target, which would make
-# the UMAP share most of the hours this script takes. Usage: bash scripts/reproduce_leaderboard.sh
-# Env: PREDICTORS, DATASETS, SEEDS (default 0,1,2), STORE (MLflow URI, default sqlite:///leaderboard.db),
-#      LEADERBOARD=0 to only add runs to the store (e.g. one dataset at a time) without regenerating.
+# Regenerates leaderboard/LEADERBOARD.md and the README's results block exactly as committed, by running the sweep
+# file leaderboard/sweep.toml (every predictor on kang2018, kang2018_counts, mcfaline23 and norman19, seeds 0,1,2,
+# PCA panels; see that file), then the leaderboard once (`bench leaderboard --output leaderboard/LEADERBOARD.md
+# --readme README.md`, the only writer of the committed board). Usage: bash scripts/reproduce_leaderboard.sh
+# Env: EXECUTOR (serial, default, or ray), RAY_ADDRESS (a Ray cluster to join; default a local instance),
+#      STORE (MLflow URI, default sqlite:///leaderboard.db), LEADERBOARD=0 to only add runs to the store,
+#      PREDICTORS, DATASETS, SEEDS (default 0,1,2) to run part of the grid (e.g. one dataset at a time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.venv/bin/bench}
-SEEDS=${SEEDS:-0,1,2}
-DEFAULT_PREDICTORS="no_change mean_shift linear linear_cv cvae_modeB cvae_modeA"
-PREDICTORS=${PREDICTORS:-$DEFAULT_PREDICTORS}
-DATASETS=${DATASETS:-"kang2018 kang2018_counts mcfaline23 norman19"}
-export MLFLOW_TRACKING_URI=${STORE:-sqlite:///leaderboard.db}
 export PERTBENCH_CACHE_DIR=${PERTBENCH_CACHE_DIR:-.pertbench/models}
-for dataset in $DATASETS; do
-  extra=""
-  # the combination baseline (it declines single perturbations), with the default predictor list
-  [ "$dataset" = norman19 ] && [ "$PREDICTORS" = "$DEFAULT_PREDICTORS" ] && extra="additive"
-  for predictor in $PREDICTORS $extra; do
-    echo "== $predictor on $dataset (seeds $SEEDS)"
-    "$BENCH" run --predictor "$predictor" --dataset "$dataset" --seeds "$SEEDS" --embedding pca --no-leaderboard
-  done
-done
-if [ "${LEADERBOARD:-1}" != 0 ]; then
-  "$BENCH" leaderboard --output leaderboard/LEADERBOARD.md --readme README.md
+SWEEP=leaderboard/sweep.toml
+if [ -n "${PREDICTORS:-}${DATASETS:-}${SEEDS:-}" ]; then  # part of the grid: the same settings, a smaller grid
+  DEFAULT_PREDICTORS="no_change mean_shift linear linear_cv cvae_modeB cvae_modeA"
+  PREDICTORS=${PREDICTORS:-$DEFAULT_PREDICTORS}
+  DATASETS=${DATASETS:-"kang2018 kang2018_counts mcfaline23 norman19"}
+  quoted() { printf '"%s", ' $1 | sed 's/, $//'; }
+  SWEEP=$(mktemp -t leaderboard-sweep-XXXXXX.toml)
+  trap 'rm -f "$SWEEP"' EXIT
+  {
+    sed -n '/^\[settings\]/,/^$/p' leaderboard/sweep.toml | sed "s/^seeds = .*/seeds = [${SEEDS:-0,1,2}]/"
+    printf '[[grid]]\npredictors = [%s]\ndatasets = [%s]\n' "$(quoted "$PREDICTORS")" "$(quoted "$DATASETS")"
+    # the combination baseline, with the default predictor list, where norman19 is run
+    if [ "$PREDICTORS" = "$DEFAULT_PREDICTORS" ] && [[ " $DATASETS " == *" norman19 "* ]]; then
+      printf '\n[[grid]]\npredictors = ["additive"]\ndatasets = ["norman19"]\n'
+    fi
+  } >"$SWEEP"
 fi
+args=(sweep "$SWEEP" --executor "${EXECUTOR:-serial}" --tracking-uri "${STORE:-sqlite:///leaderboard.db}")
+[ -n "${RAY_ADDRESS:-}" ] && args+=(--address "$RAY_ADDRESS")
+[ "${LEADERBOARD:-1}" = 0 ] && args+=(--no-leaderboard)
+"$BENCH" "${args[@]}"
