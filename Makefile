@@ -58,4 +58,5 @@ bench-scale: setup
 	$(BIN)/python -m benchmark.scale_report .benchmarks/scale.json --png leaderboard/figures/scale.png --readme README.md
 
 leaderboard: setup
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray,scgen]'  # scgen rows: pertpy
 	EXECUTOR=$(EXECUTOR) bash scripts/reproduce_leaderboard.sh

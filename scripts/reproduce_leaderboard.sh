@@ -3,6 +3,7 @@
 # file leaderboard/sweep.toml (every predictor on kang2018, kang2018_counts, mcfaline23 and norman19, seeds 0,1,2,
 # PCA panels; see that file), then the leaderboard once (`bench leaderboard --output leaderboard/LEADERBOARD.md
 # --readme README.md`, the only writer of the committed board). Usage: bash scripts/reproduce_leaderboard.sh
+# The scgen block needs the `scgen` extra (pertpy): `make leaderboard` installs it.
 # Env: EXECUTOR (serial, default, or ray), RAY_ADDRESS (a Ray cluster to join; default a local instance),
 #      STORE (MLflow URI, default sqlite:///leaderboard.db), LEADERBOARD=0 to only add runs to the store,
 #      PREDICTORS, DATASETS, SEEDS (default 0,1,2) to run part of the grid (e.g. one dataset at a time).
