@@ -238,7 +238,7 @@ def run_split(
     display_name, template = make_predictor(predictor_name, **{**common, **options.params})
     template = _split_templates(predictor_name, options, {seed: [split]}).get(split.digest(), template)
     tracking.experiment_for(dataset.name)
-    positions = {name: i for i, name in enumerate(dataset.adata.obs_names)}
+    positions = Positions(dataset.adata.obs_names)
     if profiles is None:
         profiles = group_profiles(dataset.adata, dataset.task)
     return _run_split(
