@@ -31,7 +31,7 @@ from predictors.registry import make_predictor
 
 COUNTS_TASK = Task("condition", "control", "cell_type", expression="counts")
 LOGNORM_TASK = Task("condition", "control", "cell_type", expression="lognorm")
-SMALL = dict(n_latent=8, n_hidden=64, batch_size=128, lr=3e-3, max_epochs=150, patience=8, kl_warmup_epochs=5)
+SMALL = dict(n_latent=8, n_hidden=64, batch_size=128, lr=3e-3, max_epochs=150, patience=8, kl_warmup_steps=50)
 """A small, fast network for 100-gene synthetic data."""
 
 
@@ -508,7 +508,7 @@ def test_registered_plain_cvae_uses_the_mlp_decoder_without_pseudobulk_starts(sy
 
 
 def test_max_steps_caps_training_at_exactly_that_many_optimizer_steps(synth: AnnData) -> None:
-    params = {**SMALL, "max_epochs": 50, "patience": 50, "kl_warmup_epochs": 1, "n_hidden": 16}
+    params = {**SMALL, "max_epochs": 50, "patience": 50, "kl_warmup_steps": 1, "n_hidden": 16}
     model = CVAEPredictor(**params, max_steps=15).fit(synth, COUNTS_TASK)
     per_epoch = math.ceil((synth.n_obs - round(0.1 * synth.n_obs)) / params["batch_size"])  # 7 batches
     stats = model.train_stats_
@@ -517,6 +517,21 @@ def test_max_steps_caps_training_at_exactly_that_many_optimizer_steps(synth: Ann
     free = CVAEPredictor(**params, max_steps=None).fit(synth, COUNTS_TASK)
     assert free.train_stats_["steps"] == 50 * per_epoch and not free.train_stats_["budget_spent"]
     assert CVAEPredictor()._step_budget(3400) == 1500  # the default: 300 epochs x 12 batches would be 3,600
+
+
+def test_kl_warmup_is_counted_in_steps_and_early_stopping_waits_for_it(synth: AnnData) -> None:
+    per_epoch = math.ceil((synth.n_obs - round(0.1 * synth.n_obs)) / SMALL["batch_size"])  # 7 batches
+    params = {**SMALL, "max_epochs": 6, "patience": 0, "n_hidden": 16, "beta": 2.0}
+    params.pop("kl_warmup_steps")
+    model = CVAEPredictor(**params, kl_warmup_steps=3 * per_epoch).fit(synth, COUNTS_TASK)
+    betas = [h["beta"] for h in model.history_]
+    # beta at each epoch's last step: a linear ramp over 21 steps, then the full beta
+    assert betas[:3] == pytest.approx([2.0 * (e + 1) * per_epoch / (3 * per_epoch) for e in range(3)])
+    assert len(betas) < 4 or betas[3] == 2.0
+    # a warm-up longer than training: no epoch counts, so patience 0 never stops it and the last weights stay
+    long = CVAEPredictor(**params, kl_warmup_steps=10 * per_epoch).fit(synth, COUNTS_TASK)
+    assert len(long.history_) == 6 and not long.train_stats_["stopped_early"]
+    assert long.best_epoch_ == 5
 
 
 def test_validation_cells_are_capped_and_the_rest_train(synth: AnnData, monkeypatch) -> None:

@@ -50,7 +50,7 @@ BAD: dict[type, dict[str, list]] = {
         "readout_penalty": NONNEG_FLOATS,
         "beta": NONNEG_FLOATS,
         "mmd_weight": NONNEG_FLOATS,
-        "kl_warmup_epochs": INTS_GE_0,
+        "kl_warmup_steps": INTS_GE_0,
         "dropout": [-0.1, 1.0, 1.5, NAN, "0.1"],
         "max_epochs": INTS_GE_1,
         "max_steps": [0, -1, 10.5, "100", True],

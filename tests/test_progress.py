@@ -61,9 +61,7 @@ def test_cvae_fit_shows_an_epoch_bar_in_the_shared_style(monkeypatch, ci):
         monkeypatch.setenv("CI", "true")
     data = make_synthetic(n_genes=20, n_contexts=1, n_perturbations=1, cells_per_group=20, seed=0)
     task = Task("condition", "control", "cell_type", expression="counts")
-    model = CVAEPredictor(n_latent=2, n_hidden=8, max_epochs=3, patience=5, kl_warmup_epochs=1).fit(
-        data, task
-    )
+    model = CVAEPredictor(n_latent=2, n_hidden=8, max_epochs=3, patience=5, kl_warmup_steps=1).fit(data, task)
     out = terminal.getvalue()
     if ci:
         assert out == ""  # not verbose and in CI: nothing at all

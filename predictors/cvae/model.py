@@ -94,15 +94,16 @@ def _condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
 
 
 class _EarlyStopping:
-    """Tracks the best validation loss from epoch `after` on; stops after `patience` epochs without improving."""
+    """Tracks the best validation loss over the epochs that count (those ending after the KL warm-up); stops
+    after `patience` counted epochs without improving."""
 
-    def __init__(self, patience: int, after: int) -> None:
-        self.patience, self.after = patience, after
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
         self.best, self.best_epoch, self.best_state, self.stale, self.stopped = math.inf, -1, None, 0, False
 
-    def update(self, epoch: int, loss: float, module: torch.nn.Module) -> bool:
-        """Record one epoch; True when training should stop."""
-        if epoch < self.after:
+    def update(self, epoch: int, loss: float, module: torch.nn.Module, counts: bool = True) -> bool:
+        """Record one epoch (ignored unless it counts); True when training should stop."""
+        if not counts:
             return False
         scale = abs(self.best) if math.isfinite(self.best) else abs(loss)
         if loss < self.best - _MIN_REL_IMPROVEMENT * scale:
@@ -233,7 +234,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
         "dropout": ("float", 0.0, 0.3, False),
         "lr": ("float", 3e-4, 1e-2, True),
         "weight_decay": ("float", 1e-6, 1e-2, True),
-        "max_steps": ("int", 500, 10_000, True),
+        "kl_warmup_steps": ("categorical", [0, 100, 300, 1000]),
+        "max_steps": ("int", 500, 3_000, True),
     }
 
     def __init__(
@@ -250,7 +252,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         readout_penalty: float = 0.3,
         beta: float = 1.0,
         mmd_weight: float = 10000.0,
-        kl_warmup_epochs: int = 10,
+        kl_warmup_steps: int = 300,
         dropout: float = 0.0,
         max_epochs: int = 300,
         max_steps: int | None = 1_500,
@@ -276,7 +278,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.readout_penalty = readout_penalty
         self.beta = beta
         self.mmd_weight = mmd_weight
-        self.kl_warmup_epochs = kl_warmup_epochs
+        self.kl_warmup_steps = kl_warmup_steps
         self.dropout = dropout
         self.max_epochs = max_epochs
         self.max_steps = max_steps
@@ -305,7 +307,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         check_float("readout_penalty", self.readout_penalty, 0.0)
         check_float("beta", self.beta, 0.0)
         check_float("mmd_weight", self.mmd_weight, 0.0)
-        check_int("kl_warmup_epochs", self.kl_warmup_epochs, 0)
+        check_int("kl_warmup_steps", self.kl_warmup_steps, 0)
         check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
         check_int("max_epochs", self.max_epochs, 1)
         check_optional_int("max_steps", self.max_steps, 1)
@@ -508,11 +510,12 @@ class CVAEPredictor(ValidatedParams, Predictor):
                 anchors[i] = scores.mean()
         return axes.astype(np.float32), slopes, anchors
 
-    def _epoch_beta(self, epoch: int) -> float:
-        """Linear KL warm-up from beta / warmup to beta over the first kl_warmup_epochs epochs."""
-        if self.kl_warmup_epochs <= 0:
+    def _step_beta(self, step: int) -> float:
+        """Linear KL warm-up from beta / warmup to beta over the first kl_warmup_steps optimizer steps (counted in
+        steps, not epochs, so that it ends at the same point of the step budget whatever the number of cells)."""
+        if self.kl_warmup_steps <= 0:
             return float(self.beta)
-        return float(self.beta) * min(1.0, (epoch + 1) / self.kl_warmup_epochs)
+        return float(self.beta) * min(1.0, (step + 1) / self.kl_warmup_steps)
 
     def _loss(self, data: _TrainData, idx: np.ndarray, beta: float, gen: torch.Generator):
         """The module's loss terms on the cells idx (densified here, one mini-batch at a time)."""
@@ -543,13 +546,13 @@ class CVAEPredictor(ValidatedParams, Predictor):
             )
         return total / len(idx)
 
-    def _train_epoch(self, data: _TrainData, batches: list[np.ndarray], beta: float, opt, gen) -> np.ndarray:
-        """One pass over the given mini-batches (an epoch, or its start when the step budget ends inside it);
-        returns the cell-averaged (loss, recon, kl, mmd)."""
+    def _train_epoch(self, data: _TrainData, batches: list[np.ndarray], step: int, opt, gen) -> np.ndarray:
+        """One pass over the given mini-batches (an epoch, or its start when the step budget ends inside it), the
+        first being optimizer step `step`; returns the cell-averaged (loss, recon, kl, mmd)."""
         self.module_.train()
         sums = np.zeros(4)
-        for batch in batches:
-            parts = self._loss(data, batch, beta, gen)
+        for i, batch in enumerate(batches):
+            parts = self._loss(data, batch, self._step_beta(step + i), gen)
             opt.zero_grad(set_to_none=True)
             parts.loss.backward()
             opt.step()
@@ -574,7 +577,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
         gen = torch.Generator(device=self.device_).manual_seed(self.random_state)
         self.history_: list[dict[str, float]] = []
-        stopper = _EarlyStopping(self.patience, after=self.kl_warmup_epochs - 1)
+        stopper = _EarlyStopping(self.patience)
         start = time.perf_counter()
         budget = steps_left = self._step_budget(len(train_idx))
         per_epoch = max(1, math.ceil(len(train_idx) / self.batch_size))
@@ -584,15 +587,16 @@ class CVAEPredictor(ValidatedParams, Predictor):
             if steps_left <= 0:
                 break
             batches = self._batches(rng.permutation(train_idx))[:steps_left]
+            step = budget - steps_left
             steps_left -= len(batches)
             cells += sum(len(b) for b in batches)
-            beta = self._epoch_beta(epoch)
-            train_loss, recon, kl, mmd = self._train_epoch(data, batches, beta, opt, gen)
+            beta = self._step_beta(step + len(batches) - 1)  # at the epoch's last step
+            train_loss, recon, kl, mmd = self._train_epoch(data, batches, step, opt, gen)
             val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
             record = {"epoch": epoch, "train_loss": float(train_loss), "val_loss": val_loss}
             record.update(recon=float(recon), kl=float(kl), beta=beta, mmd=float(mmd))
             self.history_.append(record)
-            stop = stopper.update(epoch, val_loss, module)
+            stop = stopper.update(epoch, val_loss, module, counts=budget - steps_left >= self.kl_warmup_steps)
             progress.epoch(record, done=stop)
             if stop:
                 break
