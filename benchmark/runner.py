@@ -40,8 +40,8 @@ from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
 from benchmark.splits import MIN_CELLS, Split, Target, make_splits
 from benchmark.task import Positions, dense, take
-from benchmark.tuning import config_digest, dump_toml, split_params
-from predictors.registry import make_predictor
+from benchmark.tuning import CHOOSE_DEFAULTS_PROTOCOL, config_digest, dump_toml, split_params
+from predictors.registry import CHOSEN_DEFAULTS, available_predictors, leave_out_choice, make_predictor
 
 __all__ = [
     "ParentRecord",
@@ -198,14 +198,15 @@ def parent_record(
 ) -> ParentRecord:
     """The parent run of `bench run` (and of `bench sweep`, which logs the same one) for these splits."""
     common = dict(options.config.get("params", {})) if options.config else {}
-    display_name, template = make_predictor(predictor_name, **{**common, **options.params})
-    templates = _split_templates(predictor_name, options, splits_by_seed)
+    key = (dataset.name, dataset.checksum)
+    display_name, template = make_predictor(predictor_name, key, **{**common, **options.params})
+    templates = _split_templates(predictor_name, key, options, splits_by_seed)
     total = sum(len(v) for v in splits_by_seed.values())
     config = _configuration(
         predictor_name, display_name, template, dataset, split_kind, options, splits_by_seed
     )
     config[schema.PARAM_PARTIAL] = schema.TRUE if truncated or _restricted(dataset, options) else schema.FALSE
-    config.update(_config_record(template, templates, options))
+    config.update(_config_record(predictor_name, key, template, templates, options))
     tags = {
         **run_tags(display_name, dataset, split_kind, level=schema.LEVEL_PARENT),
         schema.TAG_PARTIAL: config[schema.PARAM_PARTIAL],
@@ -235,8 +236,9 @@ def run_split(
     """One split of a parent run logged elsewhere (`bench sweep`'s tasks): fit, then predict, score and log
     each target as a child run of `parent_run_id`, exactly as `run_benchmark` does for that split."""
     common = dict(options.config.get("params", {})) if options.config else {}
-    display_name, template = make_predictor(predictor_name, **{**common, **options.params})
-    template = _split_templates(predictor_name, options, {seed: [split]}).get(split.digest(), template)
+    key = (dataset.name, dataset.checksum)
+    display_name, template = make_predictor(predictor_name, key, **{**common, **options.params})
+    template = _split_templates(predictor_name, key, options, {seed: [split]}).get(split.digest(), template)
     tracking.experiment_for(dataset.name)
     positions = Positions(dataset.adata.obs_names)
     if profiles is None:
@@ -569,7 +571,10 @@ def _fresh(template: Predictor, seed: int) -> Predictor:
 
 
 def _split_templates(
-    predictor_name: str, options: RunOptions, splits_by_seed: dict[int, list[Split]]
+    predictor_name: str,
+    data_key: tuple[str, str],
+    options: RunOptions,
+    splits_by_seed: dict[int, list[Split]],
 ) -> dict[str, Predictor]:
     """Per split digest, the predictor a config assigns to it (its block's params, `params` on top); {} without
     a config. A split the config does not cover is an error raised before anything is logged."""
@@ -580,19 +585,32 @@ def _split_templates(
         for split in splits:
             if split.digest() not in templates:
                 params = {**split_params(options.config, split), **options.params}
-                templates[split.digest()] = make_predictor(predictor_name, **params)[1]
+                templates[split.digest()] = make_predictor(predictor_name, data_key, **params)[1]
     return templates
 
 
 def _config_record(
-    template: Predictor, templates: dict[str, Predictor], options: RunOptions
+    predictor_name: str,
+    data_key: tuple[str, str],
+    template: Predictor,
+    templates: dict[str, Predictor],
+    options: RunOptions,
 ) -> dict[str, Any]:
     """Parent params saying which configuration is in force and how it was chosen; a hyperparameter whose
     value differs between splits (a config's blocks chose differently) reads "per split" (children: the value)."""
     if options.config is None:
+        spec = available_predictors().get(predictor_name)
+        chosen = spec is not None and spec.chosen is not None
+        source = (
+            f"defaults chosen in {CHOSEN_DEFAULTS.parent.name}/{CHOSEN_DEFAULTS.name}"
+            if chosen
+            else "defaults"
+        )
+        if chosen and leave_out_choice(spec.chosen, data_key) is not None:
+            source += f" (the choice without {data_key[0]})"
         return {
-            schema.PARAM_CONFIG_SOURCE: "defaults" + (" + --param" if options.params else ""),
-            schema.PARAM_CONFIG_PROTOCOL: "none",
+            schema.PARAM_CONFIG_SOURCE: source + (" + --param" if options.params else ""),
+            schema.PARAM_CONFIG_PROTOCOL: CHOOSE_DEFAULTS_PROTOCOL if chosen else "none",
         }
     tuning = options.config.get("tuning", {})
     record = {
@@ -659,7 +677,7 @@ def _configuration(
     splits_by_seed: dict[int, list[Split]],
 ) -> dict[str, str]:
     """Parent params that identify the run's configuration and the `bench run` arguments that reproduce it."""
-    changed = changed_params(predictor_name, template)
+    changed = changed_params(predictor_name, template, (dataset.name, dataset.checksum))
     split_set = hashlib.sha256(
         json.dumps([[seed, [s.digest() for s in splits]] for seed, splits in splits_by_seed.items()]).encode()
     ).hexdigest()[:16]
@@ -708,9 +726,12 @@ def _run_name(display_name: str, split_kind: str, options: RunOptions, config: d
     return name + (" · partial" if config[schema.PARAM_PARTIAL] == schema.TRUE else "")
 
 
-def changed_params(predictor_name: str, predictor: Predictor) -> dict[str, Any]:
-    """The predictor's hyperparameters that differ from those its registered name (or class) builds by default."""
-    defaults = make_predictor(predictor_name)[1].get_params()
+def changed_params(
+    predictor_name: str, predictor: Predictor, data_key: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """The predictor's hyperparameters that differ from those its registered name (or class) builds by default
+    (on the dataset data_key, see make_predictor)."""
+    defaults = make_predictor(predictor_name, data_key)[1].get_params()
     return {k: v for k, v in predictor.get_params().items() if k not in defaults or not _same(defaults[k], v)}
 
 

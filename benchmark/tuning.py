@@ -63,6 +63,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PROTOCOL = "blocked-nested"
+CHOOSE_DEFAULTS_PROTOCOL = "blocked-nested, pooled over the visible datasets"
+"""How benchmark.choose_defaults chose a registered predictor's defaults (logged as config.protocol)."""
 DEFAULT_OBJECTIVE = "r"
 DEFAULT_TRIALS = 20
 DEFAULT_FOLDS = 5
@@ -195,10 +197,24 @@ def validation_score(
 ) -> float:
     """Mean of `metric` over the validation targets (NaN when none could be scored), scored as `bench run` scores
     (embedding fitted on the split's training cells, `others` from the tuning cells); fits only on tuning cells."""
+    return validation_scores(predictor_name, params, dataset, tuning_cells, splits, [metric], seed)[metric]
+
+
+def validation_scores(
+    predictor_name: str,
+    params: dict[str, Any],
+    dataset: Dataset,
+    tuning_cells: tuple[str, ...],
+    splits: list[Split],
+    metrics: list[str],
+    seed: int = 0,
+) -> dict[str, float]:
+    """validation_score for several metrics from one fit per validation split (each metric's mean over the
+    targets it could score; |value| for metrics best at 0)."""
     task = dataset.task
     sub = _subset(dataset, tuning_cells)
     profiles = group_profiles(sub, task)  # the real Δ of the other groups (discrimination), tuning cells only
-    values = []
+    values: dict[str, list[float]] = {m: [] for m in metrics}
     for split in splits:
         train = sub[sub.obs_names.get_indexer(list(split.train_cells))].copy()
         _, predictor = make_predictor(predictor_name, **params)
@@ -208,7 +224,8 @@ def validation_score(
             predictor.fit(train, task)
         except NotApplicable:
             continue
-        embed = fit_embedding(task.lognorm(train), n_components=50, seed=0) if _needs_embed(metric) else None
+        needs_embed = any(_needs_embed(m) for m in metrics)
+        embed = fit_embedding(task.lognorm(train), n_components=50, seed=0) if needs_embed else None
         for target in split.targets:
             control = sub[sub.obs_names.get_indexer(list(target.control_cells))].copy()
             real = dense(task.lognorm(sub[sub.obs_names.get_indexer(list(target.test_cells))]))
@@ -226,10 +243,10 @@ def validation_score(
                 embed=embed,
                 others=others,
             )
-            value = score(data, [metric])[metric]
-            if math.isfinite(value):
-                values.append(abs(value) if METRICS[metric].higher_is_better is None else value)
-    return float(np.mean(values)) if values else math.nan
+            for metric, value in score(data, list(metrics)).items():
+                if math.isfinite(value):
+                    values[metric].append(abs(value) if METRICS[metric].higher_is_better is None else value)
+    return {m: float(np.mean(v)) if v else math.nan for m, v in values.items()}
 
 
 def _needs_embed(metric: str) -> bool:

@@ -20,7 +20,6 @@ from benchmark.datasets import load_h5ad
 from benchmark.runner import RunOptions, run_benchmark
 from benchmark.splits import make_splits
 from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
-from predictors.cvae import CVAEPredictor
 from predictors.cvae.module import CVAEModule
 from predictors.registry import make_predictor
 
@@ -63,7 +62,7 @@ def test_bench_cvae_matmul_ceiling(benchmark):
 def test_bench_cvae_train_step(benchmark, kang_cd4t, ceiling_gflops):
     """One AdamW step of the default network on a batch of real (densified) kang cells."""
     kang, _, train = kang_cd4t
-    model = CVAEPredictor()
+    model = make_predictor("cvae_modeB")[1]
     batch = model.batch_size
     x = torch.from_numpy(kang.task.lognorm(train)[:batch].toarray().astype(np.float32))
     pert = torch.zeros(batch, 1)
@@ -92,7 +91,7 @@ def test_bench_cvae_fit_predict_cd4t(benchmark, kang_cd4t, ceiling_gflops):
     control = kang.adata[list(target.control_cells)]
 
     def fit_predict():
-        model = CVAEPredictor(random_state=0).fit(train, kang.task)
+        model = make_predictor("cvae_modeB", random_state=0)[1].fit(train, kang.task)  # the chosen defaults
         return model, model.predict(control, target.perturbation, target.context)
 
     model, pred = benchmark.pedantic(fit_predict, rounds=1, iterations=1)

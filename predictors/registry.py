@@ -6,16 +6,22 @@ predictors plug in through the `pertbench.predictors` entry-point group, or ad h
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import json
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from benchmark.errors import PertbenchError
 from benchmark.protocol import Predictor
 
 ENTRY_POINT_GROUP = "pertbench.predictors"
+CHOSEN_DEFAULTS = Path(__file__).parent / "cvae" / "defaults.json"
+"""The CVAE defaults chosen on validation splits of the visible datasets (`make cvae-defaults`, i.e.
+benchmark.choose_defaults); the registered cvae_* names take their entry's params."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class PredictorSpec:
     summary: str = ""
     requires: str | None = None  # a module that only the optional extra `extra` installs
     extra: str = ""
+    chosen: str | None = None  # whose entry of CHOSEN_DEFAULTS gives the defaults (under `params`)
 
 
 BUILTINS: dict[str, PredictorSpec] = {
@@ -44,17 +51,23 @@ BUILTINS: dict[str, PredictorSpec] = {
     "collapsed_mean": PredictorSpec("predictors.gaming:CollapsedMean", {}, "gaming: mean_shift's mean only"),
     "inflated_variance": PredictorSpec("predictors.gaming:InflatedVariance", {}, "gaming: 2x spread"),
     "wrong_context": PredictorSpec("predictors.gaming:WrongContext", {}, "gaming: farthest context's shift"),
-    "cvae_modeA": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)"),
-    "cvae_modeB": PredictorSpec("predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells"),
+    "cvae_modeA": PredictorSpec(
+        "predictors.cvae:CVAEPredictor", {"mode": "A"}, "CVAE, z ~ N(0, I)", chosen="cvae_modeB"
+    ),
+    "cvae_modeB": PredictorSpec(
+        "predictors.cvae:CVAEPredictor", {"mode": "B"}, "CVAE, encode control cells", chosen="cvae_modeB"
+    ),
     "cvae_mlp_modeA": PredictorSpec(
         "predictors.cvae:CVAEPredictor",
         {"mode": "A", "decoder": "mlp"},
         "plain CVAE (MLP decoder), z ~ N(0, I)",
+        chosen="cvae_mlp_modeB",
     ),
     "cvae_mlp_modeB": PredictorSpec(
         "predictors.cvae:CVAEPredictor",
         {"mode": "B", "decoder": "mlp"},
         "plain CVAE (MLP decoder), encode controls",
+        chosen="cvae_mlp_modeB",
     ),
     "scgen": PredictorSpec(
         "predictors.scgen:ScGen",
@@ -120,13 +133,16 @@ def install_command(extra: str) -> str:
     return f"pip install -c constraints.txt -e '.[{extra}]'"
 
 
-def make_predictor(name: str, **overrides: Any) -> tuple[str, Predictor]:
-    """Build a predictor from a registered name or `module:Class`; returns (display name, instance)."""
+def make_predictor(
+    name: str, data_key: tuple[str, str] | None = None, **overrides: Any
+) -> tuple[str, Predictor]:
+    """Build a predictor from a registered name or `module:Class`; returns (display name, instance). data_key,
+    the (name, checksum) of the dataset it will run on, picks that dataset's leave-it-out chosen defaults."""
     specs = available_predictors()
     if name in specs:
         spec = specs[name]
         cls = load_class(spec.target)
-        params = {**spec.params, **overrides}
+        params = {**chosen_params(spec.chosen, data_key), **spec.params, **overrides}
     elif ":" in name:
         cls = load_class(name)
         params = dict(overrides)
@@ -139,6 +155,42 @@ def make_predictor(name: str, **overrides: Any) -> tuple[str, Predictor]:
         raise PertbenchError(
             f"cannot build predictor {name!r} with parameters {params}: {_one_line(exc)}"
         ) from exc
+
+
+@functools.cache
+def _chosen_file() -> dict[str, Any]:
+    try:
+        return json.loads(CHOSEN_DEFAULTS.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PertbenchError(f"cannot read the chosen defaults {CHOSEN_DEFAULTS}: {_one_line(exc)}") from exc
+
+
+def chosen_params(key: str | None, data_key: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The chosen defaults of `key` (a predictor name in CHOSEN_DEFAULTS); {} for None. On one of the datasets the
+    choice was made on (data_key = its name and checksum), the choice made without that dataset, so that no
+    dataset's scores use a default its own cells helped to choose."""
+    if key is None:
+        return {}
+    entry = _chosen_file().get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("params"), dict):
+        raise PertbenchError(
+            f"{CHOSEN_DEFAULTS} has no chosen params for {key!r}; rerun `make cvae-defaults`"
+        )
+    left_out = leave_out_choice(key, data_key)
+    if left_out is not None:
+        return next(dict(c["params"]) for c in entry["candidates"] if c["index"] == left_out)
+    return dict(entry["params"])
+
+
+def leave_out_choice(key: str | None, data_key: tuple[str, str] | None) -> int | None:
+    """The candidate chosen without the dataset data_key, where that differs from the pooled choice; else None."""
+    if key is None or data_key is None:
+        return None
+    name, checksum = data_key
+    if _chosen_file().get("datasets", {}).get(name) != checksum:
+        return None
+    lodo = _chosen_file()[key].get("leave_one_dataset_out", {}).get(name)
+    return None if lodo is None or lodo["same"] else int(lodo["chosen"])
 
 
 def _one_line(exc: Exception) -> str:

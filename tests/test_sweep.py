@@ -223,10 +223,12 @@ def test_readme_sweep_example_parses(tmp_path: Path) -> None:
 
 
 def test_leaderboard_sweep_is_the_committed_grid() -> None:
-    """leaderboard/sweep.toml: the six predictors on the four datasets, additive on norman19, seeds 0-2, scgen on kang2018 seed 0, PCA."""
+    """leaderboard/sweep.toml: eight predictors on the four datasets, additive on norman19, seeds 0-2, scgen on
+    kang2018 seed 0, PCA."""
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "leaderboard" / "sweep.toml")
     grid = {(g.predictor, g.dataset.name, g.split_kind, g.seeds) for g in sweep.groups}
     predictors = ("no_change", "mean_shift", "linear", "linear_cv", "cvae_modeB", "cvae_modeA")
+    predictors += ("cvae_mlp_modeB", "cvae_mlp_modeA")
     datasets = ("kang2018", "kang2018_counts", "mcfaline23", "norman19")
     expected = {(p, d, "default", (0, 1, 2)) for p in predictors for d in datasets}
     assert grid == expected | {

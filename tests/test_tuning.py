@@ -193,9 +193,11 @@ def test_parent_marks_hyperparameters_that_differ_between_splits():
 
     base, a, b = hp.TunableSpy(), hp.TunableSpy(scale=0.7, noise=0.05), hp.TunableSpy(scale=1.3, noise=0.05)
     options = RunOptions(config={"tuning": {"protocol": tuning.PROTOCOL}}, config_source="c.toml")
-    record = _config_record(base, {"s1": a, "s2": b}, options)
+    record = _config_record("spy", ("d", "sha"), base, {"s1": a, "s2": b}, options)
     assert record[f"{schema.HP_PREFIX}scale"] == schema.PER_SPLIT  # the blocks chose differently
     assert record[f"{schema.HP_PREFIX}noise"] == 0.05  # every split agrees, though the base does not
     assert f"{schema.HP_PREFIX}random_state" not in record  # unchanged: the base's value stands
     assert record[schema.PARAM_CONFIG_PROTOCOL] == tuning.PROTOCOL
-    assert _config_record(base, {}, RunOptions())[schema.PARAM_CONFIG_SOURCE] == "defaults"
+    assert (
+        _config_record("spy", ("d", "sha"), base, {}, RunOptions())[schema.PARAM_CONFIG_SOURCE] == "defaults"
+    )

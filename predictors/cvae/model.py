@@ -218,6 +218,10 @@ class CVAEPredictor(ValidatedParams, Predictor):
     On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
     kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
 
+    The registered names (cvae_modeA/B, cvae_mlp_modeA/B) take the defaults that benchmark.choose_defaults chose
+    on validation splits of the visible datasets' training cells (predictors/cvae/defaults.json, `make
+    cvae-defaults`); this constructor's defaults are that search's starting point (its candidate 0).
+
     Every hyperparameter is checked on construction and by set_params (ValueError naming the parameter and
     what it accepts; see _validate).
     """
