@@ -13,7 +13,7 @@ BENCH=${BENCH:-.venv/bin/bench}
 export PERTBENCH_CACHE_DIR=${PERTBENCH_CACHE_DIR:-.pertbench/models}
 SWEEP=leaderboard/sweep.toml
 if [ -n "${PREDICTORS:-}${DATASETS:-}${SEEDS:-}" ]; then  # part of the grid: the same settings, a smaller grid
-  DEFAULT_PREDICTORS="no_change mean_shift linear linear_cv cvae_modeB cvae_modeA"
+  DEFAULT_PREDICTORS="no_change mean_shift linear linear_cv cvae_modeB cvae_modeA cvae_mlp_modeB cvae_mlp_modeA"
   PREDICTORS=${PREDICTORS:-$DEFAULT_PREDICTORS}
   DATASETS=${DATASETS:-"kang2018 kang2018_counts mcfaline23 norman19"}
   quoted() { printf '"%s", ' $1 | sed 's/, $//'; }
