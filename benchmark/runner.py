@@ -30,7 +30,7 @@ from benchmark import export, schema, tracking
 from benchmark import progress as bars
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
-from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
+from benchmark.evaluate import OtherDeltas, TargetResult, as_scored, evaluate_target
 from benchmark.export import cell_eval_pair, saved_prediction
 from benchmark.figures import composite_figure, summary_figure
 from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding_cells
@@ -356,6 +356,7 @@ class SplitScorer:
     parent_run_id: str | None = None
     """The parent of the child runs; None: the active run (a sweep's task has no active parent run)."""
     _split_logged: bool = field(default=False, init=False, repr=False)
+    _others: OtherDeltas | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def prepare(
@@ -429,14 +430,9 @@ class SplitScorer:
                 }
             )
             tracking.log_dataset(self.dataset.name, self.dataset.checksum, self.dataset.source)
-            others = other_deltas(
-                *self.profiles,
-                task.control_label,
-                split.kind,
-                target.perturbation,
-                target.context,
-                MIN_CELLS,
-            )
+            if self._others is None:  # one comparison pool per context, not one per target
+                self._others = OtherDeltas(*self.profiles, task.control_label, split.kind)
+            others = self._others(target.perturbation, target.context, MIN_CELLS)
             logged = {
                 **params,
                 schema.PARAM_SEED: seed,
