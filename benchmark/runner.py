@@ -38,7 +38,7 @@ from benchmark.model_cache import cache_key, fit_or_load
 from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
-from benchmark.splits import MIN_CELLS, Split, Target, make_splits
+from benchmark.splits import MIN_CELLS, Split, Target, make_splits, scored_test_cells
 from benchmark.task import Positions, dense, take
 from benchmark.tuning import config_digest, dump_toml, split_params
 from predictors.registry import make_predictor
@@ -500,7 +500,8 @@ class SplitScorer:
         positions, options = self.positions, self.options
         result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
         control = take(adata, positions.of(target.control_cells))
-        real = dense(task.lognorm(take(adata, positions.of(target.test_cells))))
+        test_positions = positions.of(scored_test_cells(target.test_cells))
+        real = dense(task.lognorm(take(adata, test_positions)))
         control_x = dense(task.lognorm(control))
         started = time.perf_counter()
         try:
@@ -532,7 +533,7 @@ class SplitScorer:
                 pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
-                test = take(adata, positions.of(target.test_cells))
+                test = take(adata, test_positions)
                 pair = cell_eval_pair(control, control_x, test, real, saved, target)
                 for file, cells in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
                     cells.write_h5ad(Path(tmp) / file)
