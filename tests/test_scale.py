@@ -149,3 +149,12 @@ def test_a_large_held_out_group_is_scored_on_a_bounded_sample(small_synthetic, t
     results = run_benchmark("mean_shift", dataset, "holdout_context", options, lambda _: None).results
     assert results[0].status == "ok" and np.isfinite(results[0].metrics["r"])
     assert taken and max(taken) <= 15  # no target reads more than the cap of cells
+
+
+def test_arpack_on_the_scatter_matrix_gives_the_dense_solvers_pca(small_synthetic, monkeypatch):
+    monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 64)  # the batched (scatter-matrix) path
+    dense_fit = fit_embedding_cells(small_synthetic, TASK, n_components=10)
+    monkeypatch.setattr(metrics_module, "DENSE_EIGH_MAX_GENES", 10)  # fewer than the genes: ARPACK
+    arpack_fit = fit_embedding_cells(small_synthetic, TASK, n_components=10)
+    cells = TASK.lognorm(small_synthetic[:50]).toarray()
+    np.testing.assert_allclose(arpack_fit(cells), dense_fit(cells), rtol=0, atol=1e-8)
