@@ -89,6 +89,11 @@ SCATTER_CHUNK_VALUES = 1 << 24
 EXACT_PCA_MAX_DIM = 12000
 """Largest min(cells, genes) for the dense eigendecomposition in `fit_embedding`; beyond it, ARPACK."""
 
+DENSE_EIGH_MAX_GENES = 4000
+"""Most genes for which the batched PCA's scatter matrix goes to the dense eigensolver; beyond, ARPACK finds its top
+components (8,000 genes: the dense solver took 50 s of a 310k-cell screen's fixed cost, ARPACK a few seconds, the
+same subspace to machine precision). Every committed dataset is fit in one batch, by `fit_embedding`."""
+
 _CONSTANT_RTOL = 1e-12
 
 
@@ -155,6 +160,7 @@ class EvalData:
         "deg_index",
         "de_real",
         "var_real",
+        "control_ranks",
     )
     """Cached values that depend only on the control cells, the real cells and the embedding."""
 
@@ -242,14 +248,19 @@ class EvalData:
         return None if self.true_top is None else self.true_top[:DEG_K]
 
     @cached_property
+    def control_ranks(self) -> ControlRanks:
+        """The (subsampled) control cells sorted per gene once, for the rank-sum tests of real and predictions."""
+        return ControlRanks(self.control[self.control_index])
+
+    @cached_property
     def de_real(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test real vs control, per gene."""
-        return rank_sum_qvalues(self.real[self.real_index], self.control[self.control_index])
+        return false_discovery_control(self.control_ranks.pvalues(self.real[self.real_index]))
 
     @cached_property
     def de_pred(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test pred vs control, per gene."""
-        return rank_sum_qvalues(self.pred[self.pred_index], self.control[self.control_index])
+        return false_discovery_control(self.control_ranks.pvalues(self.pred[self.pred_index]))
 
 
 @dataclass(frozen=True)
@@ -430,28 +441,61 @@ def rank_sum_pvalues(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     Normal approximation with tie and continuity correction, exactly as scipy.stats.mannwhitneyu(method=
     'asymptotic') and pdex; vectorized over genes. A gene with one value in both samples has p = 1.
     """
-    m, k = x.shape[0], c.shape[0]
-    p = np.ones(x.shape[1])
-    varying = (np.ptp(x, axis=0) > 0) | (np.ptp(c, axis=0) > 0) | (x[0] != c[0])
-    if not varying.any():
+    return ControlRanks(c).pvalues(x)
+
+
+class ControlRanks:
+    """The control side of per-gene rank-sum tests, sorted once so that several samples (the real cells and each
+    prediction of a target) are tested against it without sorting the control again.
+
+    A sample's U = Σ_i #(c < x_i) + ½ #(c = x_i), found by binary search of its sorted values in the sorted
+    control, and its tie term Σ(t³ − t) over the pooled values is the control's own plus, for each distinct
+    sample value, the change from adding its copies: U and the tie term are sums of half-integers, so they (and
+    the p-values) equal those of ranking the pooled sample exactly.
+    """
+
+    def __init__(self, c: np.ndarray) -> None:
+        self.c = c
+        self.sorted = np.ascontiguousarray(np.sort(c.T, axis=1))  # genes x control cells
+        self.ties = _run_ties(self.sorted)
+
+    def pvalues(self, x: np.ndarray) -> np.ndarray:
+        """Two-sided p-values of the sample x (cells x genes) against the control, per gene."""
+        c, cs = self.c, self.sorted
+        m, k = x.shape[0], c.shape[0]
+        p = np.ones(x.shape[1])
+        varying = (np.ptp(x, axis=0) > 0) | (np.ptp(c, axis=0) > 0) | (x[0] != c[0])
+        if not varying.any():
+            return p
+        genes = np.flatnonzero(varying)
+        xs = np.sort(x[:, genes].T, axis=1)  # genes x sample cells
+        below, upto = np.empty(xs.shape), np.empty(xs.shape)
+        for row, g in enumerate(genes):
+            below[row] = np.searchsorted(cs[g], xs[row], side="left")
+            upto[row] = np.searchsorted(cs[g], xs[row], side="right")
+        u1 = below.sum(axis=1) + 0.5 * (upto - below).sum(axis=1)
+        start = np.ones(xs.shape, dtype=bool)  # first copy of each distinct sample value, per gene
+        start[:, 1:] = xs[:, 1:] != xs[:, :-1]
+        rows, cols = np.nonzero(start)
+        ends = np.r_[cols[1:], 0]
+        ends[np.r_[rows[1:] != rows[:-1], True]] = xs.shape[1]
+        in_x = (ends - cols).astype(np.float64)  # copies of each distinct sample value
+        in_c = (upto - below)[rows, cols]  # control cells equal to it
+        t = in_x + in_c
+        extra = np.bincount(rows, weights=(t**3 - t) - (in_c**3 - in_c), minlength=genes.size)
+        p[genes] = mwu_pvalues(u1, m, k, self.ties[genes] + extra)
         return p
-    z = np.ascontiguousarray(np.hstack([x[:, varying].T, c[:, varying].T]))  # genes x cells, rows contiguous
-    n = m + k
-    order = np.argsort(z, axis=1, kind="stable")
-    zs = np.take_along_axis(z, order, axis=1)
-    pos = np.arange(n, dtype=np.int32)[None, :]
-    start = np.ones_like(zs, dtype=bool)
+
+
+def _run_ties(zs: np.ndarray) -> np.ndarray:
+    """Σ(t³ − t) over the runs of equal values of each row of a row-sorted matrix."""
+    start = np.ones(zs.shape, dtype=bool)
     start[:, 1:] = zs[:, 1:] != zs[:, :-1]
-    end = np.ones_like(zs, dtype=bool)
-    end[:, :-1] = start[:, 1:]
-    run_start = np.maximum.accumulate(np.where(start, pos, np.int32(0)), axis=1)
-    run_end = np.minimum.accumulate(np.where(end, pos, np.int32(n))[:, ::-1], axis=1)[:, ::-1]
-    midrank = 0.5 * (run_start + run_end) + 1.0
-    rank_sum = np.sum(np.where(order < m, midrank, 0.0), axis=1)
-    t = (run_end - run_start + 1).astype(np.float64)
-    ties = np.sum(np.where(start, t**3 - t, 0.0), axis=1)
-    p[varying] = mwu_pvalues(rank_sum - m * (m + 1) / 2.0, m, k, ties)
-    return p
+    rows, cols = np.nonzero(start)
+    ends = np.r_[cols[1:], 0]
+    ends[np.r_[rows[1:] != rows[:-1], True]] = zs.shape[1]
+    t = (ends - cols).astype(np.float64)
+    return np.bincount(rows, weights=t**3 - t, minlength=zs.shape[0])
 
 
 def mwu_pvalues(u1: np.ndarray, m: float, k: float, ties: np.ndarray) -> np.ndarray:
@@ -469,6 +513,23 @@ def mwu_pvalues(u1: np.ndarray, m: float, k: float, ties: np.ndarray) -> np.ndar
 def rank_sum_qvalues(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Benjamini–Hochberg adjusted rank-sum p-values of x vs c, per gene."""
     return false_discovery_control(rank_sum_pvalues(x, c))
+
+
+L1_CHUNK_VALUES = 1 << 17
+"""Values (rows x genes) of one chunk in `l1_distances` (1 MB: the differences stay in cache)."""
+
+
+def l1_distances(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Σ_g |rows[i, g] − v[g]| for every row, a chunk of rows at a time: the same per-row sums as
+    `np.abs(rows - v).sum(axis=1)` without its rows x genes temporary (a screen's 2,000 other groups x 8,000 genes
+    is 128 MB per call, and `discrimination` is called 23 times per target)."""
+    out = np.empty(rows.shape[0])
+    step = max(1, L1_CHUNK_VALUES // max(1, rows.shape[1]))
+    buffer = np.empty((min(step, rows.shape[0]), rows.shape[1]))
+    for start in range(0, rows.shape[0], step):
+        diff = np.subtract(rows[start : start + step], v, out=buffer[: min(step, rows.shape[0] - start)])
+        out[start : start + step] = np.abs(diff, out=diff).sum(axis=1)
+    return out
 
 
 def significant_top(q: np.ndarray, delta: np.ndarray, k: int) -> np.ndarray:
@@ -571,7 +632,7 @@ def _discrimination(data: EvalData) -> float:
     if data.others is None or data.others.shape[0] == 0:
         return float("nan")
     own = np.abs(data.delta_pred - data.delta_true).sum()
-    other = np.abs(data.others - data.delta_pred).sum(axis=1)
+    other = l1_distances(data.others, data.delta_pred)
     return float((np.sum(other > own) + 0.5 * np.sum(other == own)) / other.size)
 
 
@@ -715,7 +776,8 @@ def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbeddi
             scatter += rows.T @ rows
     mu = total / n
     c = scatter - n * np.outer(mu, mu)
-    components = _top_eigh((c + c.T) / 2.0, k)[1].T
+    c = (c + c.T) / 2.0
+    components = _top_eigh(c, k)[1].T if p <= DENSE_EIGH_MAX_GENES else _top_eigsh(c, k)
     return _signed(mu, components)
 
 
@@ -738,6 +800,19 @@ def _top_eigh(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if not keep.any():
         raise ValueError("cannot fit a PCA embedding: the training cells do not vary")
     return w[keep], v[:, keep]
+
+
+def _top_eigsh(a: np.ndarray, k: int) -> np.ndarray:
+    """The k leading eigenvectors (rows, largest eigenvalue first) of a symmetric PSD matrix by ARPACK, started
+    from a fixed vector and converged to machine precision, so the result is deterministic."""
+    d = a.shape[0]
+    w, v = scipy.sparse.linalg.eigsh(a, k=k, which="LA", v0=np.ones(d) / np.sqrt(d), tol=0)
+    order = np.argsort(-w)
+    w, v = w[order], v[:, order]
+    keep = w > max(float(w[0]), 0.0) * d * np.finfo(np.float64).eps
+    if not keep.any():
+        raise ValueError("cannot fit a PCA embedding: the training cells do not vary")
+    return v[:, keep].T
 
 
 def _gram_components(x, mu: np.ndarray, k: int) -> np.ndarray:

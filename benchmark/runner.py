@@ -30,7 +30,7 @@ from benchmark import export, schema, tracking
 from benchmark import progress as bars
 from benchmark.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.errors import NotApplicable, PertbenchError
-from benchmark.evaluate import TargetResult, as_scored, evaluate_target, other_deltas
+from benchmark.evaluate import OtherDeltas, TargetResult, as_scored, evaluate_target
 from benchmark.export import cell_eval_pair, saved_prediction
 from benchmark.figures import composite_figure, summary_figure
 from benchmark.metrics import METRICS, EvalData, PCAEmbedding, fit_embedding_cells
@@ -38,7 +38,7 @@ from benchmark.model_cache import cache_key, fit_or_load
 from benchmark.protocol import Predictor
 from benchmark.pseudobulk import group_profiles
 from benchmark.references import ReferenceShifts, reference_predictions
-from benchmark.splits import MIN_CELLS, Split, Target, make_splits
+from benchmark.splits import MIN_CELLS, Split, Target, make_splits, scored_test_cells
 from benchmark.task import Positions, dense, take
 from benchmark.tuning import CHOOSE_DEFAULTS_PROTOCOL, config_digest, dump_toml, split_params
 from predictors.registry import CHOSEN_DEFAULTS, available_predictors, leave_out_choice, make_predictor
@@ -358,6 +358,7 @@ class SplitScorer:
     parent_run_id: str | None = None
     """The parent of the child runs; None: the active run (a sweep's task has no active parent run)."""
     _split_logged: bool = field(default=False, init=False, repr=False)
+    _others: OtherDeltas | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def prepare(
@@ -431,14 +432,9 @@ class SplitScorer:
                 }
             )
             tracking.log_dataset(self.dataset.name, self.dataset.checksum, self.dataset.source)
-            others = other_deltas(
-                *self.profiles,
-                task.control_label,
-                split.kind,
-                target.perturbation,
-                target.context,
-                MIN_CELLS,
-            )
+            if self._others is None:  # one comparison pool per context, not one per target
+                self._others = OtherDeltas(*self.profiles, task.control_label, split.kind)
+            others = self._others(target.perturbation, target.context, MIN_CELLS)
             logged = {
                 **params,
                 schema.PARAM_SEED: seed,
@@ -506,7 +502,8 @@ class SplitScorer:
         positions, options = self.positions, self.options
         result = TargetResult(split.name, seed, target.perturbation, target.context, schema.STATUS_OK)
         control = take(adata, positions.of(target.control_cells))
-        real = dense(task.lognorm(take(adata, positions.of(target.test_cells))))
+        test_positions = positions.of(scored_test_cells(target.test_cells))
+        real = dense(task.lognorm(take(adata, test_positions)))
         control_x = dense(task.lognorm(control))
         started = time.perf_counter()
         try:
@@ -538,7 +535,7 @@ class SplitScorer:
                 pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
-                test = take(adata, positions.of(target.test_cells))
+                test = take(adata, test_positions)
                 pair = cell_eval_pair(control, control_x, test, real, saved, target)
                 for file, cells in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
                     cells.write_h5ad(Path(tmp) / file)

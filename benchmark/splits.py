@@ -22,6 +22,7 @@ import pandas as pd
 from anndata import AnnData
 
 from benchmark.errors import PertbenchError
+from benchmark.metrics import subsample_index
 from benchmark.task import Task
 
 SPLIT_KINDS = ("holdout_context", "holdout_combo", "random")
@@ -33,6 +34,13 @@ MIN_PREDICTED_CELLS = 500
 are a seeded sample of its context's controls, as many as the held-out group and at least this many, so a
 10k-control context does not cost 10k predicted cells per target. No committed dataset has a context with more
 than 278 controls, so there the sample is every control cell."""
+MAX_SCORED_CELLS = 10_000
+"""Most cells of one target that are scored, and most control cells its predictor is given: a held-out group
+larger than this is scored on a seeded uniform sample of this many of its cells (`scored_test_cells`, the same for
+every predictor and seed), and its control sample stops at this many. A target's memory is then O(MAX_SCORED_CELLS
+x genes) however large the dataset (on the 1M-cell grid a held-out group has 83,000 cells: each dense copy of it
+was 1.3 GB). Its means are over 10,000 cells and the cell-level scores already use at most MAX_DISTANCE_CELLS;
+no committed dataset has a group this large, so their scores do not move."""
 
 
 class SplitNotApplicable(PertbenchError):
@@ -259,12 +267,21 @@ class _Groups:
 
 def capped_controls(control_idx: np.ndarray, n_test: int, seed: int, key: str) -> np.ndarray:
     """The control positions a target gives its predictor: all of them, or a seeded sorted sample of
-    max(n_test, MIN_PREDICTED_CELLS) when the context has more (the sample depends on seed and target only)."""
-    n = max(n_test, MIN_PREDICTED_CELLS)
+    max(n_test, MIN_PREDICTED_CELLS), at most MAX_SCORED_CELLS, when the context has more (the sample depends on
+    seed and target only)."""
+    n = min(max(n_test, MIN_PREDICTED_CELLS), MAX_SCORED_CELLS)
     if len(control_idx) <= n:
         return control_idx
     rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
     return np.sort(rng.choice(control_idx, size=n, replace=False))
+
+
+def scored_test_cells(test_cells: tuple[str, ...]) -> tuple[str, ...]:
+    """The held-out cells a target is scored on: all of them up to MAX_SCORED_CELLS, else that many, sorted, drawn
+    uniformly as `metrics.subsample_index` draws them (seeded by SUBSAMPLE_SEED and the group's size)."""
+    if len(test_cells) <= MAX_SCORED_CELLS:
+        return test_cells
+    return tuple(test_cells[i] for i in subsample_index(len(test_cells), MAX_SCORED_CELLS))
 
 
 def _holdout_context(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:

@@ -84,7 +84,23 @@ def lognorm_batches(
     base, rows = _indexable(adata)
     for start in range(0, n, batch_cells):
         stop = min(start + batch_cells, n)
-        yield slice(start, stop), task.lognorm(base[rows[start:stop]])
+        yield slice(start, stop), task.lognorm(_rows_of(base, rows[start:stop]))
+
+
+def _rows_of(base: AnnData, positions: np.ndarray) -> AnnData:
+    """`base[positions]`. From a backed file, increasing positions that span at most twice their number (a batch
+    of the whole dataset or of a split's training cells) are read as one contiguous slice and picked in memory:
+    anndata reads an index array from disk a row at a time (110k cells: 720k h5py reads, half a pass's time)."""
+    if (
+        base.isbacked
+        and len(positions) > 1
+        and positions[-1] - positions[0] < 2 * len(positions)
+        and bool(np.all(np.diff(positions) > 0))
+    ):
+        lo = int(positions[0])
+        block = base[lo : int(positions[-1]) + 1].to_memory()
+        return block[positions - lo]
+    return base[positions]
 
 
 def _indexable(adata: AnnData) -> tuple[AnnData, np.ndarray]:

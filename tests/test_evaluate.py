@@ -164,3 +164,17 @@ def test_additive_is_the_reference_of_a_combination_never_seen(small_synthetic):
     predicted = Additive().fit(train, TASK).predict(control, target.perturbation, target.context)
     assert list(refs) == ["additive"]
     np.testing.assert_array_equal(refs["additive"], dense(predicted.X))
+
+
+def test_a_prediction_equal_to_its_reference_reuses_its_scores_exactly():
+    rng = np.random.default_rng(5)
+    control = np.abs(rng.normal(size=(30, 12)))
+    real = np.abs(rng.normal(loc=0.5, size=(25, 12)))
+    shifted = (control + 0.3).astype(np.float32)
+    reused = evaluate_target(
+        control, real, shifted, None, {"mean_shift": shifted.copy()}, seed=0, ceiling_repeats=2
+    )
+    scored = evaluate_target(control, real, control, None, {"mean_shift": shifted}, seed=0, ceiling_repeats=2)
+    assert reused.reference == pytest.approx(scored.reference, nan_ok=True, rel=0, abs=0)
+    assert reused.reference == pytest.approx(reused.metrics, nan_ok=True, rel=0, abs=0)
+    assert scored.reference != pytest.approx(scored.metrics, nan_ok=True)  # the other path scores it anew

@@ -7,11 +7,15 @@ import numpy as np
 import pytest
 
 import benchmark.metrics as metrics_module
+import benchmark.runner as runner_module
+import benchmark.splits as splits_module
 import benchmark.task
 from benchmark.datasets import Dataset, load_h5ad
-from benchmark.metrics import fit_embedding, fit_embedding_cells
+from benchmark.evaluate import OtherDeltas, other_deltas
+from benchmark.metrics import ControlRanks, fit_embedding, fit_embedding_cells, l1_distances
 from benchmark.pseudobulk import group_profiles
 from benchmark.runner import RunOptions, run_benchmark
+from benchmark.splits import MIN_CELLS, make_splits
 from benchmark.synthetic import write_synthetic
 from benchmark.task import Positions, Task, lognorm_batches
 
@@ -82,3 +86,75 @@ def test_a_large_training_set_is_embedded_from_its_seeded_pca_sample(small_synth
     exact = fit_embedding(TASK.lognorm(small_synthetic[rows]), n_components=10)
     cells = TASK.lognorm(small_synthetic[:50]).toarray()
     np.testing.assert_allclose(sampled(cells), exact(cells), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["holdout_context", "holdout_combo"])
+def test_the_per_context_others_pool_gives_every_target_what_other_deltas_gives(small_synthetic, kind):
+    means, sizes = group_profiles(small_synthetic, TASK)
+    small = dict(sizes)
+    small[("C0", "P1")] = MIN_CELLS - 1  # a group too small to compare against
+    pool = OtherDeltas(means, small, "control", kind)
+    targets = [t for s in make_splits(small_synthetic, TASK, kind) for t in s.targets]
+    assert targets
+    for t in targets:
+        expected = other_deltas(means, small, "control", kind, t.perturbation, t.context, MIN_CELLS)
+        got = pool(t.perturbation, t.context, MIN_CELLS)
+        if expected is None:
+            assert got is None
+        else:
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_l1_distances_chunk_by_chunk_are_numpys_row_sums(monkeypatch):
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(metrics_module, "L1_CHUNK_VALUES", 50)  # several chunks, a short last one
+    for rows, genes in [(1, 3), (7, 20), (33, 16)]:
+        others, v = rng.normal(size=(rows, genes)), rng.normal(size=genes)
+        np.testing.assert_array_equal(l1_distances(others, v), np.abs(others - v).sum(axis=1))
+
+
+def test_control_ranks_test_several_samples_like_pooled_ranking():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(3)
+    control = np.round(rng.gamma(1.0, size=(40, 12)), 1) * (rng.random((40, 12)) < 0.6)
+    control[:, 0] = 0.0  # a gene constant in control and in the first sample: p = 1
+    ranks = ControlRanks(control)
+    for _ in range(3):
+        sample = np.round(rng.gamma(1.2, size=(25, 12)), 1) * (rng.random((25, 12)) < 0.6)
+        sample[:, 0] = 0.0
+        got = ranks.pvalues(sample)
+        assert got[0] == 1.0
+        expected = [
+            mannwhitneyu(sample[:, g], control[:, g], method="asymptotic").pvalue for g in range(1, 12)
+        ]
+        np.testing.assert_allclose(got[1:], expected, rtol=1e-12, atol=0)
+
+
+def test_a_large_held_out_group_is_scored_on_a_bounded_sample(small_synthetic, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(splits_module, "MAX_SCORED_CELLS", 15)
+    split = make_splits(small_synthetic, TASK, "holdout_context")[0]
+    target = split.targets[0]
+    assert len(target.test_cells) > 15 and len(target.control_cells) == 15  # controls stop at the cap
+    scored = splits_module.scored_test_cells(target.test_cells)
+    assert len(scored) == 15 and set(scored) <= set(target.test_cells)
+    assert scored == splits_module.scored_test_cells(target.test_cells)  # seeded: the same every time
+    taken: list[int] = []
+    real_take = runner_module.take
+    monkeypatch.setattr(runner_module, "take", lambda a, p: taken.append(len(p)) or real_take(a, p))
+    dataset = Dataset("screen", small_synthetic, TASK, "checksum", "screen.h5ad", "holdout_context")
+    options = RunOptions(figures=False, max_splits=1, embedding="pca")
+    results = run_benchmark("mean_shift", dataset, "holdout_context", options, lambda _: None).results
+    assert results[0].status == "ok" and np.isfinite(results[0].metrics["r"])
+    assert taken and max(taken) <= 15  # no target reads more than the cap of cells
+
+
+def test_arpack_on_the_scatter_matrix_gives_the_dense_solvers_pca(small_synthetic, monkeypatch):
+    monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 64)  # the batched (scatter-matrix) path
+    dense_fit = fit_embedding_cells(small_synthetic, TASK, n_components=10)
+    monkeypatch.setattr(metrics_module, "DENSE_EIGH_MAX_GENES", 10)  # fewer than the genes: ARPACK
+    arpack_fit = fit_embedding_cells(small_synthetic, TASK, n_components=10)
+    cells = TASK.lognorm(small_synthetic[:50]).toarray()
+    np.testing.assert_allclose(arpack_fit(cells), dense_fit(cells), rtol=0, atol=1e-8)
