@@ -542,3 +542,19 @@ def test_validation_cells_are_capped_and_the_rest_train(synth: AnnData, monkeypa
     assert round(0.1 * synth.n_obs) > 20
     assert model.train_stats_["val_cells"] == 20
     assert model.train_stats_["train_cells"] == synth.n_obs - 20
+
+
+def test_fits_a_view_of_a_backed_file_as_it_fits_the_same_cells_in_memory(synth: AnnData, tmp_path) -> None:
+    """Large files open backed and a split's training cells are a view of them, which anndata cannot index again."""
+    import anndata as ad
+    import scipy.sparse as sparse
+
+    on_disk = synth.copy()
+    on_disk.X = sparse.csr_matrix(on_disk.X)
+    on_disk.write_h5ad(tmp_path / "x.h5ad")
+    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r")
+    rows = np.flatnonzero(synth.obs["condition"].astype(str) != "P0")
+    params = {**SMALL, "max_steps": 20, "n_hidden": 16}
+    from_disk = CVAEPredictor(**params).fit(backed[rows], COUNTS_TASK)
+    in_memory = CVAEPredictor(**params).fit(on_disk[rows].copy(), COUNTS_TASK)
+    assert from_disk.history_ == in_memory.history_

@@ -23,7 +23,7 @@ from benchmark import progress as bars
 from benchmark.errors import NotApplicable
 from benchmark.protocol import Predictor, predicted_anndata
 from benchmark.pseudobulk import group_sums, split_controls
-from benchmark.task import Task
+from benchmark.task import LOGNORM_LAYER, Task, lognormalize
 from predictors.baselines import pca_basis
 from predictors.cvae import generate as generation
 from predictors.cvae.data import dense_rows
@@ -430,7 +430,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         mean, std = _gene_moments(data.x[fit_idx])
         start = None
         if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
-            fit_lognorm = data.x[fit_idx] if self.likelihood_ == "gaussian" else task.lognorm(train[fit_idx])
+            fit_lognorm = self._fit_lognorm(data.x, train, fit_idx, task)
             table, shifts, readout = self._pseudobulk_start(
                 data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
             )
@@ -444,6 +444,15 @@ class CVAEPredictor(ValidatedParams, Predictor):
         with _torch_threads(self._n_threads()):
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
         return self
+
+    def _fit_lognorm(self, x, train: AnnData, rows: np.ndarray, task: Task):
+        """The fit cells' log-normalized values, from the rows already read (x) where possible: `train` may be a
+        view of a backed file, which cannot be indexed again."""
+        if self.likelihood_ == "gaussian":
+            return x[rows]
+        if LOGNORM_LAYER in train.layers:
+            return task.lognorm(train)[rows]
+        return lognormalize(x[rows])
 
     def _decoder_scale(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Pseudobulk profiles (one row per group) on the decoder's output scale: mean log-normalized values, or
