@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -74,18 +75,25 @@ def candidates(predictor: str, n: int, seed: int, fixed: dict[str, Any], space_o
     return out
 
 
-def _evaluate(job: tuple) -> dict[str, Any]:
-    """Score one candidate of one predictor on one dataset's validation splits (a worker process's task)."""
-    predictor, dataset_name, index, params, seed, n_validation = job
-    import torch
-
+@functools.cache
+def _validation_setup(dataset_name: str, seed: int, n_validation: int) -> tuple[Any, Any, list]:
+    """A dataset, its seeded block and that block's validation splits, made once per worker process (every
+    candidate of a dataset is scored on the same splits)."""
     from benchmark.datasets import load_dataset
 
     dataset = load_dataset(dataset_name)
     kind = dataset.default_split
     blocks = outer_blocks(dataset, kind, seed)
     block = blocks[int(np.random.default_rng(seed).integers(len(blocks)))]
-    splits = validation_splits(dataset, block, kind, seed, n_validation)
+    return dataset, block, validation_splits(dataset, block, kind, seed, n_validation)
+
+
+def _evaluate(job: tuple) -> dict[str, Any]:
+    """Score one candidate of one predictor on one dataset's validation splits (a worker process's task)."""
+    predictor, dataset_name, index, params, seed, n_validation = job
+    import torch
+
+    dataset, block, splits = _validation_setup(dataset_name, seed, n_validation)
     start, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(1)  # two jobs on two cores: one thread each
     try:
@@ -201,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [m for m in REPORTED if m not in METRICS]
         if unknown:
             raise PertbenchError(f"unknown metric(s) {unknown}")
+        from benchmark.datasets import dataset_names
+
+        unknown = [d for d in args.datasets if d not in dataset_names()]
+        if unknown:
+            raise PertbenchError(f"unknown dataset(s) {unknown}; known: {', '.join(dataset_names())}")
         lists = {p: candidates(p, args.candidates, args.seed, fixed, override) for p in args.predictors}
         jobs = [  # candidate by candidate, so that an interrupted run has whole candidates
             (predictor, dataset, i, lists[predictor][i], args.seed, args.validation_splits)
@@ -261,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{predictor}: candidate {out[predictor]['chosen']} {out[predictor]['params']}", file=sys.stderr
         )
-    args.output.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    part = args.output.with_name(args.output.name + ".part")  # written whole, then moved: never half a file
+    part.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    part.replace(args.output)
     return 0
 
 

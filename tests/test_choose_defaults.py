@@ -75,7 +75,7 @@ def test_run_writes_the_choice_and_resumes_without_rescoring(tmp_path, monkeypat
     assert results.read_text().splitlines() == rows
 
 
-@pytest.mark.parametrize("bad", [["--candidates", "0"], ["--fixed", "{nope"]])
+@pytest.mark.parametrize("bad", [["--candidates", "0"], ["--fixed", "{nope"], ["--datasets", "nope"]])
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys, bad) -> None:
     argv = ["--predictors", "linear_cv", "--output", str(tmp_path / "x.json"), *bad]
     assert cd.main(argv) == 2
