@@ -18,8 +18,9 @@ Rule.
   Such pairs are left out (they add 0 to a distance sum; the kernel sum drops them), so each term averages
   pairs of distinct cells and the energy and MMD ceilings are ≈ 0. They run on the same ≤ MAX_DISTANCE_CELLS
   subsample, embedding, bandwidth and distance matrix as the scores (computed once, reused by every repeat).
-* The DE scores reuse one sort of the real and control cells per gene (`_DeCeiling`): a half's rank sum and tie
-  term follow from per-cell counts, the same p-values as testing the half directly.
+* The DE scores reuse the scores' sort of the control cells per gene (`ControlRanks`) and one sort of the real
+  cells (`_DeCeiling`): a half's rank sum and tie term follow from per-cell counts, the same p-values as testing
+  the half directly.
 * Top-K and DE overlaps, `de_direction`, `discrimination` and `var_ratio` are the half-vs-half values,
   uncorrected: an ideal predictor is noise-free there too, so a good predictor can sit slightly above them.
 
@@ -63,11 +64,14 @@ def noise_ceiling(
     seed: int = 0,
     names: Iterable[str] | None = None,
     others: np.ndarray | None = None,
+    shared: EvalData | None = None,
 ) -> dict[str, float]:
     """Each metric's noise ceiling from `n_repeats` size-matched bootstrap halves of the real cells (module rule).
 
     With fewer than 2 real cells the ceiling is undefined and every metric is NaN. Repeats where a metric is
     NaN are left out of its mean. `others` (the other groups' real Δ) is passed to every half's EvalData.
+    `shared`, an EvalData of the same control and real cells, lends its cached real side (the control's sort
+    for the DE tests, the embedded real cells), which gives the same values without computing them again.
     """
     names = list(METRICS) if names is None else list(names)
     control, real = dense(data_control), dense(real)
@@ -76,6 +80,8 @@ def noise_ceiling(
         return {name: float("nan") for name in names}
     rng = np.random.default_rng(seed)
     full = EvalData(control=control, real=real, pred=real[:2], embed=embed, others=others)
+    if shared is not None:
+        full.sharing_real(shared)
     cell_names = [m for m in names if m in _CELL_METRICS]
     de_names = [m for m in names if m in _DE_METRICS]
     oracle_names = [m for m in names if m in _ORACLE]
@@ -89,6 +95,7 @@ def noise_ceiling(
         if other_names:
             if moments is None:
                 half = EvalData(control=control, real=real[draws[n:]], pred=real[draws[:n]], others=others)
+                half.__dict__["mean_control"] = full.mean_control  # the same control cells: their mean once
             else:
                 half = moments.half(draws[:n], draws[n:])
             for name, value in score(half, other_names).items():
@@ -220,35 +227,25 @@ class _DeCeiling:
     def __init__(self, full: EvalData, names: list[str]) -> None:
         self.names = names
         self.real = full.real[full.real_index]
-        control = full.control[full.control_index]
         self.mean_control = full.mean_control
-        n, self.k = self.real.shape[0], control.shape[0]
-        z = np.ascontiguousarray(np.hstack([self.real.T, control.T]))  # genes x cells
-        genes, total = z.shape
-        order = np.argsort(z, axis=1, kind="stable")
-        zs = np.take_along_axis(z, order, axis=1)
-        start = np.ones_like(zs, dtype=bool)
-        start[:, 1:] = zs[:, 1:] != zs[:, :-1]
-        run = np.cumsum(start.ravel()).reshape(genes, total) - 1  # global run id, increasing along each gene
-        is_ctrl = (order >= n).astype(np.float64)
-        n_runs = int(run[-1, -1]) + 1
-        self.c = np.bincount(run.ravel(), weights=is_ctrl.ravel(), minlength=n_runs)
-        ctrl_upto = np.cumsum(is_ctrl, axis=1)  # control cells at or before each sorted position
-        first = np.zeros(n_runs, dtype=np.int64)
-        first[run.ravel()[start.ravel()]] = np.flatnonzero(start.ravel())
-        ctrl_before = np.concatenate([np.zeros((genes, 1)), ctrl_upto[:, :-1]], axis=1).ravel()[first]
-        self.run_gene = np.repeat(np.arange(genes), start.sum(axis=1))
-        self.ctrl_ties = np.bincount(self.run_gene, weights=self.c**3 - self.c, minlength=genes)
-        real_run = np.empty((genes, n), dtype=np.int64)  # run id of each real cell, per gene
-        real_pos = order < n
-        real_run[np.nonzero(real_pos)[0], order[real_pos]] = run[real_pos]
+        ranks, real_ranks = full.control_ranks, full.real_ranks  # shared with the scores' DE tests
+        n, self.k = self.real.shape[0], ranks.sorted.shape[1]
+        genes = self.real.shape[1]
+        order, xs, below, upto = real_ranks.order, real_ranks.xs, real_ranks.below, real_ranks.upto
+        start = np.ones(xs.shape, dtype=bool)  # first real cell of each distinct value, per gene
+        start[:, 1:] = xs[:, 1:] != xs[:, :-1]
+        run = np.cumsum(start.ravel()).reshape(genes, n) - 1  # run id of each distinct (gene, value)
+        real_run = np.empty((genes, n), dtype=np.int64)
+        np.put_along_axis(real_run, order, run, axis=1)
         real_run = np.ascontiguousarray(real_run.T)  # cells x genes
-        self.s = ctrl_before[real_run] + 0.5 * self.c[real_run]  # cells x genes
-        # Only runs holding a real cell can change a half's tie term: index those compactly.
-        touched, compact = np.unique(real_run.ravel(), return_inverse=True)
-        self.compact = compact.ravel()
-        self.c_touched = self.c[touched]
-        self.gene_touched = self.run_gene[touched]
+        s = np.empty((genes, n))
+        np.put_along_axis(s, order, below + 0.5 * (upto - below), axis=1)
+        self.s = np.ascontiguousarray(s.T)  # cells x genes: #control below + half #control equal
+        self.ctrl_ties = ranks.ties
+        # Only runs holding a real cell change a half's tie term: their control copies and genes, compactly.
+        self.compact = real_run.ravel()
+        self.c_touched = (upto - below)[start]
+        self.gene_touched = np.nonzero(start)[0]
 
     def _qvalues(self, counts: np.ndarray) -> np.ndarray:
         """BH q-values of the half with these per-cell bootstrap counts vs the control."""

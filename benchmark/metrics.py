@@ -161,6 +161,7 @@ class EvalData:
         "de_real",
         "var_real",
         "control_ranks",
+        "real_ranks",
     )
     """Cached values that depend only on the control cells, the real cells and the embedding."""
 
@@ -253,9 +254,15 @@ class EvalData:
         return ControlRanks(self.control[self.control_index])
 
     @cached_property
+    def real_ranks(self) -> SampleRanks:
+        """The (subsampled) real cells sorted per gene and placed in the sorted control (DE test and ceiling)."""
+        return self.control_ranks.rank(self.real[self.real_index])
+
+    @cached_property
     def de_real(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test real vs control, per gene."""
-        return false_discovery_control(self.control_ranks.pvalues(self.real[self.real_index]))
+        real = self.real[self.real_index]
+        return false_discovery_control(self.control_ranks.pvalues(real, self.real_ranks))
 
     @cached_property
     def de_pred(self) -> np.ndarray:
@@ -458,21 +465,41 @@ class ControlRanks:
         self.c = c
         self.sorted = np.ascontiguousarray(np.sort(c.T, axis=1))  # genes x control cells
         self.ties = _run_ties(self.sorted)
+        self.varying = np.ptp(c, axis=0) > 0
 
-    def pvalues(self, x: np.ndarray) -> np.ndarray:
-        """Two-sided p-values of the sample x (cells x genes) against the control, per gene."""
-        c, cs = self.c, self.sorted
+    def counts(self, xs: np.ndarray, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of `xs` (the sorted sample values of gene genes[row]), #control < value and #control <= value."""
+        cs = self.sorted
+        below, upto = np.empty(xs.shape), np.empty(xs.shape)
+        for row, g in enumerate(genes.tolist()):
+            sorted_c, values = cs[g], xs[row]
+            below[row] = sorted_c.searchsorted(values, side="left")
+            upto[row] = sorted_c.searchsorted(values, side="right")
+        return below, upto
+
+    def rank(self, x: np.ndarray) -> SampleRanks:
+        """The sample x (cells x genes) sorted per gene and placed in the sorted control, for every gene."""
+        order = np.argsort(x.T, axis=1, kind="stable")  # genes x sample cells
+        xs = np.take_along_axis(x.T, order, axis=1)
+        below, upto = self.counts(xs, np.arange(x.shape[1]))
+        return SampleRanks(order, xs, below, upto)
+
+    def pvalues(self, x: np.ndarray, ranked: SampleRanks | None = None) -> np.ndarray:
+        """Two-sided p-values of the sample x (cells x genes) against the control, per gene (`ranked`: x's
+        `rank`, when already computed)."""
+        c = self.c
         m, k = x.shape[0], c.shape[0]
         p = np.ones(x.shape[1])
-        varying = (np.ptp(x, axis=0) > 0) | (np.ptp(c, axis=0) > 0) | (x[0] != c[0])
+        varying = (np.ptp(x, axis=0) > 0) | self.varying | (x[0] != c[0])
         if not varying.any():
             return p
         genes = np.flatnonzero(varying)
-        xs = np.sort(x[:, genes].T, axis=1)  # genes x sample cells
-        below, upto = np.empty(xs.shape), np.empty(xs.shape)
-        for row, g in enumerate(genes):
-            below[row] = np.searchsorted(cs[g], xs[row], side="left")
-            upto[row] = np.searchsorted(cs[g], xs[row], side="right")
+        every = genes.size == x.shape[1]
+        if ranked is not None:
+            xs, below, upto = (ranked.xs, ranked.below, ranked.upto) if every else ranked.rows(genes)
+        else:
+            xs = np.sort((x if every else x[:, genes]).T, axis=1)  # genes x sample cells
+            below, upto = self.counts(xs, genes)
         u1 = below.sum(axis=1) + 0.5 * (upto - below).sum(axis=1)
         start = np.ones(xs.shape, dtype=bool)  # first copy of each distinct sample value, per gene
         start[:, 1:] = xs[:, 1:] != xs[:, :-1]
@@ -485,6 +512,21 @@ class ControlRanks:
         extra = np.bincount(rows, weights=(t**3 - t) - (in_c**3 - in_c), minlength=genes.size)
         p[genes] = mwu_pvalues(u1, m, k, self.ties[genes] + extra)
         return p
+
+
+@dataclass(frozen=True)
+class SampleRanks:
+    """A sample sorted per gene (`order`, `xs`: genes x cells) and, per sorted value, #control below and at or
+    below it: what the rank-sum test of the sample, and the ceiling's tests of its bootstrap halves, need."""
+
+    order: np.ndarray
+    xs: np.ndarray
+    below: np.ndarray
+    upto: np.ndarray
+
+    def rows(self, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """xs, below and upto of these genes only."""
+        return self.xs[genes], self.below[genes], self.upto[genes]
 
 
 def _run_ties(zs: np.ndarray) -> np.ndarray:
