@@ -277,15 +277,11 @@ def score_predictions(
                     progress,
                     predictions,
                 )
-                for target in split.targets:
-                    results.append(
-                        scorer.log_target(
-                            target,
-                            _reader(predictions, target),
-                            params=params,
-                            tags={schema.TAG_SOURCE: schema.SOURCE_SCORE},
-                        )
-                    )
+                results += scorer.log_targets(
+                    ((target, _reader(predictions, target)) for target in split.targets),
+                    params=params,
+                    tags={schema.TAG_SOURCE: schema.SOURCE_SCORE},
+                )
                 bar.update(1)
         log_summary(parent_id, name, dataset, split_kind, results, options)
     return RunResult(name, dataset.name, split_kind, parent_id, results, splits[0].skipped)
