@@ -78,6 +78,7 @@ class RayExecutor:
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
             "OPENBLAS_NUM_THREADS": threads,
+            "PERTBENCH_SCORE_THREADS": threads,  # targets scored at once (runner.score_threads)
             "MPLBACKEND": "Agg",
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p

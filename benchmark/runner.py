@@ -16,7 +16,7 @@ import os
 import shlex
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -356,6 +356,8 @@ class SplitScorer:
     """The parent of the child runs; None: the active run (a sweep's task has no active parent run)."""
     _split_logged: bool = field(default=False, init=False, repr=False)
     _others: OtherDeltas | None = field(default=None, init=False, repr=False)
+    _figures: int = field(default=0, init=False, repr=False)
+    _per_context: Counter | None = field(default=None, init=False, repr=False)
     _control_blocks: dict[str, tuple[np.ndarray, AnnData | None]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -481,11 +483,12 @@ class SplitScorer:
         return scoring
 
     def _controls(self, target: Target) -> AnnData:
-        """The target's control cells in memory. From a backed file, its context's controls are read once (when
-        at most CONTROL_BLOCK_CELLS) and each target's sample is taken from them: reading a 500-cell sample
-        from disk cost 0.08 s a target on the 310k screen, a row at a time. Same cells, same values."""
+        """The target's control cells in memory. From a backed file, when the split holds several targets of its
+        context, the context's controls are read once (when at most CONTROL_BLOCK_CELLS) and each target's sample
+        is taken from them: reading a 500-cell sample from disk cost 0.08 s a target on the 310k screen, a row
+        at a time. Same cells, same values."""
         adata, positions = self.dataset.adata, self.positions.of(target.control_cells)
-        if not adata.isbacked:
+        if not adata.isbacked or self._targets_in(target.context) < 2:
             return take(adata, positions)
         if target.context not in self._control_blocks:
             task = self.dataset.task
@@ -497,6 +500,12 @@ class SplitScorer:
         if block is None or rows.size == 0 or not np.array_equal(rows[at], positions):
             return take(adata, positions)
         return block[at].copy()
+
+    def _targets_in(self, context: str) -> int:
+        """How many of the split's targets are in `context`."""
+        if self._per_context is None:
+            self._per_context = Counter(t.context for t in self.split.targets)
+        return self._per_context[context]
 
     def _evaluate(self, scoring: _Scoring) -> TargetScores:
         """The engine's scores of a predicted target (pure: runs on a scoring thread)."""
@@ -611,7 +620,8 @@ class SplitScorer:
         cells, target, result = scoring.cells, scoring.target, scoring.result
         assert cells is not None
         with tempfile.TemporaryDirectory() as tmp:
-            if options.figures:
+            if options.figures and self._figures < FIGURES_PER_SPLIT:
+                self._figures += 1
                 title = f"{self.dataset.name} · {split.kind} {split.name} · {self.name} · seed {seed}"
                 path = composite_figure(
                     EvalData(control=cells.control_x, real=cells.real, pred=cells.pred_x, embed=self.embed),
@@ -637,6 +647,10 @@ class SplitScorer:
                     part.write_h5ad(Path(tmp) / file)
                     mlflow.log_artifact(str(Path(tmp) / file), artifact_path=schema.CELL_EVAL_DIR)
 
+
+FIGURES_PER_SPLIT = 25
+"""Most composite figures one split draws: its first targets'. A split of a screen holds thousands of targets,
+and each figure embeds its cells (UMAP by default); every committed dataset's splits hold fewer."""
 
 CONTROL_BLOCK_CELLS = 50_000
 """Most control cells of one context that `SplitScorer` keeps in memory when reading a backed file."""

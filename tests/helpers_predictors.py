@@ -41,6 +41,18 @@ class FailingPredictor(SpyPredictor):
         return super().fit(train, task)
 
 
+class FailsOnSecondTarget(SpyPredictor):
+    """Predicts its first target, then breaks: what was predicted before a failure must still be logged."""
+
+    calls = 0
+
+    def predict(self, control, perturbation, context):
+        type(self).calls += 1
+        if type(self).calls >= 2:
+            raise RuntimeError("boom on the second target")
+        return super().predict(control, perturbation, context)
+
+
 class PickyPredictor(SpyPredictor):
     """Declares every perturbation whose name ends in '1' not applicable."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +241,14 @@ def test_run_prints_where_the_store_figures_and_predictions_went(workdir, capsys
         rf"mlflow ui --backend-store-uri {re.escape(uri)} --port 5000\n.*open http://127.0.0.1:5000{re.escape(page)}",
         out,
     )
+
+
+def test_the_allocator_setting_can_be_left_to_the_system(monkeypatch):
+    from benchmark.allocator import ENV, keep_freed_memory
+
+    monkeypatch.setenv(ENV, "system")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv(ENV)
+    libc = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and libc and "musl" not in libc:
+        assert keep_freed_memory() is True  # glibc takes the settings

@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from benchmark import schema, tracking
 from benchmark.datasets import Dataset
+from benchmark.errors import PertbenchError
 from benchmark.metrics import METRICS
-from benchmark.runner import RunOptions, run_benchmark
+from benchmark.runner import SCORE_THREADS_ENV, RunOptions, run_benchmark, score_threads
 from benchmark.splits import Split, make_splits
 from benchmark.synthetic import make_synthetic
 from benchmark.task import LOGNORM_LAYER, Task, lognormalize
@@ -288,3 +289,65 @@ def test_restricting_the_perturbations_marks_the_run_partial(tiny):
     assert _restricted(tiny, RunOptions(perturbations=("P0",)))
     assert not _restricted(tiny, RunOptions(perturbations=("P0", "P1", "P0+P1")))
     assert not _restricted(tiny, RunOptions())
+
+
+def test_scoring_targets_in_threads_gives_the_same_results_in_the_same_order(tiny, store):
+    def run(threads: int) -> list:
+        options = RunOptions(figures=False, score_threads=threads)
+        return run_benchmark("mean_shift", tiny, "random", options, lambda _: None).results
+
+    one, three = run(1), run(3)
+    assert len(one) > 3 and [r.label for r in three] == [r.label for r in one]
+    for a, b in zip(one, three, strict=True):
+        # repr: NaN scores (jaccard_100 on a small group) compare equal, every other float exactly
+        assert repr((a.metrics, a.ceiling, a.reference, a.oracle)) == repr(
+            (b.metrics, b.ceiling, b.reference, b.oracle)
+        )
+    children = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.{schema.TAG_LEVEL} = '{schema.LEVEL_SPLIT}'",
+        output_format="list",
+    )
+    assert {r.info.run_id for r in children} >= {r.run_id for r in three}
+
+
+def test_targets_predicted_before_a_failure_are_still_logged(tiny, store):
+    hp.FailsOnSecondTarget.calls = 0
+    with pytest.raises(RuntimeError, match="second target"):
+        run_benchmark(
+            "helpers_predictors:FailsOnSecondTarget",
+            tiny,
+            "random",
+            RunOptions(figures=False, score_threads=2),
+            lambda _: None,
+        )
+    children = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.{schema.TAG_LEVEL} = '{schema.LEVEL_SPLIT}'",
+        output_format="list",
+    )
+    assert [r.info.status for r in children] == ["FINISHED"]
+    assert "r" in children[0].data.metrics
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_score_threads_setting_is_a_one_line_error(monkeypatch, value):
+    monkeypatch.setenv(SCORE_THREADS_ENV, value)
+    with pytest.raises(PertbenchError, match=SCORE_THREADS_ENV):
+        score_threads(RunOptions())
+    monkeypatch.setenv(SCORE_THREADS_ENV, "3")
+    assert score_threads(RunOptions()) == 3
+    assert score_threads(RunOptions(score_threads=1)) == 1
+
+
+def test_a_split_draws_composite_figures_for_its_first_targets_only(tiny, store, monkeypatch):
+    import benchmark.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "FIGURES_PER_SPLIT", 2)
+    options = RunOptions(figures=True, embedding="pca")
+    result = run_benchmark("mean_shift", tiny, "random", options, lambda _: None)
+    client = MlflowClient()
+    drawn = [
+        bool(client.list_artifacts(r.run_id, schema.FIGURES_DIR)) for r in result.results if r.status == "ok"
+    ]
+    assert len(drawn) > 2 and drawn == [True, True] + [False] * (len(drawn) - 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import benchmark.evaluate as evaluate_module
 import benchmark.metrics as metrics_module
 import benchmark.runner as runner_module
 import benchmark.splits as splits_module
@@ -54,8 +55,12 @@ def test_positions_look_up_ids_and_reject_unknown_ones(small_synthetic):
         positions.of(("nope",))
 
 
-@pytest.mark.parametrize("kind", ["holdout_context", "random"])
-def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize(
+    ("kind", "sampled"), [("holdout_context", False), ("random", False), ("random", True)]
+)
+def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatch, kind, sampled):
+    if sampled:  # each target gets a sample of its context's controls, taken from the block read once
+        monkeypatch.setattr(splits_module, "MIN_PREDICTED_CELLS", 5)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     path = tmp_path / "screen.h5ad"
@@ -71,6 +76,11 @@ def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatc
     monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 97)
     backed = run(backed=True)
     assert [r.label for r in backed] == [r.label for r in memory]
+    if sampled:
+        split = make_splits(
+            load_h5ad(path, "condition", "control", "cell_type", expression="counts").adata, TASK, kind
+        )[0]
+        assert all(0 < len(t.control_cells) < 60 for t in split.targets)
     for a, b in zip(memory, backed, strict=True):
         for part in ("metrics", "ceiling", "reference", "oracle"):
             x, y = getattr(a, part), getattr(b, part)
@@ -88,8 +98,13 @@ def test_a_large_training_set_is_embedded_from_its_seeded_pca_sample(small_synth
     np.testing.assert_allclose(sampled(cells), exact(cells), rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("cap", [None, 2])
 @pytest.mark.parametrize("kind", ["holdout_context", "holdout_combo"])
-def test_the_per_context_others_pool_gives_every_target_what_other_deltas_gives(small_synthetic, kind):
+def test_the_per_context_others_pool_gives_every_target_what_other_deltas_gives(
+    small_synthetic, kind, cap, monkeypatch
+):
+    if cap is not None:  # a pool larger than MAX_OTHER_GROUPS: both cut it to the same sample
+        monkeypatch.setattr(evaluate_module, "MAX_OTHER_GROUPS", cap)
     means, sizes = group_profiles(small_synthetic, TASK)
     small = dict(sizes)
     small[("C0", "P1")] = MIN_CELLS - 1  # a group too small to compare against
@@ -103,6 +118,30 @@ def test_the_per_context_others_pool_gives_every_target_what_other_deltas_gives(
             assert got is None
         else:
             np.testing.assert_array_equal(got, expected)
+            assert cap is None or len(got) <= cap
+
+
+def test_a_large_comparison_pool_is_a_seeded_sample_of_the_others_the_same_for_every_seed(monkeypatch):
+    monkeypatch.setattr(evaluate_module, "MAX_OTHER_GROUPS", 5)
+    genes = 4
+    groups = [("C", f"P{i}") for i in range(12)]
+    means = {g: np.full(genes, float(i + 1)) for i, g in enumerate(groups)} | {
+        ("C", "control"): np.zeros(genes)
+    }
+    sizes = dict.fromkeys(means, 50)
+    got = other_deltas(means, sizes, "control", "random", "P3", "C", MIN_CELLS)
+    assert got.shape == (5, genes)
+    assert 4.0 not in got[:, 0]  # never the target's own Δ
+    labels = [f"P{int(v) - 1}" for v in got[:, 0]]
+    assert len(set(labels)) == 5 and labels == sorted(labels)  # distinct groups, in the pool's (label) order
+    again = OtherDeltas(means, sizes, "control", "random")("P3", "C", MIN_CELLS)
+    np.testing.assert_array_equal(again, got)  # the per-split pool cuts the same sample
+    np.testing.assert_array_equal(other_deltas(means, sizes, "control", "random", "P3", "C", MIN_CELLS), got)
+    samples = {
+        tuple(other_deltas(means, sizes, "control", "random", f"P{i}", "C", MIN_CELLS)[:, 0])
+        for i in range(12)
+    }
+    assert len(samples) > 1  # seeded by the target: targets do not all share one sample
 
 
 def test_l1_distances_chunk_by_chunk_are_numpys_row_sums(monkeypatch):
