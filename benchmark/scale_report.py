@@ -1,8 +1,8 @@
 """The README's growth curve (cells -> seconds and peak GB, per predictor), drawn from pytest-benchmark JSON.
 
 Reads the records of `benchmarks/test_bench_scale.py` (their `extra_info`: case, cells, predictor, seconds,
-peak_gb) from one or more results files (a later file's record replaces an earlier one of the same case, size and
-predictor), draws a two-panel PNG and, given a README, rewrites its scale table between the scale markers.
+peak_gb) from one or more results files (of two records of the same case, size and predictor, the newer run's is
+kept), draws a two-panel PNG and, given a README, rewrites its scale table between the scale markers.
 
 Usage: `python -m benchmark.scale_report RESULTS_JSON [RESULTS_JSON ...] --png docs/scale.png [--readme README.md]`
 """
@@ -24,16 +24,20 @@ FIELDS = ("case", "cells", "predictor", "seconds", "peak_gb")
 
 
 def scale_records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The scale benchmarks' extra_info records, one per (case, cells, predictor), sorted; later files win."""
+    """The scale benchmarks' extra_info records, one per (case, cells, predictor), sorted; the newest run wins
+    (by the file's datetime; at equal times, the later file), so the records folder can be read in any order."""
     found: dict[tuple, dict[str, Any]] = {}
     for result in results:
+        when = str(result.get("datetime", "?"))
         for bench in result.get("benchmarks", []):
             info = bench.get("extra_info", {})
-            if all(k in info for k in FIELDS):
-                found[(info["case"], int(info["cells"]), info["predictor"])] = {
+            key = (info.get("case"), int(info.get("cells", 0)), info.get("predictor"))
+            if all(k in info for k in FIELDS) and (key not in found or found[key]["when"] <= when):
+                found[key] = {
                     **info,
                     "machine": result.get("machine_info", {}).get("node", "?"),
-                    "date": result.get("datetime", "?")[:10],
+                    "when": when,
+                    "date": when[:10],
                 }
     if not found:
         raise PertbenchError(
@@ -49,7 +53,7 @@ def draw_growth(records: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
     series: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         series.setdefault((r["case"], r["predictor"]), []).append(r)
@@ -63,7 +67,8 @@ def draw_growth(records: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("cells")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()  # below the panels: inside, it hid the 310k points
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8)
     fig.suptitle("bench run growth on synthetic count screens (benchmarks/test_bench_scale.py)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from benchmark.errors import PertbenchError
 from benchmark.scale_report import SCALE_END, SCALE_START, main, scale_records
 
 
-def _results(seconds: float = 30.0) -> dict:
+def _results(seconds: float = 30.0, when: str = "2026-12-06T12:00:00") -> dict:
     def record(cells: int, predictor: str) -> dict:
         info = {"case": "grid", "cells": cells, "predictor": predictor, "seconds": seconds * cells / 1e5}
         info.update(
@@ -20,10 +20,10 @@ def _results(seconds: float = 30.0) -> dict:
 
     benches = [record(n, p) for n in (50_000, 100_000) for p in ("mean_shift", "linear")]
     benches.append({"name": "test_bench_pca_embedding", "extra_info": {}})  # not a scale record: ignored
-    return {"datetime": "2026-12-06T12:00:00", "machine_info": {"node": "box"}, "benchmarks": benches}
+    return {"datetime": when, "machine_info": {"node": "box"}, "benchmarks": benches}
 
 
-def test_records_are_read_sorted_and_a_later_file_wins():
+def test_records_are_read_sorted_and_the_newest_run_wins():
     records = scale_records([_results(30.0), _results(60.0)])
     assert [(r["cells"], r["predictor"]) for r in records] == [
         (50_000, "linear"),
@@ -32,6 +32,9 @@ def test_records_are_read_sorted_and_a_later_file_wins():
         (100_000, "mean_shift"),
     ]
     assert records[-1]["seconds"] == pytest.approx(60.0)
+    older, newer = _results(90.0, "2026-12-01T09:00:00"), _results(45.0, "2026-12-07T09:00:00")
+    for order in ([older, newer], [newer, older]):  # the newer run wins whatever the file order
+        assert scale_records(order)[-1]["seconds"] == pytest.approx(45.0)
     with pytest.raises(PertbenchError, match="no scale benchmark records"):
         scale_records([{"benchmarks": [{"name": "x", "extra_info": {}}]}])
 
