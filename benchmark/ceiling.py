@@ -95,7 +95,7 @@ def noise_ceiling(
         if other_names:
             if moments is None:
                 half = EvalData(control=control, real=real[draws[n:]], pred=real[draws[:n]], others=others)
-                half.__dict__["mean_control"] = full.mean_control  # the same control cells: their mean once
+                half.sharing_control(full)  # the same control cells: their mean once
             else:
                 half = moments.half(draws[:n], draws[n:])
             for name, value in score(half, other_names).items():

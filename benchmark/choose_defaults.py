@@ -274,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{predictor}: candidate {out[predictor]['chosen']} {out[predictor]['params']}", file=sys.stderr
         )
-    part = args.output.with_name(args.output.name + ".part")  # written whole, then moved: never half a file
-    part.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    part.replace(args.output)
+    from benchmark.leaderboard import atomic_write
+
+    atomic_write(
+        args.output, json.dumps(out, indent=1) + "\n"
+    )  # written whole, then moved: never half a file
     return 0
 
 

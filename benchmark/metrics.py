@@ -165,6 +165,18 @@ class EvalData:
     )
     """Cached values that depend only on the control cells, the real cells and the embedding."""
 
+    _CONTROL_SIDE = ("mean_control",)
+    """Cached values that depend only on the control cells (shared by a target's bootstrap halves)."""
+
+    def sharing_control(self, other: EvalData) -> EvalData:
+        """Reuse `other`'s control-only values (same control object), computing them there once: the ceiling's
+        halves of one target share its control cells."""
+        if other.control is not self.control:
+            raise ValueError("sharing_control needs the same control object")
+        for name in self._CONTROL_SIDE:
+            self.__dict__[name] = getattr(other, name)  # computed once on `other` if not yet
+        return self
+
     def sharing_real(self, other: EvalData) -> EvalData:
         """Reuse `other`'s cached real-side values (same control, real and embed objects): scoring several
         predictions of one target computes the real cells' DE test, embedding and variances once."""

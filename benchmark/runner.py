@@ -116,6 +116,7 @@ def run_benchmark(
 ) -> RunResult:
     """Benchmark one predictor on every split of `split_kind` and seed; log a parent run with child runs."""
     options = options or RunOptions()
+    score_threads(options)  # a bad PERTBENCH_SCORE_THREADS fails here, before any fit
     splits_by_seed, truncated = plan_splits(dataset, split_kind, options)
     skipped = next(iter(splits_by_seed.values()))[0].skipped
     record = parent_record(predictor_name, dataset, split_kind, options, splits_by_seed, truncated)
@@ -398,24 +399,6 @@ class SplitScorer:
             parent_run_id,
         )
 
-    def log_target(
-        self,
-        target: Target,
-        predict: PredictFn,
-        params: dict[str, Any],
-        tags: dict[str, str] | None = None,
-        fit_seconds: float | None = None,
-        note: str = "",
-        selection: Any = None,
-        history: list[dict] | None = None,
-    ) -> TargetResult:
-        """Predict one target (`predict`), score it with the engine and log it as a child run of the active run.
-
-        `params` and `tags` are the caller's provenance (predictor, model cache or predictions file); NotApplicable
-        from `predict` becomes a recorded status. `fit_seconds` is logged when known.
-        """
-        return self.log_targets([(target, predict)], params, tags, fit_seconds, note, selection, history)[0]
-
     def log_targets(
         self,
         targets: Iterable[tuple[Target, PredictFn]],
@@ -426,10 +409,14 @@ class SplitScorer:
         selection: Any = None,
         history: list[dict] | None = None,
     ) -> list[TargetResult]:
-        """`log_target` for target after target, in order, with the engine scoring up to `score_threads()` targets
-        at once in threads while this thread reads cells, predicts and logs (MLflow and the predictor stay on this
-        thread). The engine is deterministic and each target's scores depend only on its own cells, so the
-        results are those of one target at a time; at most 2 x threads targets' cells are held."""
+        """Predict each target (its `predict`), score it with the engine and log it as a child run, in order.
+
+        `params` and `tags` are the caller's provenance (predictor, model cache or predictions file); NotApplicable
+        from `predict` becomes a recorded status; `fit_seconds` is logged when known. The engine scores up to
+        `score_threads()` targets at once in threads while this thread reads cells, predicts and logs (MLflow and
+        the predictor stay on this thread). The engine is deterministic and each target's scores depend only on
+        its own cells, so the results are those of one target at a time; at most 2 x threads targets' cells are
+        held."""
         job = _TargetLog(params, tags, fit_seconds, note, selection, history)
         threads = score_threads(self.options)
         pool = ThreadPoolExecutor(threads, thread_name_prefix="score") if threads > 1 else None

@@ -41,6 +41,7 @@ from benchmark.runner import (
     dataset_cli_args,
     log_summary,
     run_tags,
+    score_threads,
 )
 from benchmark.splits import Split, Target, make_splits
 from benchmark.task import Positions
@@ -221,6 +222,7 @@ def score_predictions(
     and their recorded arguments reproduce the `bench score` command.
     """
     options = options or RunOptions(seeds=(seed,))
+    score_threads(options)  # a bad PERTBENCH_SCORE_THREADS fails here, before any work
     splits = make_splits(dataset.adata, dataset.task, split_kind, seed=seed)
     where = {(t.perturbation, t.context): s for s in splits for t in s.targets}
     unknown = sorted(set(predictions.groups) - set(where))

@@ -252,3 +252,19 @@ def test_the_allocator_setting_can_be_left_to_the_system(monkeypatch):
     libc = ctypes.util.find_library("c")
     if sys.platform.startswith("linux") and libc and "musl" not in libc:
         assert keep_freed_memory() is True  # glibc takes the settings
+
+
+def test_a_bad_score_threads_setting_stops_bench_run_before_any_run(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("PERTBENCH_SCORE_THREADS", "many")
+    path = user_file(workdir / "u.h5ad")
+    assert_one_line(
+        *run_cli(capsys, "--predictor", "mean_shift", *data_args(path)), "PERTBENCH_SCORE_THREADS"
+    )
+    assert not (workdir / "mlflow.db").exists() or not mlflow_runs(workdir)
+
+
+def mlflow_runs(workdir) -> list:
+    """Every run in the workdir's store."""
+    import mlflow
+
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
