@@ -47,7 +47,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json
-	$(BIN)/python -m benchmark.speed_report .benchmarks/latest.json README.md
+	$(BIN)/python -m benchmark.reports.speed_report .benchmarks/latest.json README.md
 
 # Whole bench runs on large synthetic screens (minutes to tens of minutes; SCALE_MAX_CELLS=1000000 adds the 310k x
 # 8,000 screen and the 1M grid), recorded in git under benchmarks/records/, then the README's growth curve and table
@@ -56,18 +56,18 @@ SCALE_MAX_CELLS ?= 200000
 bench-scale: setup
 	PERTBENCH_SCALE_MAX_CELLS=$(SCALE_MAX_CELLS) $(BIN)/python -m pytest benchmarks/test_bench_scale.py --benchmark-only \
 		--benchmark-json=benchmarks/records/scale-$(SCALE_MAX_CELLS).json
-	$(BIN)/python -m benchmark.scale_report benchmarks/records/scale-*.json --png leaderboard/figures/scale.png \
+	$(BIN)/python -m benchmark.reports.scale_report benchmarks/records/scale-*.json --png leaderboard/figures/scale.png \
 		--readme README.md
 
 leaderboard: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray,scgen]'  # scgen rows: pertpy
 	EXECUTOR=$(EXECUTOR) bash scripts/reproduce_leaderboard.sh
 
-# The registered CVAE defaults (predictors/cvae/defaults.json), chosen by benchmark.choose_defaults on validation
+# The registered CVAE defaults (predictors/cvae/defaults.json), chosen by benchmark.selection.choose_defaults on validation
 # splits of the visible datasets' training cells (about 80 min on 2 cores; results resume from .pertbench/).
 # max_steps and the n_hidden range are fixed on cost (one 50k-cell split within 2 minutes), never on a score.
 CVAE_CANDIDATES ?= 10
 cvae-defaults: setup
-	$(BIN)/python -m benchmark.choose_defaults --predictors cvae_modeB cvae_mlp_modeB \
+	$(BIN)/python -m benchmark.selection.choose_defaults --predictors cvae_modeB cvae_mlp_modeB \
 		--candidates $(CVAE_CANDIDATES) --validation-splits 3 --fixed '{"max_steps": 1500}' \
 		--space '{"n_hidden": ["categorical", [64, 128, 256]]}' --output predictors/cvae/defaults.json

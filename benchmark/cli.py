@@ -11,8 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from benchmark.allocator import keep_freed_memory
-from benchmark.errors import PertbenchError
+from benchmark.core.allocator import keep_freed_memory
+from benchmark.core.errors import PertbenchError
 
 DEFAULT_DATASET = "kang2018"
 DEFAULT_CONTROLS = 10_000
@@ -273,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(_: argparse.Namespace) -> int:
-    from benchmark.datasets import list_cards
-    from benchmark.metrics import METRICS
-    from benchmark.splits import SPLIT_KINDS
+    from benchmark.data.datasets import list_cards
+    from benchmark.data.splits import SPLIT_KINDS
+    from benchmark.scoring.metrics import METRICS
     from predictors.registry import available_predictors
 
     print("predictors:")
@@ -298,7 +298,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from benchmark.datasets import load_dataset, load_h5ad
+    from benchmark.data.datasets import load_dataset, load_h5ad
 
     if args.data is not None:
         if args.dataset:
@@ -328,16 +328,16 @@ def _build_predictor(name: str, params: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark import tracking
-    from benchmark.leaderboard import RUN_PATH, write_leaderboard
-    from benchmark.model_cache import default_cache_dir
-    from benchmark.runner import RunOptions, run_benchmark
-    from benchmark.splits import SPLIT_KINDS, SplitNotApplicable
+    from benchmark.data.splits import SPLIT_KINDS, SplitNotApplicable
+    from benchmark.execution.model_cache import default_cache_dir
+    from benchmark.execution.runner import RunOptions, run_benchmark
+    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.tracking import store as tracking
 
     params = dict(args.param)
     config = None
     if args.config is not None:
-        from benchmark.tuning import load_config
+        from benchmark.selection.tuning import load_config
 
         config = load_config(args.config, args.predictor)
     _build_predictor(args.predictor, {**(config or {}).get("params", {}), **params})
@@ -396,11 +396,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score a predictions file on a split of the real data; log it like `bench run` does."""
-    from benchmark import tracking
-    from benchmark.leaderboard import RUN_PATH, write_leaderboard
-    from benchmark.runner import RunOptions
-    from benchmark.score import read_predictions, score_predictions
-    from benchmark.splits import SPLIT_KINDS
+    from benchmark.data.splits import SPLIT_KINDS
+    from benchmark.execution.runner import RunOptions
+    from benchmark.execution.score import read_predictions, score_predictions
+    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.tracking import store as tracking
 
     if not args.name.strip():
         raise PertbenchError("--name must not be empty")
@@ -429,7 +429,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _absolute_uri(uri: str) -> str:
     """A SQLite store URI with an absolute path, so the printed `mlflow ui` command works from any folder."""
-    from benchmark.tracking import _sqlite_path
+    from benchmark.tracking.store import _sqlite_path
 
     path = _sqlite_path(uri)
     if path is None or path.is_absolute():
@@ -450,7 +450,8 @@ def _print_locations(
 
     import mlflow
 
-    from benchmark import schema, tracking
+    from benchmark.tracking import schema
+    from benchmark.tracking import store as tracking
 
     uri = _absolute_uri(tracking.tracking_uri(tracking_uri))
     print("\nwhere it went:")
@@ -508,7 +509,7 @@ def _local(uri: str) -> str:
 def _print_table(result) -> None:
     import pandas as pd
 
-    from benchmark.schema import headline_metrics
+    from benchmark.tracking.schema import headline_metrics
 
     table = result.table()
     shown = [c for c in ("split", "seed", "status", *headline_metrics()) if c in table]
@@ -533,8 +534,8 @@ def _print_table(result) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Search the predictor's space on validation splits of training cells only and write the config."""
-    from benchmark import progress as bars
-    from benchmark import tuning
+    from benchmark.core import progress as bars
+    from benchmark.selection import tuning
 
     tuning.search_space(args.predictor)  # fail fast: unknown or not tunable
     objective = args.objective or tuning.DEFAULT_OBJECTIVE
@@ -567,15 +568,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _data_hint(args: argparse.Namespace, dataset) -> str:
     """The data arguments of the tune command, for the printed `bench run` line."""
-    from benchmark.runner import dataset_cli_args
+    from benchmark.execution.runner import dataset_cli_args
 
     return " " + " ".join(dataset_cli_args(dataset)) + (f" --seed {args.seed}" if args.seed else "")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run a sweep file's grid (benchmark.sweep, benchmark.sweep_run) on the chosen executor."""
-    from benchmark.sweep import load_sweep
-    from benchmark.sweep_run import run_sweep, summary_table
+    """Run a sweep file's grid (benchmark.execution.sweep, benchmark.execution.sweep_run) on the chosen executor."""
+    from benchmark.execution.sweep import load_sweep
+    from benchmark.execution.sweep_run import run_sweep, summary_table
 
     sweep = load_sweep(args.file)
     if args.dry_run:
@@ -600,8 +601,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark import tracking
-    from benchmark.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.tracking import store as tracking
 
     _check_board_path(args.output, "--output")
     tracking.use_store(args.tracking_uri)
@@ -615,8 +616,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
     """Write a synthetic screen of about --cells cells and print how to benchmark it."""
-    from benchmark.splits import MIN_CELLS, RANDOM_TEST_FRACTION
-    from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
+    from benchmark.data.splits import MIN_CELLS, RANDOM_TEST_FRACTION
+    from benchmark.data.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
 
     if args.controls is None:  # a Replogle-like screen: many controls, capped for small files
         args.controls = max(1, min(DEFAULT_CONTROLS, args.cells // (10 * max(args.contexts, 1))))
@@ -663,7 +664,7 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 def _report(exc: BaseException, args: argparse.Namespace | None) -> int:
     """Print one line for an exception that is not a PertbenchError; return the exit code."""
     try:
-        from benchmark import tracking
+        from benchmark.tracking import store as tracking
     except Exception:  # noqa: BLE001 - e.g. a broken MLflow install: still one line
         text = " ".join(str(exc).split())[:300]
         print(
@@ -710,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    keep_freed_memory()  # large per-target arrays are reused instead of re-faulted (benchmark.allocator)
+    keep_freed_memory()  # large per-target arrays are reused instead of re-faulted (benchmark.core.allocator)
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -725,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.command in ("list", "make-synthetic"):  # no MLflow store involved
             return handlers[args.command](args)
-        from benchmark import tracking
+        from benchmark.tracking import store as tracking
 
         if args.debug:
             logging.getLogger("mlflow.store.db.utils").setLevel(logging.ERROR)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.datasets import load_dataset
-from benchmark.errors import PertbenchError
-from benchmark.splits import make_splits
+from benchmark.core.errors import PertbenchError
+from benchmark.data.datasets import load_dataset
+from benchmark.data.splits import make_splits
 
 
 @pytest.fixture(scope="session")

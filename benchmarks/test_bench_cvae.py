@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import tracking
-from benchmark.datasets import load_h5ad
-from benchmark.runner import RunOptions, run_benchmark
-from benchmark.splits import make_splits
-from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
+from benchmark.data.datasets import load_h5ad
+from benchmark.data.splits import make_splits
+from benchmark.data.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
+from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.tracking import store as tracking
 from predictors.cvae.module import CVAEModule
 from predictors.registry import make_predictor
 

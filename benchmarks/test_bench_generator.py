@@ -6,7 +6,7 @@ import tracemalloc
 
 import anndata as ad
 
-from benchmark.synthetic import write_synthetic
+from benchmark.data.synthetic import write_synthetic
 
 SCREEN = {
     "n_genes": 2000,

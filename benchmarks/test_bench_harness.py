@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from benchmark.ceiling import noise_ceiling
-from benchmark.metrics import EvalData, fit_embedding, score
-from benchmark.task import dense
+from benchmark.core.task import dense
+from benchmark.scoring.ceiling import noise_ceiling
+from benchmark.scoring.embedding import fit_embedding
+from benchmark.scoring.metrics import EvalData, score
 
 
 def _cells(kang, ids):

@@ -3,7 +3,7 @@
 Each case writes its screen once (`write_synthetic`, cached per shape under PERTBENCH_SCALE_DIR, else pytest's
 temp folder), then runs `bench run` in a fresh Python process and records its wall time and peak resident memory
 (the child's own `ru_maxrss`: numpy's buffers are invisible to tracemalloc) in `extra_info`, with the shape, so
-`python -m benchmark.scale_report` draws the growth curve (cells -> seconds and peak GB, per predictor).
+`python -m benchmark.reports.scale_report` draws the growth curve (cells -> seconds and peak GB, per predictor).
 
 Cases above PERTBENCH_SCALE_MAX_CELLS cells are skipped (unset: all of them, so `make bench` stays short).
 `make bench-scale` runs those up to 200,000 cells. The 310k x 8,000 screen and the 1M grid take tens of minutes
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
+from benchmark.data.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
 
 MAX_CELLS = int(os.environ.get("PERTBENCH_SCALE_MAX_CELLS", "0"))
 """Largest case to run; 0 (the default, so `make bench` stays short) skips them all: `make bench-scale` sets it."""

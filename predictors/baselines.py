@@ -20,10 +20,10 @@ import pandas as pd
 from anndata import AnnData
 from threadpoolctl import threadpool_limits
 
-from benchmark.errors import NotApplicable
-from benchmark.protocol import Predictor, predicted_anndata
-from benchmark.pseudobulk import group_means, split_controls
-from benchmark.task import Task, dense
+from benchmark.core.errors import NotApplicable
+from benchmark.core.protocol import Predictor, predicted_anndata
+from benchmark.core.pseudobulk import group_means, split_controls
+from benchmark.core.task import Task, dense
 from predictors.params import ValidatedParams, check_float, check_int, check_int_grid, check_positive_grid
 
 Group = tuple[str, str]  # (context, perturbation)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from anndata import AnnData
 
-from benchmark.errors import NotApplicable
-from benchmark.protocol import predicted_anndata
+from benchmark.core.errors import NotApplicable
+from benchmark.core.protocol import predicted_anndata
 from predictors.baselines import MeanShift
 from predictors.params import ValidatedParams, check_float
 

@@ -11,8 +11,8 @@ import math
 import numpy as np
 from anndata import AnnData
 
-from benchmark.errors import NotApplicable
-from benchmark.task import Task
+from benchmark.core.errors import NotApplicable
+from benchmark.core.task import Task
 from predictors.baselines import _ProfileShiftBaseline, multi_hot_design
 from predictors.params import ValidatedParams, check_positive_grid
 

@@ -15,13 +15,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import PertbenchError
-from benchmark.protocol import Predictor
+from benchmark.core.errors import PertbenchError
+from benchmark.core.protocol import Predictor
 
 ENTRY_POINT_GROUP = "pertbench.predictors"
 CHOSEN_DEFAULTS = Path(__file__).parent / "cvae" / "defaults.json"
 """The CVAE defaults chosen on validation splits of the visible datasets (`make cvae-defaults`, i.e.
-benchmark.choose_defaults); the registered cvae_* names take their entry's params."""
+benchmark.selection.choose_defaults); the registered cvae_* names take their entry's params."""
 
 
 @dataclass(frozen=True)

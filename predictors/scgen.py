@@ -31,9 +31,9 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from benchmark.errors import NotApplicable, PertbenchError
-from benchmark.protocol import Predictor, predicted_anndata
-from benchmark.task import Task
+from benchmark.core.errors import NotApplicable, PertbenchError
+from benchmark.core.protocol import Predictor, predicted_anndata
+from benchmark.core.task import Task
 from predictors.params import ValidatedParams, check_bool, check_float, check_int
 from predictors.registry import install_command
 

@@ -6,7 +6,7 @@ compares the parent run the leaderboard would prefer: complete before partial, t
 
 Usage: python scripts/screenshot_compare.py --tracking-uri sqlite:///leaderboard.db --dataset kang2018 \\
            --predictors cvae_modeB linear --out leaderboard/figures/mlflow_compare.png
-Needs chromium, chromedriver and selenium (see benchmark/mlflow_ui.py).
+Needs chromium, chromedriver and selenium (see benchmark/tracking/ui.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmark import mlflow_ui, schema, tracking  # noqa: E402
-from benchmark.errors import PertbenchError  # noqa: E402
+from benchmark.core.errors import PertbenchError  # noqa: E402
+from benchmark.tracking import schema  # noqa: E402
+from benchmark.tracking import store as tracking  # noqa: E402
+from benchmark.tracking import ui as mlflow_ui  # noqa: E402
 
 
 def parent_runs(dataset: str, predictors: list[str]) -> tuple[str, list[str]]:

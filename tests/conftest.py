@@ -11,8 +11,8 @@ import pytest
 import scipy.sparse as sp
 from anndata import AnnData
 
-from benchmark.synthetic import make_synthetic
-from benchmark.task import Task
+from benchmark.core.task import Task
+from benchmark.data.synthetic import make_synthetic
 
 REAL_FILES = (
     "kang2018_pbmc_ifnb.h5ad",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.errors import NotApplicable
-from benchmark.protocol import Predictor, predicted_anndata
-from benchmark.task import dense
+from benchmark.core.errors import NotApplicable
+from benchmark.core.protocol import Predictor, predicted_anndata
+from benchmark.core.task import dense
 
 
 class SpyPredictor(Predictor):

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from benchmark.errors import NotApplicable
-from benchmark.task import Task
+from benchmark.core.errors import NotApplicable
+from benchmark.core.task import Task
 from predictors.baselines import (
     MULTI_HOT_DEFAULT,
     Additive,

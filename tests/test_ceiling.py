@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-import benchmark.metrics as metrics_module
-from benchmark.ceiling import (
+import benchmark.scoring.metrics as metrics_module
+from benchmark.scoring.ceiling import (
     _CellCeiling,
     _DeCeiling,
     clip_for_display,
@@ -16,7 +16,7 @@ from benchmark.ceiling import (
     normalized_score,
     oracle_ceiling,
 )
-from benchmark.metrics import METRICS, EvalData, score
+from benchmark.scoring.metrics import METRICS, EvalData, score
 
 
 def _population(n_genes: int = 2000, seed: int = 0):
@@ -220,10 +220,10 @@ def test_clip_for_display():
 @pytest.fixture(scope="module")
 def kang_cd8t(shared_data_dir):
     """kang2018 holdout_context CD8T split: embedding, controls, real cells, linear and mean_shift predictions."""
-    from benchmark.datasets import load_dataset
-    from benchmark.metrics import fit_embedding
-    from benchmark.splits import make_splits
-    from benchmark.task import dense
+    from benchmark.core.task import dense
+    from benchmark.data.datasets import load_dataset
+    from benchmark.data.splits import make_splits
+    from benchmark.scoring.embedding import fit_embedding
     from predictors.registry import make_predictor
 
     dataset = load_dataset("kang2018", data_dir=shared_data_dir)
@@ -301,7 +301,7 @@ def test_kang_subsampled_distances_stay_near_the_exact_values(kang_cd8t, monkeyp
 
 
 def test_large_groups_bootstrap_halves_from_moments_match_copied_halves(monkeypatch):
-    import benchmark.ceiling as ceiling_module
+    import benchmark.scoring.ceiling as ceiling_module
 
     rng = np.random.default_rng(3)
     control = np.log1p(rng.poisson(1.0, size=(60, 40)).astype(float))

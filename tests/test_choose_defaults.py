@@ -1,4 +1,4 @@
-"""benchmark.choose_defaults: the shared candidate list, rank aggregation, leave-one-dataset-out and the run."""
+"""benchmark.selection.choose_defaults: the shared candidate list, rank aggregation, leave-one-dataset-out and the run."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from benchmark import choose_defaults as cd
+from benchmark.selection import choose_defaults as cd
 from predictors.registry import make_predictor
 
 
@@ -101,7 +101,7 @@ def test_registered_cvae_names_take_the_chosen_defaults() -> None:
 
 
 def test_a_missing_chosen_entry_is_a_one_line_error(tmp_path, monkeypatch) -> None:
-    from benchmark.errors import PertbenchError
+    from benchmark.core.errors import PertbenchError
     from predictors import registry
 
     (tmp_path / "d.json").write_text('{"cvae_modeB": {"params": {}}}')

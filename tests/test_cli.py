@@ -12,7 +12,7 @@ import pytest
 from anndata import AnnData
 
 from benchmark.cli import main
-from benchmark.errors import PertbenchError
+from benchmark.core.errors import PertbenchError
 from predictors.registry import available_predictors, make_predictor
 
 
@@ -140,7 +140,7 @@ def test_group_with_too_few_cells(workdir, capsys):
 
 
 def test_checksum_mismatch(workdir, capsys, monkeypatch):
-    from benchmark.datasets import get_card
+    from benchmark.data.datasets import get_card
 
     card = get_card("kang2018")
     data = workdir / "data"
@@ -213,7 +213,7 @@ def test_run_prints_where_the_store_figures_and_predictions_went(workdir, capsys
 
     import mlflow
 
-    from benchmark import schema
+    from benchmark.tracking import schema
 
     path = user_file(workdir / "u.h5ad")
     args = [*data_args(path), "--save-predictions", "--embedding", "pca", "--no-leaderboard"]
@@ -244,7 +244,7 @@ def test_run_prints_where_the_store_figures_and_predictions_went(workdir, capsys
 
 
 def test_the_allocator_setting_can_be_left_to_the_system(monkeypatch):
-    from benchmark.allocator import ENV, keep_freed_memory
+    from benchmark.core.allocator import ENV, keep_freed_memory
 
     monkeypatch.setenv(ENV, "system")
     assert keep_freed_memory() is False

@@ -11,9 +11,9 @@ import scipy.stats
 import torch
 from anndata import AnnData
 
-from benchmark.errors import NotApplicable
-from benchmark.synthetic import make_synthetic, true_lfc
-from benchmark.task import Task, dense, lognormalize, mean_profile
+from benchmark.core.errors import NotApplicable
+from benchmark.core.task import Task, dense, lognormalize, mean_profile
+from benchmark.data.synthetic import make_synthetic, true_lfc
 from predictors.cvae import CVAEPredictor
 from predictors.cvae.generate import nb_quantile_transfer, sample_nb
 from predictors.cvae.module import (

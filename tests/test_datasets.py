@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from benchmark import datasets
-from benchmark.datasets import (
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import LOGNORM_LAYER, lognormalize, take
+from benchmark.data import datasets
+from benchmark.data.datasets import (
     cards_dir,
     data_dir,
     dataset_names,
@@ -21,8 +23,6 @@ from benchmark.datasets import (
     load_h5ad,
     sha256_file,
 )
-from benchmark.errors import PertbenchError
-from benchmark.task import LOGNORM_LAYER, lognormalize, take
 
 KANG = "kang2018_pbmc_ifnb.h5ad"
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from anndata import AnnData
 
-from benchmark.evaluate import evaluate_target, mean_oracle, other_deltas
-from benchmark.metrics import METRICS, EvalData, score
-from benchmark.pseudobulk import group_profiles
-from benchmark.references import ReferenceShifts, reference_predictions
-from benchmark.splits import MIN_CELLS, make_splits
-from benchmark.synthetic import make_synthetic
-from benchmark.task import LOGNORM_LAYER, Task, dense, lognormalize
+from benchmark.core.pseudobulk import group_profiles
+from benchmark.core.task import LOGNORM_LAYER, Task, dense, lognormalize
+from benchmark.data.splits import MIN_CELLS, make_splits
+from benchmark.data.synthetic import make_synthetic
+from benchmark.scoring.evaluate import evaluate_target, mean_oracle, other_deltas
+from benchmark.scoring.metrics import METRICS, EvalData, score
+from benchmark.scoring.references import ReferenceShifts, reference_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = Task("condition", "control", "cell_type", expression="counts")
@@ -39,7 +39,7 @@ def _cells(adata: AnnData, context: str, perturbation: str) -> np.ndarray:
 def test_engine_runs_without_importing_mlflow():
     code = (
         "import sys, numpy as np\n"
-        "from benchmark.evaluate import evaluate_target\n"
+        "from benchmark.scoring.evaluate import evaluate_target\n"
         "rng = np.random.default_rng(0)\n"
         "c, r = rng.normal(size=(20, 8)), rng.normal(1.0, size=(25, 8))\n"
         "out = evaluate_target(c, r, c + 0.5, None, {'mean_shift': c + 0.4}, seed=0, ceiling_repeats=2)\n"
@@ -135,7 +135,7 @@ def test_reference_shift_equals_the_mean_shift_predictor_exactly(data):
 
 
 def test_others_reach_the_metrics_and_the_ceiling(monkeypatch):
-    from benchmark.metrics import Metric
+    from benchmark.scoring.metrics import Metric
 
     seen = []
 

@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark import evaluate, export, schema
 from benchmark.cli import main
-from benchmark.datasets import load_h5ad, load_synthetic
-from benchmark.errors import PertbenchError
-from benchmark.score import read_predictions
-from benchmark.task import dense
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import dense
+from benchmark.data import export
+from benchmark.data.datasets import load_h5ad, load_synthetic
+from benchmark.execution.score import read_predictions
+from benchmark.scoring import evaluate
+from benchmark.tracking import schema
 
 RUN = ["--predictor", "mean_shift", "--dataset", "synthetic", "--no-figures", "--no-leaderboard"]
 
@@ -127,7 +129,7 @@ def test_bench_run_runs_on_the_export(exported, tmp_path, monkeypatch):
 
 def test_a_sampling_predictors_cells_get_unique_names_and_no_source(tiny, tiny_task):
     """A predictor that returns its own number of cells (names repeating) still gives a valid pair."""
-    from benchmark.splits import Target
+    from benchmark.data.splits import Target
 
     control = tiny[
         (tiny.obs["cell_type"] == "A").to_numpy() & (tiny.obs["condition"] == "control").to_numpy()

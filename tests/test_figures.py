@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.figures import _build_composite, _build_summary, composite_figure, summary_figure
-from benchmark.metrics import EvalData, score
+from benchmark.reports.figures import _build_composite, _build_summary, composite_figure, summary_figure
+from benchmark.scoring.metrics import EvalData, score
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

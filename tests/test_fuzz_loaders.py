@@ -13,11 +13,11 @@ from anndata import AnnData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmark import tracking
-from benchmark.datasets import load_h5ad, prepare
-from benchmark.errors import PertbenchError
-from benchmark.runner import RunOptions, run_benchmark
-from benchmark.task import Task
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import Task
+from benchmark.data.datasets import load_h5ad, prepare
+from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.tracking import store as tracking
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
 
@@ -100,7 +100,7 @@ def store(tmp_path_factory):
 
 def _load(adata: AnnData, task: Task, to_file: bool, folder):
     """Through an h5ad file and load_h5ad when anndata can write it, else prepare() in memory."""
-    from benchmark.datasets import Dataset, _guess_split
+    from benchmark.data.datasets import Dataset, _guess_split
 
     if to_file:
         path = folder / "fuzz.h5ad"

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.datasets import load_dataset
-from benchmark.errors import NotApplicable
-from benchmark.metrics import EvalData, fit_embedding, score
-from benchmark.splits import make_splits
-from benchmark.task import dense
+from benchmark.core.errors import NotApplicable
+from benchmark.core.task import dense
+from benchmark.data.datasets import load_dataset
+from benchmark.data.splits import make_splits
+from benchmark.scoring.embedding import fit_embedding
+from benchmark.scoring.metrics import EvalData, score
 from predictors.baselines import MeanShift
 from predictors.gaming import CollapsedMean, InflatedVariance, WrongContext
 from predictors.registry import make_predictor

@@ -9,9 +9,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from benchmark import schema, tracking
-from benchmark.datasets import Dataset, load_dataset
-from benchmark.leaderboard import (
+from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.data.datasets import Dataset, load_dataset
+from benchmark.data.synthetic import make_synthetic
+from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.reports.leaderboard import (
     Board,
     _metric_table,
     best_row,
@@ -24,10 +26,9 @@ from benchmark.leaderboard import (
     render,
     write_leaderboard,
 )
-from benchmark.metrics import METRICS
-from benchmark.runner import RunOptions, run_benchmark
-from benchmark.synthetic import make_synthetic
-from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.scoring.metrics import METRICS
+from benchmark.tracking import schema
+from benchmark.tracking import store as tracking
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_configurations_get_their_own_rows_and_reproduce_lines_that_round_trip(t
     import anndata as ad
 
     from benchmark.cli import build_parser, main
-    from benchmark.datasets import load_h5ad
+    from benchmark.data.datasets import load_h5ad
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -231,8 +232,8 @@ def test_bench_list_shows_each_metric_with_its_direction_and_kind(capsys):
 
 
 def test_readme_results_block_is_regenerated_between_markers(tmp_path):
-    from benchmark.errors import PertbenchError
-    from benchmark.leaderboard import RESULTS_END, RESULTS_START, update_readme
+    from benchmark.core.errors import PertbenchError
+    from benchmark.reports.leaderboard import RESULTS_END, RESULTS_START, update_readme
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n{RESULTS_START}\nstale numbers 0.99\n{RESULTS_END}\nafter\n")
@@ -269,7 +270,7 @@ def _fake_parent(run_id: str, params: dict[str, str]):
 
 def test_two_tuned_configs_get_their_own_rows():
     # their per-split values read alike ("per split"); the config digest keeps them apart
-    from benchmark.leaderboard import _Parent, _rows
+    from benchmark.reports.leaderboard import _Parent, _rows
 
     parents = [
         _Parent.read(_fake_parent("a" * 32, {schema.PARAM_CONFIG_DIGEST: "1111aaaa2222"})),

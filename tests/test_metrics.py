@@ -10,17 +10,12 @@ import scipy.sparse as sp
 from scipy.stats import energy_distance as scipy_energy_distance
 from scipy.stats import false_discovery_control, mannwhitneyu, pearsonr
 
-import benchmark.metrics as metrics_module
-from benchmark.errors import PertbenchError
-from benchmark.metrics import (
-    METRICS,
-    EvalData,
-    fit_embedding,
-    rank_sum_pvalues,
-    score,
-    subsample_index,
-    top_k_genes,
-)
+import benchmark.scoring.embedding as embedding_module
+import benchmark.scoring.metrics as metrics_module
+from benchmark.core.errors import PertbenchError
+from benchmark.scoring.embedding import fit_embedding
+from benchmark.scoring.metrics import METRICS, EvalData, score, subsample_index, top_k_genes
+from benchmark.scoring.ranksum import rank_sum_pvalues
 
 
 def _one_cell(row) -> np.ndarray:
@@ -505,7 +500,7 @@ def test_fit_embedding_gram_covariance_and_arpack_routes_agree(monkeypatch):
     for x in (wide, tall):
         ref = fit_embedding(x, n_components=10)
         np.testing.assert_allclose(fit_embedding(sp.csr_matrix(x), n_components=10)(x), ref(x), atol=1e-8)
-        monkeypatch.setattr(metrics_module, "EXACT_PCA_MAX_DIM", 5)
+        monkeypatch.setattr(embedding_module, "EXACT_PCA_MAX_DIM", 5)
         np.testing.assert_allclose(fit_embedding(sp.csr_matrix(x), n_components=10)(x), ref(x), atol=1e-8)
         monkeypatch.undo()
 
@@ -541,8 +536,8 @@ energy 0.6%, MMD 0.7%, shape energy 0.009 absolute, against an energy distance o
 
 
 def test_k_cell_subsample_is_close_to_the_exact_distances_on_kang2018(shared_data_dir, monkeypatch):
-    from benchmark.datasets import load_dataset
-    from benchmark.metrics import fit_embedding
+    from benchmark.data.datasets import load_dataset
+    from benchmark.scoring.embedding import fit_embedding
 
     kang = load_dataset("kang2018", shared_data_dir)
     task, adata = kang.task, kang.adata

@@ -9,8 +9,9 @@ import mlflow
 import pytest
 from PIL import Image
 
-from benchmark import mlflow_ui, schema
 from benchmark.cli import main
+from benchmark.tracking import schema
+from benchmark.tracking import ui as mlflow_ui
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ Where a definition coincides, cell-eval's own code computes the reference value:
   groups including the target: with k others, cell-eval = 1 − (1 − ours)·k / (k + 1);
 - the DE test is pdex's Wilcoxon (cell-eval's DE engine): our BH q-values equal its `fdr`; `de_overlap_100` and
   `de_direction` are cell-eval's `overlap_at_100` and `de_direction_match` applied to those DE tables with |Δ|
-  (log-space mean difference) as the ranking key instead of |log2 fold change| (see benchmark.metrics).
+  (log-space mean difference) as the ranking key instead of |log2 fold change| (see benchmark.scoring.metrics).
 The energy and MMD distances are reproduced from scanpy's PCA of the training cells, as the README says.
 """
 
@@ -21,15 +21,16 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial.distance import cdist
 
-from benchmark.metrics import EvalData, fit_embedding, score
+from benchmark.scoring.embedding import fit_embedding
+from benchmark.scoring.metrics import EvalData, score
 
 
 @pytest.fixture(scope="module")
 def kang(shared_data_dir):
     """CD8T split: training cells, CD8T controls, real and linear-predicted cells, other contexts' real cells."""
-    from benchmark.datasets import load_dataset
-    from benchmark.splits import make_splits
-    from benchmark.task import dense
+    from benchmark.core.task import dense
+    from benchmark.data.datasets import load_dataset
+    from benchmark.data.splits import make_splits
     from predictors.registry import make_predictor
 
     dataset = load_dataset("kang2018", data_dir=shared_data_dir)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import PertbenchError
-from benchmark.runner import _fresh
-from benchmark.synthetic import make_synthetic
-from benchmark.task import Task
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import Task
+from benchmark.data.synthetic import make_synthetic
+from benchmark.execution.runner import _fresh
 from predictors.baselines import LinearCV
 from predictors.cvae import CVAEPredictor
 from predictors.gaming import InflatedVariance

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from benchmark import progress
-from benchmark.synthetic import make_synthetic
-from benchmark.task import Task
+from benchmark.core import progress
+from benchmark.core.task import Task
+from benchmark.data.synthetic import make_synthetic
 from predictors.cvae import CVAEPredictor
 
 

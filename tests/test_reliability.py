@@ -22,9 +22,9 @@ import pytest
 import torch
 from anndata import AnnData
 
-from benchmark import tracking
 from benchmark.cli import main
-from benchmark.leaderboard import MANIFEST, atomic_write
+from benchmark.reports.leaderboard import MANIFEST, atomic_write
+from benchmark.tracking import store as tracking
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ARGS = ["--perturbation-key", "condition", "--control", "ctrl", "--context-key", "cell_type"]
@@ -237,7 +237,7 @@ def test_a_leaderboard_on_a_full_disk_is_left_as_it_was(workdir, capsys):
 
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(workdir, capsys, monkeypatch):
-    import benchmark.runner as runner
+    import benchmark.execution.runner as runner
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug deep inside")

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmark import schema, tracking
-from benchmark.datasets import Dataset
-from benchmark.errors import PertbenchError
-from benchmark.metrics import METRICS
-from benchmark.runner import SCORE_THREADS_ENV, RunOptions, run_benchmark, score_threads
-from benchmark.splits import Split, make_splits
-from benchmark.synthetic import make_synthetic
-from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.data.datasets import Dataset
+from benchmark.data.splits import Split, make_splits
+from benchmark.data.synthetic import make_synthetic
+from benchmark.execution.runner import SCORE_THREADS_ENV, RunOptions, run_benchmark, score_threads
+from benchmark.scoring.metrics import METRICS
+from benchmark.tracking import schema
+from benchmark.tracking import store as tracking
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +229,11 @@ def test_model_cache_key_changes_when_the_predictors_code_changes(tmp_path, monk
     import importlib
     import sys
 
-    from benchmark.model_cache import cache_key
+    from benchmark.execution.model_cache import cache_key
 
     package = tmp_path / "edited_predictor"
     package.mkdir()
-    source = "from benchmark.protocol import Predictor\n\nclass P(Predictor):\n    def __init__(self, a=1):\n        self.a = a\n"
+    source = "from benchmark.core.protocol import Predictor\n\nclass P(Predictor):\n    def __init__(self, a=1):\n        self.a = a\n"
     module = package / "model.py"
     module.write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -244,7 +245,7 @@ def test_model_cache_key_changes_when_the_predictors_code_changes(tmp_path, monk
 
 SELECTIVE = """
 import numpy as np
-from benchmark.protocol import Predictor, predicted_anndata
+from benchmark.core.protocol import Predictor, predicted_anndata
 
 
 class Selective(Predictor):
@@ -284,7 +285,7 @@ def test_a_predictors_selection_is_logged_per_split(tiny, store, tmp_path, monke
 
 
 def test_restricting_the_perturbations_marks_the_run_partial(tiny):
-    from benchmark.runner import _restricted
+    from benchmark.execution.runner import _restricted
 
     assert _restricted(tiny, RunOptions(perturbations=("P0",)))
     assert not _restricted(tiny, RunOptions(perturbations=("P0", "P1", "P0+P1")))
@@ -341,7 +342,7 @@ def test_a_bad_score_threads_setting_is_a_one_line_error(monkeypatch, value):
 
 
 def test_a_split_draws_composite_figures_for_its_first_targets_only(tiny, store, monkeypatch):
-    import benchmark.runner as runner_module
+    import benchmark.execution.runner as runner_module
 
     monkeypatch.setattr(runner_module, "FIGURES_PER_SPLIT", 2)
     options = RunOptions(figures=True, embedding="pca")

@@ -6,19 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import benchmark.evaluate as evaluate_module
-import benchmark.metrics as metrics_module
-import benchmark.runner as runner_module
-import benchmark.splits as splits_module
-import benchmark.task
-from benchmark.datasets import Dataset, load_h5ad
-from benchmark.evaluate import OtherDeltas, other_deltas
-from benchmark.metrics import ControlRanks, fit_embedding, fit_embedding_cells, l1_distances
-from benchmark.pseudobulk import group_profiles
-from benchmark.runner import RunOptions, run_benchmark
-from benchmark.splits import MIN_CELLS, make_splits
-from benchmark.synthetic import write_synthetic
-from benchmark.task import Positions, Task, lognorm_batches
+import benchmark.core.task
+import benchmark.data.splits as splits_module
+import benchmark.execution.runner as runner_module
+import benchmark.scoring.embedding as embedding_module
+import benchmark.scoring.evaluate as evaluate_module
+import benchmark.scoring.metrics as metrics_module
+from benchmark.core.pseudobulk import group_profiles
+from benchmark.core.task import Positions, Task, lognorm_batches
+from benchmark.data.datasets import Dataset, load_h5ad
+from benchmark.data.splits import MIN_CELLS, make_splits
+from benchmark.data.synthetic import write_synthetic
+from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.scoring.embedding import fit_embedding, fit_embedding_cells
+from benchmark.scoring.evaluate import OtherDeltas, other_deltas
+from benchmark.scoring.metrics import l1_distances
+from benchmark.scoring.ranksum import ControlRanks
 
 TASK = Task("condition", "control", "cell_type", expression="counts")
 
@@ -26,7 +29,7 @@ TASK = Task("condition", "control", "cell_type", expression="counts")
 def test_batches_cover_every_row_once_and_one_batch_is_the_whole_matrix(small_synthetic, monkeypatch):
     whole = list(lognorm_batches(small_synthetic, TASK))
     assert len(whole) == 1 and whole[0][0] == slice(0, small_synthetic.n_obs)
-    monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 100)
+    monkeypatch.setattr(benchmark.core.task, "BATCH_CELLS", 100)
     parts = list(lognorm_batches(small_synthetic[::2], TASK))
     assert [p[0].stop - p[0].start for p in parts][:-1] == [100] * (len(parts) - 1)
     stacked = np.vstack([x.toarray() for _, x in parts])
@@ -36,7 +39,7 @@ def test_batches_cover_every_row_once_and_one_batch_is_the_whole_matrix(small_sy
 def test_batched_group_profiles_and_pca_match_the_whole_matrix(small_synthetic, monkeypatch):
     means, sizes = group_profiles(small_synthetic, TASK)
     embed = fit_embedding(TASK.lognorm(small_synthetic), n_components=10)
-    monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 64)
+    monkeypatch.setattr(benchmark.core.task, "BATCH_CELLS", 64)
     batched_means, batched_sizes = group_profiles(small_synthetic, TASK)
     assert batched_sizes == sizes
     for group, mean in means.items():
@@ -73,7 +76,7 @@ def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatc
         return run_benchmark("mean_shift", dataset, kind, options, lambda _: None).results
 
     memory = run(backed=False)
-    monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 97)
+    monkeypatch.setattr(benchmark.core.task, "BATCH_CELLS", 97)
     backed = run(backed=True)
     assert [r.label for r in backed] == [r.label for r in memory]
     if sampled:
@@ -89,7 +92,7 @@ def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatc
 
 
 def test_a_large_training_set_is_embedded_from_its_seeded_pca_sample(small_synthetic, monkeypatch):
-    monkeypatch.setattr(metrics_module, "PCA_MAX_CELLS", 200)
+    monkeypatch.setattr(embedding_module, "PCA_MAX_CELLS", 200)
     rows = metrics_module.pca_rows(small_synthetic.n_obs)
     assert rows.size == 200 and np.array_equal(rows, metrics_module.pca_rows(small_synthetic.n_obs))
     sampled = fit_embedding_cells(small_synthetic, TASK, n_components=10)
@@ -191,9 +194,9 @@ def test_a_large_held_out_group_is_scored_on_a_bounded_sample(small_synthetic, t
 
 
 def test_arpack_on_the_scatter_matrix_gives_the_dense_solvers_pca(small_synthetic, monkeypatch):
-    monkeypatch.setattr(benchmark.task, "BATCH_CELLS", 64)  # the batched (scatter-matrix) path
+    monkeypatch.setattr(benchmark.core.task, "BATCH_CELLS", 64)  # the batched (scatter-matrix) path
     dense_fit = fit_embedding_cells(small_synthetic, TASK, n_components=10)
-    monkeypatch.setattr(metrics_module, "DENSE_EIGH_MAX_GENES", 10)  # fewer than the genes: ARPACK
+    monkeypatch.setattr(embedding_module, "DENSE_EIGH_MAX_GENES", 10)  # fewer than the genes: ARPACK
     arpack_fit = fit_embedding_cells(small_synthetic, TASK, n_components=10)
     cells = TASK.lognorm(small_synthetic[:50]).toarray()
     np.testing.assert_allclose(arpack_fit(cells), dense_fit(cells), rtol=0, atol=1e-8)

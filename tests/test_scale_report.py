@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmark.errors import PertbenchError
-from benchmark.scale_report import SCALE_END, SCALE_START, main, scale_records
+from benchmark.core.errors import PertbenchError
+from benchmark.reports.scale_report import SCALE_END, SCALE_START, main, scale_records
 
 
 def _results(seconds: float = 30.0, when: str = "2026-12-06T12:00:00") -> dict:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import NotApplicable, PertbenchError
-from benchmark.synthetic import make_synthetic
-from benchmark.task import Task
+from benchmark.core.errors import NotApplicable, PertbenchError
+from benchmark.core.task import Task
+from benchmark.data.synthetic import make_synthetic
 from predictors.registry import make_predictor
 from predictors.scgen import ScGen
 

@@ -13,11 +13,13 @@ import pandas as pd
 import pytest
 from anndata import AnnData
 
-from benchmark import evaluate, schema, tracking
 from benchmark.cli import main
-from benchmark.datasets import load_synthetic
-from benchmark.leaderboard import collect
-from benchmark.score import NO_PREDICTED_CELLS, read_predictions
+from benchmark.data.datasets import load_synthetic
+from benchmark.execution.score import NO_PREDICTED_CELLS, read_predictions
+from benchmark.reports.leaderboard import collect
+from benchmark.scoring import evaluate
+from benchmark.tracking import schema
+from benchmark.tracking import store as tracking
 
 RUN = ["--predictor", "mean_shift", "--dataset", "synthetic", "--no-figures", "--no-leaderboard"]
 

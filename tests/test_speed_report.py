@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from benchmark.errors import PertbenchError
-from benchmark.speed_report import (
+from benchmark.core.errors import PertbenchError
+from benchmark.reports.speed_report import (
     BENCHMARKS,
     SCALE_BENCHMARK,
     SCALE_END,

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from anndata import AnnData
 
-from benchmark.errors import PertbenchError
-from benchmark.splits import Split, SplitNotApplicable, make_splits
-from benchmark.task import Task
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import Task
+from benchmark.data.splits import Split, SplitNotApplicable, make_splits
 
 TASK = Task(perturbation_key="condition", control_label="control", context_key="cell_type")
 
@@ -125,7 +125,7 @@ def test_split_round_trips_through_npz_and_detects_tampering(contexts, tmp_path)
 
 
 def test_a_large_control_group_is_capped_to_a_seeded_sample_per_target(monkeypatch):
-    from benchmark import splits as splits_module
+    from benchmark.data import splits as splits_module
 
     monkeypatch.setattr(splits_module, "MIN_PREDICTED_CELLS", 20)
     adata = grouped({("A", "control"): 200, ("A", "y"): 60, ("B", "control"): 12, ("B", "y"): 60})

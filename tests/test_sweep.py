@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import PertbenchError
-from benchmark.sweep import DatasetSpec, TaskRef, expand, group_key, load_sweep
-from benchmark.sweep_run import Progress
-from benchmark.sweep_task import DONE, FAILED, SplitTask, TaskOutcome
+from benchmark.core.errors import PertbenchError
+from benchmark.execution.sweep import DatasetSpec, TaskRef, expand, group_key, load_sweep
+from benchmark.execution.sweep_run import Progress
+from benchmark.execution.sweep_task import DONE, FAILED, SplitTask, TaskOutcome
 
 GOOD = """
 [settings]
@@ -191,7 +191,7 @@ class _SlowFit:
 
 
 def _fit_in_child(cache: Path, log: Path, queue) -> None:
-    from benchmark.model_cache import fit_or_load
+    from benchmark.execution.model_cache import fit_or_load
 
     queue.put(fit_or_load(_SlowFit(log), None, None, "key", cache)[1])
 

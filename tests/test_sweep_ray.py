@@ -24,7 +24,7 @@ ray = pytest.importorskip("ray")
 from mlflow.entities import ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from benchmark import schema  # noqa: E402
+from benchmark.tracking import schema  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

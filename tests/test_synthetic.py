@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.datasets import prepare
-from benchmark.metrics import EvalData, fit_embedding, score
-from benchmark.splits import make_splits
-from benchmark.synthetic import (
+from benchmark.core.task import TARGET_SUM, Task, dense, lognormalize
+from benchmark.data.datasets import prepare
+from benchmark.data.splits import make_splits
+from benchmark.data.synthetic import (
     CONTEXT_KEY,
     CONTROL,
     PERTURBATION_KEY,
@@ -22,7 +22,8 @@ from benchmark.synthetic import (
     true_lfc,
     write_synthetic,
 )
-from benchmark.task import TARGET_SUM, Task, dense, lognormalize
+from benchmark.scoring.embedding import fit_embedding
+from benchmark.scoring.metrics import EvalData, score
 from predictors.baselines import MeanShift
 
 SCREEN = {"n_genes": 500, "n_contexts": 1, "n_perturbations": 30, "n_controls": 1000}

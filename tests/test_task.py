@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from benchmark.task import LOGNORM_LAYER, Task
+from benchmark.core.task import LOGNORM_LAYER, Task
 
 
 def test_lognorm_of_counts_is_computed_without_writing_into_the_anndata():

@@ -8,12 +8,13 @@ import optuna
 import pytest
 import tomllib
 
-from benchmark import schema, tuning
 from benchmark.cli import main
-from benchmark.datasets import Dataset, load_dataset
-from benchmark.splits import make_splits
-from benchmark.synthetic import make_synthetic
-from benchmark.task import Task
+from benchmark.core.task import Task
+from benchmark.data.datasets import Dataset, load_dataset
+from benchmark.data.splits import make_splits
+from benchmark.data.synthetic import make_synthetic
+from benchmark.selection import tuning
+from benchmark.tracking import schema
 
 SPY = "helpers_predictors:TunableSpy"
 
@@ -189,7 +190,7 @@ def test_declared_spaces_build_at_their_bounds(name):
 
 
 def test_parent_marks_hyperparameters_that_differ_between_splits():
-    from benchmark.runner import RunOptions, _config_record
+    from benchmark.execution.runner import RunOptions, _config_record
 
     base, a, b = hp.TunableSpy(), hp.TunableSpy(scale=0.7, noise=0.05), hp.TunableSpy(scale=1.3, noise=0.05)
     options = RunOptions(config={"tuning": {"protocol": tuning.PROTOCOL}}, config_source="c.toml")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from benchmark.errors import PertbenchError
-from benchmark.task import Task
-from benchmark.validation import check_context, check_group_size, check_label, validate
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import Task
+from benchmark.data.validation import check_context, check_group_size, check_label, validate
 
 COUNTS = Task("condition", "control", "cell_type", expression="counts")
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from benchmark.task import lognormalize
+from benchmark.core.task import lognormalize
 from predictors.cvae.data import dense_rows
 from predictors.cvae.module import _EPS, CVAEModule
 

@@ -19,11 +19,11 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
-from benchmark import progress as bars
-from benchmark.errors import NotApplicable
-from benchmark.protocol import Predictor, predicted_anndata
-from benchmark.pseudobulk import group_sums, split_controls
-from benchmark.task import LOGNORM_LAYER, Task, lognormalize
+from benchmark.core import progress as bars
+from benchmark.core.errors import NotApplicable
+from benchmark.core.protocol import Predictor, predicted_anndata
+from benchmark.core.pseudobulk import group_sums, split_controls
+from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from predictors.baselines import pca_basis
 from predictors.cvae import generate as generation
 from predictors.cvae.data import dense_rows
@@ -123,7 +123,7 @@ class _EarlyStopping:
 
 
 class _Progress:
-    """Training progress on stderr: a bar over epochs on an interactive terminal (benchmark.progress's style);
+    """Training progress on stderr: a bar over epochs on an interactive terminal (benchmark.core.progress's style);
     when verbose, also a line every few epochs and a summary."""
 
     def __init__(self, verbose: bool, max_epochs: int, every: int = 5) -> None:
@@ -218,7 +218,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
     On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
     kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
 
-    The registered names (cvae_modeA/B, cvae_mlp_modeA/B) take the defaults that benchmark.choose_defaults chose
+    The registered names (cvae_modeA/B, cvae_mlp_modeA/B) take the defaults that benchmark.selection.choose_defaults chose
     on validation splits of the visible datasets' training cells (predictors/cvae/defaults.json, `make
     cvae-defaults`); this constructor's defaults are that search's starting point (its candidate 0).
 
@@ -228,7 +228,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     cacheable = True
 
-    #: What `bench tune` searches (benchmark.tuning): capacity, regularization, optimizer and step budget. The
+    #: What `bench tune` searches (benchmark.selection.tuning): capacity, regularization, optimizer and step budget. The
     #: decoder and mode stay fixed by the registered name (cvae_* vs cvae_mlp_*), so every variant is tuned alike.
     search_space: dict[str, tuple] = {
         "n_latent": ("int", 8, 64, True),

@@ -1,0 +1,1 @@
+"""The harness's vocabulary: the task, the predictor protocol, errors, pseudobulks, progress bars, files."""

@@ -1,0 +1,1 @@
+"""Datasets: cards and loading, validation, the synthetic generator, the split manager, prediction export."""

@@ -1,0 +1,1 @@
+"""What the harness publishes: the leaderboard, figures, and the scale and speed reports."""

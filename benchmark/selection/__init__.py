@@ -1,0 +1,1 @@
+"""Choosing hyperparameters on validation splits of training cells: `bench tune` and the defaults chooser."""

@@ -1,0 +1,1 @@
+"""Everything that talks to MLflow: the store, the record's schema, the UI helpers."""
