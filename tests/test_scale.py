@@ -93,8 +93,8 @@ def test_a_backed_batched_run_scores_like_the_in_memory_run(tmp_path, monkeypatc
 
 def test_a_large_training_set_is_embedded_from_its_seeded_pca_sample(small_synthetic, monkeypatch):
     monkeypatch.setattr(embedding_module, "PCA_MAX_CELLS", 200)
-    rows = metrics_module.pca_rows(small_synthetic.n_obs)
-    assert rows.size == 200 and np.array_equal(rows, metrics_module.pca_rows(small_synthetic.n_obs))
+    rows = embedding_module.pca_rows(small_synthetic.n_obs)
+    assert rows.size == 200 and np.array_equal(rows, embedding_module.pca_rows(small_synthetic.n_obs))
     sampled = fit_embedding_cells(small_synthetic, TASK, n_components=10)
     exact = fit_embedding(TASK.lognorm(small_synthetic[rows]), n_components=10)
     cells = TASK.lognorm(small_synthetic[:50]).toarray()
