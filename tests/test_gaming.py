@@ -101,7 +101,7 @@ def kang_scores(shared_data_dir) -> pd.DataFrame:
         if target.context not in CONTEXTS:
             continue
         train = adata[positions(list(split.train_cells))].copy()
-        embed = fit_embedding(task.lognorm(train), n_components=50, seed=0)
+        embed = fit_embedding(task.lognorm(train), n_components=50)
         control = adata[positions(list(target.control_cells))].copy()
         control_x, real = dense(task.lognorm(control)), dense(x[positions(list(target.test_cells))])
         others = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import helpers_predictors as hp
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import tomllib
@@ -13,8 +14,11 @@ from benchmark.core.task import Task
 from benchmark.data.datasets import Dataset, load_dataset
 from benchmark.data.splits import make_splits
 from benchmark.data.synthetic import make_synthetic
+from benchmark.execution.runner import RunOptions, run_split
+from benchmark.scoring.metrics import METRICS
 from benchmark.selection import tuning
 from benchmark.tracking import schema
+from benchmark.tracking import store as tracking
 
 SPY = "helpers_predictors:TunableSpy"
 
@@ -202,3 +206,41 @@ def test_parent_marks_hyperparameters_that_differ_between_splits():
     assert (
         _config_record("spy", ("d", "sha"), base, {}, RunOptions())[schema.PARAM_CONFIG_SOURCE] == "defaults"
     )
+
+
+@pytest.fixture(scope="module")
+def shallow() -> Dataset:
+    """Like `combos` at a shallow depth (60 counts a cell) with strong effects: many zeros, so shift predictions
+    go negative where a control cell's zero meets a negative shift."""
+    adata = make_synthetic(
+        n_genes=40, n_contexts=3, n_perturbations=3, cells_per_group=70, seed=1, n_combos=2,
+        library_size=60.0, effect_size=2.0,
+    )  # fmt: skip
+    task = Task("condition", "control", "cell_type", expression="counts")
+    return Dataset("shallow", adata, task, "shallow-synthetic-70", "test_tuning", "holdout_context")
+
+
+@pytest.mark.parametrize("predictor", ["mean_shift", "linear"])
+def test_validation_scores_are_the_scores_of_bench_run(shallow, workdir, predictor):
+    """Tuning scores a validation split exactly as `bench run` scores those cells: the same prediction checks,
+    clip at 0, embedding (the split's training cells), comparison groups, on every metric."""
+    block = tuning.outer_blocks(shallow, "holdout_context")[0]
+    split = tuning.validation_splits(shallow, block, "holdout_context", max_splits=1)[0]
+    names = list(METRICS)
+    tuned = tuning.validation_scores(predictor, {}, shallow, block.tuning_cells, [split], names, seed=0)
+
+    cells = tuning._subset(shallow, block.tuning_cells)  # bench run on a dataset of the tuning cells alone
+    sub = Dataset("tuning-cells", cells, shallow.task, "sub", "test_tuning", "holdout_context")
+    tracking.use_store()
+    tracking.experiment_for(sub.name)
+    with tracking.parent_run("validation") as parent:
+        results = run_split(
+            predictor, sub, split, 0, RunOptions(figures=False), parent.info.run_id, lambda _: None
+        )
+    assert len(results) == len(split.targets) and all(r.status == schema.STATUS_OK for r in results)
+    for name in names:
+        values = [r.metrics[name] for r in results if np.isfinite(r.metrics[name])]
+        if METRICS[name].higher_is_better is None:
+            values = [abs(v) for v in values]
+        expected = float(np.mean(values)) if values else np.nan
+        assert tuned[name] == pytest.approx(expected, rel=0, abs=1e-12, nan_ok=True), name

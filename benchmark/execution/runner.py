@@ -41,7 +41,13 @@ from benchmark.data.splits import MIN_CELLS, Split, Target, make_splits, scored_
 from benchmark.execution.model_cache import cache_key, fit_or_load
 from benchmark.reports.figures import composite_figure, summary_figure
 from benchmark.scoring.embedding import PCAEmbedding, fit_embedding_cells
-from benchmark.scoring.evaluate import OtherDeltas, TargetResult, TargetScores, as_scored, evaluate_target
+from benchmark.scoring.evaluate import (
+    OtherDeltas,
+    TargetResult,
+    TargetScores,
+    checked_prediction,
+    evaluate_target,
+)
 from benchmark.scoring.metrics import METRICS, EvalData
 from benchmark.scoring.references import ReferenceShifts, reference_predictions
 from benchmark.selection.tuning import CHOOSE_DEFAULTS_PROTOCOL, config_digest, dump_toml, split_params
@@ -387,7 +393,7 @@ class SplitScorer:
         if (
             split.digest() not in embeddings
         ):  # same training cells (a holdout split under another seed): same PCA
-            embeddings[split.digest()] = fit_embedding_cells(train, task, n_components=50)
+            embeddings[split.digest()] = fit_embedding_cells(train, task)
         return cls(
             name,
             dataset,
@@ -467,7 +473,7 @@ class SplitScorer:
             result.status, result.reason = schema.STATUS_NOT_APPLICABLE, str(exc) or type(exc).__name__
             return scoring
         result.seconds = time.perf_counter() - started
-        pred_x = as_scored(_checked_prediction(self.name, predicted, control))
+        pred_x = checked_prediction(self.name, predicted, control)
         refs = reference_predictions(self.references, control_x, target.perturbation)
         scoring.cells = _TargetCells(control, control_x, real, pred_x, predicted, test_positions, refs)
         return scoring
@@ -710,22 +716,6 @@ def _finished(value: TargetScores) -> Future:
 def _ready(scoring: _Scoring) -> bool:
     """Whether a target can be logged without waiting: not applicable, or its scores are done."""
     return scoring.scores is None or scoring.scores.done()
-
-
-def _checked_prediction(name: str, predicted: AnnData, control: AnnData) -> np.ndarray:
-    """The predicted matrix, after checking the protocol: an AnnData, same genes in order, finite values."""
-    if not isinstance(predicted, AnnData):
-        raise PertbenchError(f"predictor {name} returned {type(predicted).__name__}, expected an AnnData")
-    if predicted.n_obs == 0:
-        raise PertbenchError(f"predictor {name} returned no cells")
-    if list(predicted.var_names) != list(control.var_names):
-        raise PertbenchError(
-            f"predictor {name} returned genes that differ from the control's (names or order)"
-        )
-    values = dense(predicted.X)
-    if not np.isfinite(values).all():
-        raise PertbenchError(f"predictor {name} returned NaN or infinite values")
-    return values
 
 
 def _fresh(template: Predictor, seed: int) -> Predictor:

@@ -13,6 +13,8 @@ import scipy.sparse.linalg
 from benchmark.core.task import Task, dense, lognorm_batches, take
 from benchmark.scoring.metrics import SUBSAMPLE_SEED
 
+EMBED_COMPONENTS = 50
+"""Principal components of the scoring embedding (the distribution scores and the figures' PCA)."""
 PCA_MAX_CELLS = 20_000
 """Most training cells the scoring PCA (`fit_embedding_cells`) is fit on; a larger training set is represented by
 a seeded uniform sample of this many (`pca_rows`). The PCA only places the at most K scored cells of each side, and
@@ -44,17 +46,16 @@ class PCAEmbedding:
         return (np.asarray(x, dtype=np.float64) - self.mean) @ self.components.T
 
 
-def fit_embedding(train_x, n_components: int = 50, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+def fit_embedding(train_x, n_components: int = EMBED_COMPONENTS) -> Callable[[np.ndarray], np.ndarray]:
     """Exact PCA of the training cells (zero-centred), signs fixed; sparse input is never densified.
 
     The top-k eigenvectors of the smaller of the centred Gram matrix (cells ≤ genes) and the covariance
     matrix (X^T X − n μμ^T), by a dense symmetric eigensolver, so the subspace is the exact one sklearn's
     PCA(svd_solver='full') and scanpy's PCA find; when both sides exceed EXACT_PCA_MAX_DIM, ARPACK on the
     implicit covariance with a fixed start vector (converged to machine precision). Each component's sign makes
-    its largest-|loading| gene positive (sklearn's svd_flip rule). `seed` is accepted for compatibility and has
-    no effect: the result is deterministic. `n_components` is capped at min(cells − 1, genes) and at the rank.
+    its largest-|loading| gene positive (sklearn's svd_flip rule): deterministic, no seed. `n_components` is
+    capped at min(cells − 1, genes) and at the rank.
     """
-    del seed
     x = sp.csr_matrix(train_x, dtype=np.float64) if sp.issparse(train_x) else np.asarray(train_x, np.float64)
     n, p = x.shape
     k = min(n_components, n - 1, p)
@@ -76,7 +77,7 @@ def pca_rows(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng([SUBSAMPLE_SEED, n]).choice(n, size=PCA_MAX_CELLS, replace=False))
 
 
-def fit_embedding_cells(adata, task: Task, n_components: int = 50) -> PCAEmbedding:
+def fit_embedding_cells(adata, task: Task, n_components: int = EMBED_COMPONENTS) -> PCAEmbedding:
     """`fit_embedding` of the log-normalized training cells of `adata` (in memory, a view or backed).
 
     Up to PCA_MAX_CELLS cells, all of them; beyond, the `pca_rows` sample. All cells in one batch (at most

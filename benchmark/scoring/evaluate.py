@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from anndata import AnnData
 
+from benchmark.core.errors import PertbenchError
 from benchmark.core.pseudobulk import Group
 from benchmark.core.task import dense
 from benchmark.scoring.ceiling import noise_ceiling, normalized_score
@@ -96,6 +98,40 @@ def as_scored(cells: np.ndarray) -> np.ndarray:
     return np.maximum(cells, 0.0) if CLIP_NEGATIVE_PREDICTIONS else cells
 
 
+def checked_prediction(name: str, predicted: AnnData, control: AnnData) -> np.ndarray:
+    """The predicted cells as the engine scores them (`as_scored`), after checking the protocol: an AnnData with
+    cells, the control's genes in order, finite values. Every caller that scores a predictor's output uses it."""
+    if not isinstance(predicted, AnnData):
+        raise PertbenchError(f"predictor {name} returned {type(predicted).__name__}, expected an AnnData")
+    if predicted.n_obs == 0:
+        raise PertbenchError(f"predictor {name} returned no cells")
+    if list(predicted.var_names) != list(control.var_names):
+        raise PertbenchError(
+            f"predictor {name} returned genes that differ from the control's (names or order)"
+        )
+    values = dense(predicted.X)
+    if not np.isfinite(values).all():
+        raise PertbenchError(f"predictor {name} returned NaN or infinite values")
+    return as_scored(values)
+
+
+def score_prediction(
+    control_x: np.ndarray,
+    real_x: np.ndarray,
+    pred_x: np.ndarray,
+    embed: Embedding,
+    others: np.ndarray | None = None,
+    metrics: list[str] | None = None,
+    shared: EvalData | None = None,
+) -> tuple[dict[str, float], EvalData]:
+    """One prediction's scores (every registered metric, or `metrics`), the cells passing `as_scored` first; also
+    the EvalData, whose real side (`shared`) a second prediction of the same target can reuse."""
+    data = EvalData(control=control_x, real=real_x, pred=as_scored(pred_x), embed=embed, others=others)
+    if shared is not None:  # the real side (DE test, embedding, variances) is the same for every prediction
+        data.sharing_real(shared)
+    return score(data, metrics), data
+
+
 def mean_oracle(control_x: np.ndarray, real_x: np.ndarray) -> np.ndarray:
     """The control cells plus the true mean shift mean(real) − mean(control): a perfect mean, the control's shape."""
     control_x, real_x = dense(control_x), dense(real_x)
@@ -123,12 +159,12 @@ def evaluate_target(
     first: list[EvalData] = []
 
     def scored(cells: np.ndarray) -> dict[str, float]:
-        data = EvalData(control=control_x, real=real_x, pred=as_scored(cells), embed=embed, others=others)
-        if first:  # the real side (DE test, embedding, variances) is the same for every prediction: once
-            data.sharing_real(first[0])
-        else:
+        values, data = score_prediction(
+            control_x, real_x, cells, embed, others, shared=first[0] if first else None
+        )
+        if not first:
             first.append(data)
-        return score(data)
+        return values
 
     metrics = scored(pred_x)
     ceiling = noise_ceiling(

@@ -50,12 +50,12 @@ import numpy as np
 import benchmark
 from benchmark.core.errors import NotApplicable, PertbenchError
 from benchmark.core.pseudobulk import group_profiles
-from benchmark.core.task import dense, take
+from benchmark.core.task import Positions, dense, take
 from benchmark.data.datasets import Dataset
-from benchmark.data.splits import MIN_CELLS, SPLIT_KINDS, Split, make_splits
-from benchmark.scoring.embedding import fit_embedding
-from benchmark.scoring.evaluate import other_deltas
-from benchmark.scoring.metrics import METRICS, EvalData, score
+from benchmark.data.splits import MIN_CELLS, SPLIT_KINDS, Split, make_splits, scored_test_cells
+from benchmark.scoring.embedding import fit_embedding_cells
+from benchmark.scoring.evaluate import OtherDeltas, checked_prediction, score_prediction
+from benchmark.scoring.metrics import METRICS
 from predictors.registry import make_predictor
 
 try:
@@ -211,40 +211,45 @@ def validation_scores(
     seed: int = 0,
 ) -> dict[str, float]:
     """validation_score for several metrics from one fit per validation split (each metric's mean over the
-    targets it could score; |value| for metrics best at 0)."""
+    targets it could score; |value| for metrics best at 0).
+
+    A validation target is scored as `bench run` scores a target of a dataset made of the tuning cells alone:
+    the same cells (training cells in order, the scored sample of the held-out cells), the same prediction checks
+    and clip (`checked_prediction`), the same embedding (`fit_embedding_cells` of the training cells) and
+    comparison groups (`OtherDeltas`), through the engine's `score_prediction`."""
     task = dataset.task
     sub = _subset(dataset, tuning_cells)
+    positions = Positions(sub.obs_names)
     profiles = group_profiles(sub, task)  # the real Δ of the other groups (discrimination), tuning cells only
+    needs_embed = any(_needs_embed(m) for m in metrics)
     values: dict[str, list[float]] = {m: [] for m in metrics}
     for split in splits:
-        train = sub[sub.obs_names.get_indexer(list(split.train_cells))].copy()
-        _, predictor = make_predictor(predictor_name, **params)
+        train = sub[positions.of(split.train_cells)]  # a view, as bench run passes it
+        name, predictor = make_predictor(predictor_name, **params)
         if "random_state" in predictor.get_params():
             predictor.set_params(random_state=seed)
         try:
             predictor.fit(train, task)
         except NotApplicable:
             continue
-        needs_embed = any(_needs_embed(m) for m in metrics)
-        embed = fit_embedding(task.lognorm(train), n_components=50, seed=0) if needs_embed else None
+        embed = fit_embedding_cells(train, task) if needs_embed else None
+        others = OtherDeltas(*profiles, task.control_label, split.kind)
         for target in split.targets:
-            control = sub[sub.obs_names.get_indexer(list(target.control_cells))].copy()
-            real = dense(task.lognorm(sub[sub.obs_names.get_indexer(list(target.test_cells))]))
+            control = take(sub, positions.of(target.control_cells))
+            real = dense(task.lognorm(take(sub, positions.of(scored_test_cells(target.test_cells)))))
             try:
                 predicted = predictor.predict(control, target.perturbation, target.context)
             except NotApplicable:
                 continue
-            others = other_deltas(
-                *profiles, task.control_label, split.kind, target.perturbation, target.context, MIN_CELLS
+            scores, _ = score_prediction(
+                dense(task.lognorm(control)),
+                real,
+                checked_prediction(name, predicted, control),
+                embed,
+                others(target.perturbation, target.context, MIN_CELLS),
+                list(metrics),
             )
-            data = EvalData(
-                control=dense(task.lognorm(control)),
-                real=real,
-                pred=dense(predicted.X),
-                embed=embed,
-                others=others,
-            )
-            for metric, value in score(data, list(metrics)).items():
+            for metric, value in scores.items():
                 if math.isfinite(value):
                     values[metric].append(abs(value) if METRICS[metric].higher_is_better is None else value)
     return {m: float(np.mean(v)) if v else math.nan for m, v in values.items()}
