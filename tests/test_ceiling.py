@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -313,3 +314,44 @@ def test_large_groups_bootstrap_halves_from_moments_match_copied_halves(monkeypa
     moments = noise_ceiling(control, real, None, names=names, others=others)
     for name in names:
         assert moments[name] == pytest.approx(copied[name], abs=1e-9)
+
+
+@pytest.fixture
+def toy_metric():
+    """A cell-level metric registered for one test (the gap between per-gene medians), removed after it."""
+    name = "toy_median_gap"
+
+    @metrics_module.register_metric(name, False, "distribution", "mean |median(pred) − median(real)| per gene")
+    def _toy(data: EvalData) -> float:
+        return float(np.mean(np.abs(np.median(data.pred, axis=0) - np.median(data.real, axis=0))))
+
+    yield name, _toy
+    del METRICS[name]
+
+
+def test_a_new_cell_level_metric_gets_its_ceiling_from_real_halves_on_a_large_group(toy_metric):
+    """A metric that declares no rule is scored on copies of the bootstrap halves, also above
+    MAX_DISTANCE_CELLS real cells (where the moment shortcut would leave it placeholder matrices)."""
+    name, fn = toy_metric
+    assert METRICS[name].ceiling == metrics_module.CEILING_HALVES
+    rng = np.random.default_rng(3)
+    n = metrics_module.MAX_DISTANCE_CELLS + 100
+    control = rng.poisson(1.0, size=(300, 12)).astype(float)
+    real = rng.poisson(1.5, size=(n, 12)).astype(float) * rng.uniform(0.5, 2.0, size=(n, 1))
+    got = noise_ceiling(control, real, None, n_repeats=4, seed=7, names=[name])[name]
+    draws = np.random.default_rng(7)
+    expected = []
+    for _ in range(4):  # brute force: the same draws, each half a real copy of its cells
+        idx = draws.integers(0, n, size=2 * n)
+        expected.append(fn(EvalData(control=control, real=real[idx[n:]], pred=real[idx[:n]])))
+    assert got == pytest.approx(float(np.mean(expected)), rel=0, abs=1e-12)
+    assert got > 0  # a half compared with itself (the placeholder) would give exactly 0
+
+
+def test_a_metric_declaring_a_formula_rule_without_a_formula_is_refused(toy_metric):
+    name, _ = toy_metric
+    METRICS[name] = dataclasses.replace(METRICS[name], ceiling=metrics_module.CEILING_CELL_PAIRS)
+    with pytest.raises(ValueError, match="toy_median_gap.*cell_pairs.*halves"):
+        noise_ceiling(np.ones((5, 3)), np.ones((5, 3)), None, n_repeats=1, names=[name])
+    with pytest.raises(ValueError, match="ceiling rule must be one of"):
+        metrics_module.register_metric("toy_other", True, "mean", "x", ceiling="guess")

@@ -1,7 +1,7 @@
 """The noise ceiling (how well an ideal predictor can score, given the sampling noise of the real cells) and
 scores normalized between a reference baseline and that ceiling.
 
-Rule.
+Rule: each metric declares its own (`Metric.ceiling`, set by `register_metric`); ceiling.py asks it.
 
 * `r`, `r_deg100`, `r2_mean_deg100`, `mse_mean` (`oracle_ceiling`): the expected score of the true perturbed
   mean. Gene g's observed mean carries noise N_g = s²_g / n; across the genes of a set the ideal prediction
@@ -9,7 +9,8 @@ Rule.
   against its noise-free form — and its mse_mean is mean N. (Spearman–Brown on bootstrap halves would overstate
   it: two bootstrap halves share the group's own sampling error. On a weak synthetic perturbation √r_AB = 0.79
   while predicting the true mean scores 0.655, as the formula says.)
-* Everything else: size-matched bootstrap halves, as cell-eval's `compute_ceiling`. Each repeat draws 2n cells
+* `halves` (any metric that declares no rule) and `moments` (top-K, discrimination, var_ratio): size-matched
+  bootstrap halves, as cell-eval's `compute_ceiling`. Each repeat draws 2n cells
   with replacement from the n real cells and splits the draw into two n-cell halves; half A is scored as a
   "prediction" of half B against the same control cells, with each metric's own definition; the ceiling is the
   mean over repeats (NaN repeats left out).
@@ -41,6 +42,11 @@ from scipy.stats import false_discovery_control
 
 from benchmark.core.task import dense
 from benchmark.scoring.metrics import (
+    CEILING_CELL_PAIRS,
+    CEILING_EXPECTED_MEAN,
+    CEILING_HALVES,
+    CEILING_MOMENTS,
+    CEILING_RANK_SUM,
     MAX_DISTANCE_CELLS,
     METRICS,
     EvalData,
@@ -51,9 +57,26 @@ from benchmark.scoring.metrics import (
 )
 from benchmark.scoring.ranksum import mwu_pvalues
 
-_CELL_METRICS = ("energy_distance", "energy_distance_shape", "mmd_rbf", "crps_deg100")
-_DE_METRICS = ("de_overlap_100", "de_direction")
-_ORACLE = ("r", "r_deg100", "r2_mean_deg100", "mse_mean")
+_FORMULAS = {
+    CEILING_EXPECTED_MEAN: ("r", "r_deg100", "r2_mean_deg100", "mse_mean"),
+    CEILING_CELL_PAIRS: ("energy_distance", "energy_distance_shape", "mmd_rbf", "crps_deg100"),
+    CEILING_RANK_SUM: ("de_overlap_100", "de_direction"),
+}
+"""The metrics each formula-based rule has a ceiling formula for; a metric declaring such a rule must be one."""
+
+
+def _by_rule(names: list[str]) -> dict[str, list[str]]:
+    """The requested metrics grouped by the ceiling rule each declares (`Metric.ceiling`)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        rule = METRICS[name].ceiling
+        if rule in _FORMULAS and name not in _FORMULAS[rule]:
+            raise ValueError(
+                f"metric {name!r} declares the {rule!r} ceiling rule, which has formulas only for "
+                f"{', '.join(_FORMULAS[rule])}; declare {CEILING_HALVES!r} (bootstrap halves of the cells)"
+            )
+        groups.setdefault(rule, []).append(name)
+    return groups
 
 
 def noise_ceiling(
@@ -82,23 +105,26 @@ def noise_ceiling(
     full = EvalData(control=control, real=real, pred=real[:2], embed=embed, others=others)
     if shared is not None:
         full.sharing_real(shared)
-    cell_names = [m for m in names if m in _CELL_METRICS]
-    de_names = [m for m in names if m in _DE_METRICS]
-    oracle_names = [m for m in names if m in _ORACLE]
-    other_names = [m for m in names if m not in _CELL_METRICS + _DE_METRICS + _ORACLE]
+    rules = _by_rule(names)
+    cell_names, de_names = rules.get(CEILING_CELL_PAIRS, []), rules.get(CEILING_RANK_SUM, [])
+    oracle_names = rules.get(CEILING_EXPECTED_MEAN, [])
+    moment_names, half_names = rules.get(CEILING_MOMENTS, []), rules.get(CEILING_HALVES, [])
     cells = _CellCeiling(full, cell_names) if cell_names else None
     de = _DeCeiling(full, de_names) if de_names else None
     runs: dict[str, list[float]] = {name: [] for name in names}
-    moments = _HalfMoments(full) if other_names and n > MAX_DISTANCE_CELLS else None
+    moments = _HalfMoments(full) if moment_names and n > MAX_DISTANCE_CELLS else None
     for _ in range(n_repeats):
         draws = rng.integers(0, n, size=2 * n)
-        if other_names:
-            if moments is None:
-                half = EvalData(control=control, real=real[draws[n:]], pred=real[draws[:n]], others=others)
-                half.sharing_control(full)  # the same control cells: their mean once
-            else:
-                half = moments.half(draws[:n], draws[n:])
-            for name, value in score(half, other_names).items():
+        copied = None
+        if half_names or (moment_names and moments is None):
+            copied = EvalData(control=control, real=real[draws[n:]], pred=real[draws[:n]], others=others)
+            copied.sharing_control(full)  # the same control cells: their mean once
+        if moment_names:
+            half = copied if moments is None else moments.half(draws[:n], draws[n:])
+            for name, value in score(half, moment_names).items():
+                runs[name].append(value)
+        if half_names:  # any other metric reads the cells themselves: always a real copy of each half
+            for name, value in score(copied, half_names).items():
                 runs[name].append(value)
         if cells is not None or de is not None:
             m = full.real_index.size  # the cell-level scores' subsample; draws reused when it is every cell
@@ -106,12 +132,14 @@ def noise_ceiling(
             for part in (cells, de):
                 for name, value in ({} if part is None else part.score(a, b)).items():
                     runs[name].append(value)
-    out = {name: _nanmean(values) for name, values in runs.items() if name not in _ORACLE}
+    out = {name: _nanmean(values) for name, values in runs.items() if name not in oracle_names}
     out.update(oracle_ceiling(full, oracle_names))
     return {name: out[name] for name in names}
 
 
-def oracle_ceiling(data: EvalData, names: Iterable[str] = _ORACLE) -> dict[str, float]:
+def oracle_ceiling(
+    data: EvalData, names: Iterable[str] = _FORMULAS[CEILING_EXPECTED_MEAN]
+) -> dict[str, float]:
     """Expected score of the population mean of the perturbed cells against the n observed ones (module rule).
 
     The observed mean of gene g carries sampling noise of variance N_g = s²_g / n (s² with ddof=1); across the

@@ -261,13 +261,32 @@ class EvalData:
 
 @dataclass(frozen=True)
 class Metric:
-    """A named metric: its function, direction (None = best at 0) and whether it compares means or cells."""
+    """A named metric: its function, direction (None = best at 0), whether it compares means or cells
+    (`kind`), and the rule its noise ceiling follows (`ceiling`, one of CEILING_RULES)."""
 
     name: str
     fn: Callable[[EvalData], float]
     higher_is_better: bool | None
     description: str
     kind: str
+    ceiling: str = "halves"
+
+
+CEILING_HALVES = "halves"
+"""Size-matched bootstrap halves of the real cells, half A scored as a prediction of half B on copies of the cells:
+right for any metric, and the rule of a metric that declares none."""
+CEILING_MOMENTS = "moments"
+"""Bootstrap halves, for a metric that reads only per-gene means and variances of the cells (top-K overlaps,
+discrimination, var_ratio): on large groups the halves' moments come from draw counts, without copying cells."""
+CEILING_EXPECTED_MEAN = "expected_mean"
+"""The expected score of the true perturbed mean against the n observed cells (Spearman–Brown; `oracle_ceiling`
+holds each such metric's formula)."""
+CEILING_CELL_PAIRS = "cell_pairs"
+"""A cell-level U-statistic over bootstrap halves that leaves out a cell paired with its own copy (the energy,
+MMD and CRPS ceilings; `ceiling._CellCeiling` holds each formula)."""
+CEILING_RANK_SUM = "rank_sum"
+"""The DE scores of bootstrap halves from one sort of the real cells (`ceiling._DeCeiling`)."""
+CEILING_RULES = (CEILING_HALVES, CEILING_MOMENTS, CEILING_EXPECTED_MEAN, CEILING_CELL_PAIRS, CEILING_RANK_SUM)
 
 
 METRICS: dict[str, Metric] = {}
@@ -275,16 +294,18 @@ METRICS: dict[str, Metric] = {}
 
 
 def register_metric(
-    name: str, higher_is_better: bool | None, kind: str, description: str
+    name: str, higher_is_better: bool | None, kind: str, description: str, ceiling: str = CEILING_HALVES
 ) -> Callable[[Callable[[EvalData], float]], Callable[[EvalData], float]]:
-    """Decorator adding a metric function to METRICS under `name`."""
+    """Decorator adding a metric function to METRICS under `name`, with its direction, kind and ceiling rule."""
     if kind not in ("mean", "distribution"):
         raise ValueError(f"metric kind must be 'mean' or 'distribution', got {kind!r}")
+    if ceiling not in CEILING_RULES:
+        raise ValueError(f"metric ceiling rule must be one of {', '.join(CEILING_RULES)}, got {ceiling!r}")
 
     def decorate(fn: Callable[[EvalData], float]) -> Callable[[EvalData], float]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} is already registered")
-        METRICS[name] = Metric(name, fn, higher_is_better, description, kind)
+        METRICS[name] = Metric(name, fn, higher_is_better, description, kind, ceiling)
         return fn
 
     return decorate
@@ -477,27 +498,57 @@ def de_direction(q_real: np.ndarray, delta_true: np.ndarray, delta_pred: np.ndar
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-@register_metric("r", True, "mean", "Pearson correlation of Δ_pred and Δ_true over all genes")
+@register_metric(
+    "r",
+    True,
+    "mean",
+    "Pearson correlation of Δ_pred and Δ_true over all genes",
+    ceiling=CEILING_EXPECTED_MEAN,
+)
 def _r(data: EvalData) -> float:
     return pearson(data.delta_true, data.delta_pred)
 
 
-@register_metric("jaccard_25", True, "mean", "Jaccard overlap of the top-25 genes by |Δ| (true vs pred)")
+@register_metric(
+    "jaccard_25",
+    True,
+    "mean",
+    "Jaccard overlap of the top-25 genes by |Δ| (true vs pred)",
+    ceiling=CEILING_MOMENTS,
+)
 def _jaccard_25(data: EvalData) -> float:
     return jaccard_top_k(data, 25)
 
 
-@register_metric("jaccard_50", True, "mean", "Jaccard overlap of the top-50 genes by |Δ| (true vs pred)")
+@register_metric(
+    "jaccard_50",
+    True,
+    "mean",
+    "Jaccard overlap of the top-50 genes by |Δ| (true vs pred)",
+    ceiling=CEILING_MOMENTS,
+)
 def _jaccard_50(data: EvalData) -> float:
     return jaccard_top_k(data, 50)
 
 
-@register_metric("jaccard_100", True, "mean", "Jaccard overlap of the top-100 genes by |Δ| (true vs pred)")
+@register_metric(
+    "jaccard_100",
+    True,
+    "mean",
+    "Jaccard overlap of the top-100 genes by |Δ| (true vs pred)",
+    ceiling=CEILING_MOMENTS,
+)
 def _jaccard_100(data: EvalData) -> float:
     return jaccard_top_k(data, 100)
 
 
-@register_metric("r_deg100", True, "mean", "Pearson of Δ_pred and Δ_true on the top-100 genes by |Δ_true|")
+@register_metric(
+    "r_deg100",
+    True,
+    "mean",
+    "Pearson of Δ_pred and Δ_true on the top-100 genes by |Δ_true|",
+    ceiling=CEILING_EXPECTED_MEAN,
+)
 def _r_deg100(data: EvalData) -> float:
     idx = data.deg_index
     return float("nan") if idx is None else pearson(data.delta_true[idx], data.delta_pred[idx])
@@ -508,6 +559,7 @@ def _r_deg100(data: EvalData) -> float:
     True,
     "mean",
     "Squared Pearson of mean(pred) and mean(real) on the top-100 genes by |Δ_true|",
+    ceiling=CEILING_EXPECTED_MEAN,
 )
 def _r2_mean_deg100(data: EvalData) -> float:
     idx = data.deg_index
@@ -515,7 +567,11 @@ def _r2_mean_deg100(data: EvalData) -> float:
 
 
 @register_metric(
-    "mse_mean", False, "mean", "Mean squared error between mean(pred) and mean(real) over all genes"
+    "mse_mean",
+    False,
+    "mean",
+    "Mean squared error between mean(pred) and mean(real) over all genes",
+    ceiling=CEILING_EXPECTED_MEAN,
 )
 def _mse_mean(data: EvalData) -> float:
     return float(np.mean((data.mean_pred - data.mean_real) ** 2))
@@ -526,13 +582,18 @@ def _mse_mean(data: EvalData) -> float:
     True,
     "mean",
     "Overlap of the top-100 Wilcoxon-significant genes (by |Δ|), real vs control and pred vs control",
+    ceiling=CEILING_RANK_SUM,
 )
 def _de_overlap_100(data: EvalData) -> float:
     return de_overlap(data.de_real, data.delta_true, data.de_pred, data.delta_pred)
 
 
 @register_metric(
-    "de_direction", True, "mean", "Fraction of the significant real DE genes whose Δ_pred has the right sign"
+    "de_direction",
+    True,
+    "mean",
+    "Fraction of the significant real DE genes whose Δ_pred has the right sign",
+    ceiling=CEILING_RANK_SUM,
 )
 def _de_direction(data: EvalData) -> float:
     return de_direction(data.de_real, data.delta_true, data.delta_pred)
@@ -543,6 +604,7 @@ def _de_direction(data: EvalData) -> float:
     True,
     "mean",
     "Fraction of the other groups' real Δ farther (L1) from Δ_pred than the target's; 0.5 = chance",
+    ceiling=CEILING_MOMENTS,
 )
 def _discrimination(data: EvalData) -> float:
     if data.others is None or data.others.shape[0] == 0:
@@ -557,6 +619,7 @@ def _discrimination(data: EvalData) -> float:
     False,
     "distribution",
     "Energy distance (unbiased U-statistic) between pred and real cells, embedded",
+    ceiling=CEILING_CELL_PAIRS,
 )
 def _energy_distance(data: EvalData) -> float:
     return energy_distance_u(data.pred_z, data.real_z)
@@ -567,6 +630,7 @@ def _energy_distance(data: EvalData) -> float:
     False,
     "distribution",
     "Energy distance after centring pred and real cells on their own means: the shape beyond the shift",
+    ceiling=CEILING_CELL_PAIRS,
 )
 def _energy_distance_shape(data: EvalData) -> float:
     return energy_distance_shape_u(data.pred_z, data.real_z)
@@ -577,6 +641,7 @@ def _energy_distance_shape(data: EvalData) -> float:
     False,
     "distribution",
     "Squared MMD (unbiased; RBF, median-heuristic bandwidth on real cells), embedded",
+    ceiling=CEILING_CELL_PAIRS,
 )
 def _mmd_rbf(data: EvalData) -> float:
     return mmd_rbf_u(data.pred_z, data.real_z, data.bandwidth)
@@ -587,6 +652,7 @@ def _mmd_rbf(data: EvalData) -> float:
     False,
     "distribution",
     "CRPS of the predicted cells' per-gene distribution at the real cells, top-100 genes by |Δ_true|",
+    ceiling=CEILING_CELL_PAIRS,
 )
 def _crps_deg100(data: EvalData) -> float:
     idx = data.deg_index
@@ -601,6 +667,7 @@ def _crps_deg100(data: EvalData) -> float:
     None,
     "distribution",
     "Median over varying genes of |log(var_pred / var_real)|; 0 best, signs cannot cancel",
+    ceiling=CEILING_MOMENTS,
 )
 def _var_ratio(data: EvalData) -> float:
     # Genes constant in both samples (on sparse data: most genes, all zero) say nothing about dispersion and
