@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from benchmark.core.allocator import keep_freed_memory
 from benchmark.core.errors import PertbenchError
+from benchmark.core.files import file_to_write, safe_name
 
 DEFAULT_DATASET = "kang2018"
 DEFAULT_CONTROLS = 10_000
@@ -227,14 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         default=None,
-        help="leaderboard .md file (default .pertbench/LEADERBOARD.md; `make leaderboard` writes the committed "
-        "leaderboard/LEADERBOARD.md)",
+        help="leaderboard .md file (default .pertbench/LEADERBOARD.md for the default store, "
+        ".pertbench/boards/<store>.md for another; `make leaderboard` writes the committed leaderboard/LEADERBOARD.md)",
     )
     board.add_argument("--tracking-uri", default=None)
     board.add_argument(
         "--no-figures", action="store_true", help="do not copy figures next to the leaderboard"
     )
     board.add_argument("--readme", type=Path, default=None, help="also regenerate this file's results block")
+    board.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --output (and same-named figures) even when bench did not write them",
+    )
 
     sweep = sub.add_parser(
         "sweep",
@@ -309,12 +316,12 @@ def _load(args: argparse.Namespace):
     return load_dataset(args.dataset or DEFAULT_DATASET)
 
 
-def _check_board_path(path: Path | None, flag: str) -> None:
+def _check_board_path(path: Path | None, flag: str, force: bool = False) -> None:
     """A leaderboard path must name a file: a directory is a one-line error (nothing is written into it)."""
-    if path is not None and Path(path).is_dir():
-        raise PertbenchError(
-            f"{flag} {path} is a directory; give the markdown file to write, e.g. {Path(path) / 'LEADERBOARD.md'}"
-        )
+    if path is not None:
+        from benchmark.reports.leaderboard import check_board_path
+
+        check_board_path(path, force=force, what=flag)
 
 
 def _build_predictor(name: str, params: dict) -> None:
@@ -331,7 +338,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.data.splits import SPLIT_KINDS, SplitNotApplicable
     from benchmark.execution.model_cache import default_cache_dir
     from benchmark.execution.runner import RunOptions, run_benchmark
-    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.reports.leaderboard import default_board_path, write_leaderboard
     from benchmark.tracking import store as tracking
 
     params = dict(args.param)
@@ -385,7 +392,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_table(result)
     board = None
     if parents and not args.no_leaderboard:
-        board = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
+        board = write_leaderboard(
+            args.leaderboard or default_board_path(args.tracking_uri), args.tracking_uri
+        )
         print(f"leaderboard updated: {board}")
     if parents:
         _print_locations(
@@ -399,7 +408,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from benchmark.data.splits import SPLIT_KINDS
     from benchmark.execution.runner import RunOptions
     from benchmark.execution.score import read_predictions, score_predictions
-    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.reports.leaderboard import default_board_path, write_leaderboard
     from benchmark.tracking import store as tracking
 
     if not args.name.strip():
@@ -421,7 +430,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     _print_table(result)
     board = None
     if not args.no_leaderboard:
-        board = write_leaderboard(args.leaderboard or RUN_PATH, args.tracking_uri)
+        board = write_leaderboard(
+            args.leaderboard or default_board_path(args.tracking_uri), args.tracking_uri
+        )
         print(f"leaderboard updated: {board}")
     _print_locations(args.tracking_uri, [result.parent_run_id], board, not args.no_figures, predictions=None)
     return 0
@@ -429,9 +440,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _absolute_uri(uri: str) -> str:
     """A SQLite store URI with an absolute path, so the printed `mlflow ui` command works from any folder."""
-    from benchmark.tracking.store import _sqlite_path
+    from benchmark.tracking.store import sqlite_path
 
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or path.is_absolute():
         return uri
     return uri.replace(str(path), str(path.resolve()), 1)
@@ -542,12 +553,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tuning.direction(objective)
     dataset = _load(args)
     kind = args.split or dataset.default_split
-    stem = "".join(
-        ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{args.predictor}_{dataset.name}_{kind}"
+    stem = safe_name(f"{args.predictor}_{dataset.name}_{kind}")
+    output = file_to_write(
+        args.output or Path(".pertbench/configs") / f"{stem}.toml", "--output", ".toml file"
     )
-    output = args.output or Path(".pertbench/configs") / f"{stem}.toml"
-    if output.is_dir():
-        raise PertbenchError(f"--output {output} is a directory; give the .toml file to write")
     config = tuning.tune(
         args.predictor,
         dataset,
@@ -601,14 +610,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.reports.leaderboard import default_board_path, write_leaderboard
     from benchmark.tracking import store as tracking
 
-    _check_board_path(args.output, "--output")
+    _check_board_path(args.output, "--output", force=args.force)
     tracking.use_store(args.tracking_uri)
-    tracking.reap_dead_runs()
+    try:
+        tracking.reap_dead_runs()
+    except Exception as exc:  # a read-only store: reading a board needs no write
+        if tracking.store_write_error(exc) is None:
+            raise
+        print(
+            "bench: note: the store is read-only; runs of dead processes are left as recorded",
+            file=sys.stderr,
+        )
     path = write_leaderboard(
-        args.output or RUN_PATH, args.tracking_uri, figures=not args.no_figures, readme=args.readme
+        args.output or default_board_path(args.tracking_uri),
+        args.tracking_uri,
+        figures=not args.no_figures,
+        readme=args.readme,
+        force=args.force,
     )
     print(f"leaderboard written: {path}")
     return 0
@@ -709,6 +730,21 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 done, 2 bad input (PertbenchError), 1 any other failure (store, disk, server, a bug),
     130 Ctrl-C, 143 SIGTERM (the run is marked KILLED).
     """
+    from benchmark.core.redact import RedactingStream
+
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)  # no password printed
+    try:
+        return _main(argv)
+    finally:
+        for wrapped in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                wrapped.flush()
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str] | None) -> int:
+    """`main` inside the redacting streams."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     warnings.filterwarnings("ignore", category=FutureWarning)
     keep_freed_memory()  # large per-target arrays are reused instead of re-faulted (benchmark.core.allocator)

@@ -321,7 +321,9 @@ def toy_metric():
     """A cell-level metric registered for one test (the gap between per-gene medians), removed after it."""
     name = "toy_median_gap"
 
-    @metrics_module.register_metric(name, False, "distribution", "mean |median(pred) − median(real)| per gene")
+    @metrics_module.register_metric(
+        name, False, "distribution", "mean |median(pred) − median(real)| per gene"
+    )
     def _toy(data: EvalData) -> float:
         return float(np.mean(np.abs(np.median(data.pred, axis=0) - np.median(data.real, axis=0))))
 

@@ -23,7 +23,8 @@ import torch
 from anndata import AnnData
 
 from benchmark.cli import main
-from benchmark.reports.leaderboard import MANIFEST, atomic_write
+from benchmark.core.files import atomic_write
+from benchmark.reports.leaderboard import MANIFEST
 from benchmark.tracking import store as tracking
 
 REPO = Path(__file__).resolve().parents[1]

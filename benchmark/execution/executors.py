@@ -243,9 +243,9 @@ def _free_port() -> int:
 
 def _absolute_store(uri: str) -> str:
     """The store URI with an absolute path (the server process resolves paths from its own folder)."""
-    from benchmark.tracking.store import _sqlite_path
+    from benchmark.tracking.store import sqlite_path
 
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is not None:
         return uri if path.is_absolute() else uri.replace(str(path), str(path.resolve()), 1)
     parsed = urllib.parse.urlparse(uri)

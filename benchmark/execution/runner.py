@@ -31,6 +31,7 @@ from anndata import AnnData
 import benchmark
 from benchmark.core import progress as bars
 from benchmark.core.errors import NotApplicable, PertbenchError
+from benchmark.core.files import safe_name
 from benchmark.core.protocol import Predictor
 from benchmark.core.pseudobulk import group_profiles
 from benchmark.core.task import Positions, dense, take
@@ -634,7 +635,9 @@ class SplitScorer:
                 saved = saved_prediction(
                     cells.pred_x, cells.predicted, control, task, target, split.name, seed
                 )
-                pred_file = Path(tmp) / f"predictions_{_safe(split.name)}_{_safe(target.context)}.h5ad"
+                pred_file = (
+                    Path(tmp) / f"predictions_{safe_name(split.name)}_{safe_name(target.context)}.h5ad"
+                )
                 saved.write_h5ad(pred_file)
                 mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
                 test = take(adata, cells.test_positions)
@@ -988,7 +991,3 @@ def log_summary(
                 directions={k: m.higher_is_better for k, m in METRICS.items()},
             )
             mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

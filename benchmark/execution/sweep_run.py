@@ -257,7 +257,7 @@ def run_sweep(
 
     from benchmark.execution.executors import make_executor
     from benchmark.execution.model_cache import default_cache_dir
-    from benchmark.reports.leaderboard import RUN_PATH, write_leaderboard
+    from benchmark.reports.leaderboard import check_board_path, default_board_path, write_leaderboard
     from benchmark.tracking import store as tracking
 
     started = time.perf_counter()
@@ -266,9 +266,9 @@ def run_sweep(
     store = tracking.tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or settings.store)
     tracking.check_uri(store)
     cache_dir = Path(settings.cache_dir or default_cache_dir()).resolve()
-    board_path = Path(settings.leaderboard) if settings.leaderboard else RUN_PATH
-    if leaderboard and board_path.is_dir():
-        raise PertbenchError(f"leaderboard {board_path} is a directory; give the markdown file to write")
+    board_path = Path(settings.leaderboard) if settings.leaderboard else default_board_path(store)
+    if leaderboard:
+        check_board_path(board_path, what="leaderboard")  # before any task runs
     tracking.use_store(store)
     tracking.reap_dead_runs()
     plans, not_applicable = plan_groups(sweep, cache_dir, max_splits, say)

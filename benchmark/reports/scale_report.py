@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.errors import PertbenchError
-from benchmark.reports.leaderboard import replace_block
+from benchmark.core.files import replace_block
 
 SCALE_START, SCALE_END = "<!-- scale:start -->", "<!-- scale:end -->"
 FIELDS = ("case", "cells", "predictor", "seconds", "peak_gb")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.core.errors import PertbenchError
-from benchmark.reports.leaderboard import replace_block
+from benchmark.core.files import replace_block
 
 SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
 SCALE_START, SCALE_END = "<!-- speed-scale:start -->", "<!-- speed-scale:end -->"

@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{predictor}: candidate {out[predictor]['chosen']} {out[predictor]['params']}", file=sys.stderr
         )
-    from benchmark.reports.leaderboard import atomic_write
+    from benchmark.core.files import atomic_write
 
     atomic_write(
         args.output, json.dumps(out, indent=1) + "\n"

@@ -49,6 +49,7 @@ import numpy as np
 
 import benchmark
 from benchmark.core.errors import NotApplicable, PertbenchError
+from benchmark.core.files import file_to_write
 from benchmark.core.pseudobulk import group_profiles
 from benchmark.core.task import Positions, dense, take
 from benchmark.data.datasets import Dataset
@@ -408,9 +409,7 @@ def _eq(a: Any, b: Any) -> bool:
 
 def write_config(config: dict[str, Any], path: Path | str) -> Path:
     """Write the config as TOML."""
-    path = Path(path)
-    if path.is_dir():
-        raise PertbenchError(f"--output {path} is a directory; give the .toml file to write")
+    path = file_to_write(path, "--output", ".toml file")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_toml(config), encoding="utf-8")
     return path

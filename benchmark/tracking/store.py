@@ -23,6 +23,8 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow prints "View run ... at: <server URL>" per run against a server: bench prints where runs went itself.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # A tracking server that stops answering must end `bench` with an error within a minute, not hang for minutes
 # (MLflow's defaults: 120 s per request, 7 retries with exponential backoff). One request now waits at most
 # 10 s and is retried once; a failed run needs at most two such requests before bench stops. Override any of
@@ -63,8 +65,10 @@ def tracking_uri(uri: str | None = None) -> str:
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-OTHER_SCHEMES = ("", "file", "http", "https", "databricks", "databricks-uc", "uc")
+OTHER_SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc")
 """URI schemes MLflow's tracking stores accept (plus any store plugin's, see known_schemes)."""
+FILE_SCHEMES = ("", "file")
+"""A folder of run files (`./mlruns`, file://): MLflow keeps that store in maintenance mode and refuses it here."""
 
 HOST_TAG, PID_TAG, PROC_START_TAG = schema.TAG_HOST, schema.TAG_PID, schema.TAG_PROC_START
 """Tags of a parent run naming the process that runs it, so a later `bench` can tell whether it died."""
@@ -87,11 +91,16 @@ def check_uri(uri: str) -> None:
         return
     if uri in ("databricks", "databricks-uc", "uc") or base in known_schemes():
         return
+    if base in FILE_SCHEMES:
+        raise PertbenchError(
+            f"tracking URI {uri!r} is a file store, which MLflow no longer accepts; use a database such as "
+            "sqlite:///mlflow.db (`mlflow migrate-filestore` converts an existing folder)"
+        )
     shown = ", ".join(s for s in known_schemes() if s)
     raise PertbenchError(f"unknown tracking URI scheme {scheme!r} in {uri!r}; MLflow accepts: {shown}")
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a sqlite URI (None for in-memory or non-sqlite stores)."""
     if not uri.startswith("sqlite:"):
         return None
@@ -102,6 +111,33 @@ def _sqlite_path(uri: str) -> Path | None:
     if path.startswith("file:"):
         path = path[5:]
     return Path(path) if path and path != ":memory:" else None
+
+
+MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs"})
+"""Tables every MLflow SQLite store has."""
+
+
+def check_sqlite_store(path: Path) -> None:
+    """Refuse (one line) a SQLite file that is neither empty or absent nor an MLflow store: MLflow would add its
+    tables to it, or alter a table of the same name. Read-only: the file is opened with mode=ro."""
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        header = f.read(16)
+    if header != b"SQLite format 3\x00":
+        raise PertbenchError(f"{path} is not an SQLite database; give a new file or an MLflow store")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise PertbenchError(f"cannot read the SQLite file {path}: {exc}") from exc
+    if tables and not MLFLOW_TABLES <= tables:
+        raise PertbenchError(
+            f"{path} is an SQLite database that is not an MLflow store (tables: {', '.join(sorted(tables)[:5])}); "
+            "refusing to add MLflow's tables to it: give a new file or an MLflow store"
+        )
 
 
 def path_lock(path: Path, timeout: float = STORE_LOCK_TIMEOUT_S):
@@ -125,7 +161,7 @@ def use_store(uri: str | None = None) -> str:
     mlflow.set_tracking_uri(resolved)
     if resolved in _opened:
         return resolved
-    path = _sqlite_path(resolved)
+    path = sqlite_path(resolved)
     if path is not None:
         if not path.parent.is_dir():
             raise PertbenchError(
@@ -137,7 +173,10 @@ def use_store(uri: str | None = None) -> str:
         except OSError:  # no usable temp folder: open without the lock
             lock = None
         try:
+            check_sqlite_store(path)  # before MLflow adds its tables to someone else's database
             MlflowClient(resolved).search_experiments(max_results=1)  # creates and migrates the schema
+        except PertbenchError:
+            raise
         except Exception as exc:  # noqa: BLE001 - sqlite/sqlalchemy/alembic errors all mean "cannot open"
             raise PertbenchError(f"cannot open the MLflow store {resolved}: {one_line(exc)}") from exc
         finally:
