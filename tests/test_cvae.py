@@ -201,7 +201,7 @@ def test_thread_heuristic_asks_the_decoder_for_its_cost(synth: AnnData, monkeypa
     assert model._n_threads() == 1  # a small network: one thread
     decoder = type(model.module_.decoder)
     monkeypatch.setattr(decoder, "train_flops_per_cell", lambda self, n_profiles=1: 10**9)
-    assert model._n_threads() is None  # a decoder that says it is costly gets torch's default
+    assert model._n_threads() == 2  # a decoder that says it is costly gets the fixed count, not the machine's
 
 
 def test_mmd_is_zero_for_one_sample_and_grows_with_a_shift() -> None:
@@ -558,3 +558,28 @@ def test_fits_a_view_of_a_backed_file_as_it_fits_the_same_cells_in_memory(synth:
     from_disk = CVAEPredictor(**params).fit(backed[rows], COUNTS_TASK)
     in_memory = CVAEPredictor(**params).fit(on_disk[rows].copy(), COUNTS_TASK)
     assert from_disk.history_ == in_memory.history_
+
+
+def test_the_fit_does_not_follow_the_machines_thread_count(synth: AnnData, monkeypatch) -> None:
+    """Float sums depend on the thread count: the predictor fixes its own (recorded as n_threads_), so a caller
+    that changed torch's global count (a sweep worker, another core count) gets the same fit."""
+    import predictors.cvae.model as model_module
+
+    monkeypatch.setattr(model_module, "_SMALL_STEP_FLOPS", 0)  # a "large" network: not the one-thread rule
+    params = {**SMALL, "max_epochs": 3}
+    control = _controls(synth, "C1")
+    before = torch.get_num_threads()
+    preds, threads = [], []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            model = CVAEPredictor(**params, random_state=5).fit(synth, COUNTS_TASK)
+            preds.append(model.predict(control, "P1", "C1").X)
+            threads.append(model.n_threads_)
+            assert torch.get_num_threads() == n  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [model_module._CPU_THREADS] * 2
+    np.testing.assert_array_equal(preds[0], preds[1])
+    explicit = CVAEPredictor(**params, n_threads=1, random_state=5).fit(synth, COUNTS_TASK)
+    assert explicit.n_threads_ == 1

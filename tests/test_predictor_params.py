@@ -62,6 +62,7 @@ BAD: dict[type, dict[str, list]] = {
         "generate": ["samples", "", None],
         "random_state": [-1, 2**40, 0.5, "0", True, None],
         "device": (["cuda", "cuda:0"] if not torch.cuda.is_available() else []) + ["gpu", "", 0, None],
+        "n_threads": [0, -1, 1.5, "2", True],
         "verbose": BOOLS,
     },
     ScGen: {
@@ -97,6 +98,7 @@ GOOD: dict[type, dict[str, object]] = {
         "generate": "sample",
         "random_state": 3,
         "device": "cpu",
+        "n_threads": 1,
         "verbose": True,
     },
     ScGen: {

@@ -43,6 +43,8 @@ _NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
 _SMALL_STEP_FLOPS = 2e8
 """Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
 busy-waiting on a loaded machine) dominates small matmuls."""
+_CPU_THREADS = 2
+"""CPU threads of a network above _SMALL_STEP_FLOPS, unless `n_threads` says otherwise: fixed, not the core count."""
 _MAX_VAL_CELLS = 2048
 """At most this many cells are held out for validation (val_fraction of the cells below 20,480): a validation
 pass costs at most 8 forward mini-batches of 256 per epoch, not a growing tenth of the data, and the cells beyond
@@ -185,7 +187,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
     of its NB law under the perturbation. "sample" draws from p(x | z, c); "mean" returns the decoder mean.
     Why counterfactual by default: sampling puts the fitted per-gene noise on every gene, genes flat in the
     real cells included (over-dispersed cells: a large var_ratio and energy distance), and the decoder mean has
-    no cell-to-cell spread at all; both scored worse on kang2018 (issue #3's note has the numbers). Mode A has
+    no cell-to-cell spread at all; both scored worse on validation splits. Mode A has
     no real cell to start from, so it samples.
 
     NB to log-normalized values: each generated cell is paired with one control cell and takes its library
@@ -228,8 +230,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     cacheable = True
 
-    #: What `bench tune` searches (benchmark.selection.tuning): capacity, regularization, optimizer and step budget. The
-    #: decoder and mode stay fixed by the registered name (cvae_* vs cvae_mlp_*), so every variant is tuned alike.
+    #: What `bench tune` searches (benchmark.selection.tuning): capacity, regularization, optimizer, step budget and
+    #: the decoder (response or plain MLP), so validation, not the registered name, picks the architecture.
     search_space: dict[str, tuple] = {
         "n_latent": ("int", 8, 64, True),
         "n_hidden": ("categorical", [64, 128, 256, 512]),
@@ -240,6 +242,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         "weight_decay": ("float", 1e-6, 1e-2, True),
         "kl_warmup_steps": ("categorical", [0, 100, 300, 1000]),
         "max_steps": ("int", 500, 3_000, True),
+        "decoder": ("categorical", ["response", "mlp"]),
     }
 
     def __init__(
@@ -268,6 +271,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         generate: Literal["auto", "counterfactual", "sample", "mean"] = "auto",
         random_state: int = 0,
         device: str = "auto",
+        n_threads: int | None = None,
         verbose: bool = False,
     ) -> None:
         self.mode = mode
@@ -294,6 +298,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.generate = generate
         self.random_state = random_state
         self.device = device
+        self.n_threads = n_threads
         self.verbose = verbose
         self._validate()
 
@@ -327,6 +332,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
             )
         check_int("random_state", self.random_state, 0, 2**32 - 1)
         check_device("device", self.device)
+        check_optional_int("n_threads", self.n_threads, 1)
         check_bool("verbose", self.verbose)
 
     # ---------------------------------------------------------------- configuration
@@ -382,9 +388,15 @@ class CVAEPredictor(ValidatedParams, Predictor):
         return pert, ctx
 
     def _n_threads(self) -> int | None:
-        """One CPU thread for small networks (see _SMALL_STEP_FLOPS), else torch's default."""
+        """CPU threads of training and generation: `n_threads`, else one for small networks (see
+        _SMALL_STEP_FLOPS) and _CPU_THREADS otherwise. Never the machine's core count or load: float sums depend on
+        the thread count, so the same seed gives the same fit on any machine. None on a GPU."""
+        if self.device_.type != "cpu":
+            return None
+        if self.n_threads is not None:
+            return self.n_threads
         small = self.module_.train_flops_per_cell(len(self.contexts_)) * self.batch_size < _SMALL_STEP_FLOPS
-        return 1 if small and self.device_.type == "cpu" else None
+        return 1 if small else _CPU_THREADS
 
     def _build_module(self) -> CVAEModule:
         return CVAEModule(
@@ -441,7 +453,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
             data.profiles = torch.from_numpy(table).to(self.device_)
         self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), start)
         self.module_.to(self.device_)
-        with _torch_threads(self._n_threads()):
+        self.n_threads_ = self._n_threads()  # recorded: the fit depends on it
+        with _torch_threads(self.n_threads_):
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
         return self
 
@@ -499,8 +512,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         readout_penalty x (contexts seen) x the variance of the scores of every context with controls, the
         contexts to predict included: a slope is trusted only as far as the contexts it was fitted on span the
         axis. (A penalty relative to the fitted contexts' own spread extrapolated a slope fitted on three
-        contexts with nearly equal scores to a far outlier: energy distance 11.3 against mean_shift's 1.06 on
-        the synthetic data; issue #3's note.)
+        contexts with nearly equal scores to a far outlier.)
         """
         if self.rank < 1 or len(controls) < 2:
             return None
