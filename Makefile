@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export PERTBENCH_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup run test lint bench bench-scale leaderboard cvae-defaults
+.PHONY: setup run test lint docs bench bench-scale leaderboard cvae-defaults
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,19 +45,23 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The documentation site (docs/, mkdocs-material) into site/; --strict turns every warning (a broken link) into an error.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json
-	$(BIN)/python -m benchmark.reports.speed_report .benchmarks/latest.json README.md
+	$(BIN)/python -m benchmark.reports.speed_report .benchmarks/latest.json docs/results.md
 
 # Whole bench runs on large synthetic screens (minutes to tens of minutes; SCALE_MAX_CELLS=1000000 adds the 310k x
-# 8,000 screen and the 1M grid), recorded in git under benchmarks/records/, then the README's growth curve and table
+# 8,000 screen and the 1M grid), recorded in git under benchmarks/records/, then docs/scale.md's growth curve and table
 # from every record there (the newest run of each case wins).
 SCALE_MAX_CELLS ?= 200000
 bench-scale: setup
 	PERTBENCH_SCALE_MAX_CELLS=$(SCALE_MAX_CELLS) $(BIN)/python -m pytest benchmarks/test_bench_scale.py --benchmark-only \
 		--benchmark-json=benchmarks/records/scale-$(SCALE_MAX_CELLS).json
-	$(BIN)/python -m benchmark.reports.scale_report benchmarks/records/scale-*.json --png leaderboard/figures/scale.png \
-		--readme README.md
+	$(BIN)/python -m benchmark.reports.scale_report benchmarks/records/scale-*.json --png docs/figures/scale.png \
+		--readme docs/scale.md
 
 leaderboard: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray,scgen]'  # scgen rows: pertpy

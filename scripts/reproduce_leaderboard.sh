@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates leaderboard/LEADERBOARD.md and the README's results block exactly as committed, by running the sweep
+# Regenerates leaderboard/LEADERBOARD.md and docs/results.md's results block exactly as committed, by running the sweep
 # file leaderboard/sweep.toml (every predictor on kang2018, kang2018_counts, mcfaline23 and norman19, seeds 0,1,2,
 # PCA panels; see that file), then the leaderboard once (`bench leaderboard --output leaderboard/LEADERBOARD.md
-# --readme README.md`, the only writer of the committed board). Usage: bash scripts/reproduce_leaderboard.sh
+# --readme docs/results.md`, the only writer of the committed board). Usage: bash scripts/reproduce_leaderboard.sh
 # The scgen block needs the `scgen` extra (pertpy): `make leaderboard` installs it.
 # Env: EXECUTOR (serial, default, or ray), RAY_ADDRESS (a Ray cluster to join; default a local instance),
 #      STORE (MLflow URI, default sqlite:///leaderboard.db), LEADERBOARD=0 to only add runs to the store,

@@ -5,7 +5,7 @@ the parallel-coordinates plot on the predictor and the chosen metrics, and saves
 compares the parent run the leaderboard would prefer: complete before partial, then more seeds, then the latest.
 
 Usage: python scripts/screenshot_compare.py --tracking-uri sqlite:///leaderboard.db --dataset kang2018 \\
-           --predictors cvae_modeB linear --out leaderboard/figures/mlflow_compare.png
+           --predictors cvae_modeB linear --out docs/figures/mlflow_compare.png
 Needs chromium, chromedriver and selenium (see benchmark/tracking/ui.py).
 """
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predictors", nargs="+", default=["cvae_modeB", "linear"])
     parser.add_argument("--metrics", nargs="+", default=["r", "jaccard_100"])
     parser.add_argument("--params", nargs="+", default=[schema.PARAM_PREDICTOR])
-    parser.add_argument("--out", type=Path, default=Path("leaderboard/figures/mlflow_compare.png"))
+    parser.add_argument("--out", type=Path, default=Path("docs/figures/mlflow_compare.png"))
     parser.add_argument("--size", default="1600x1000", help="browser window WIDTHxHEIGHT")
     args = parser.parse_args(argv)
     try:

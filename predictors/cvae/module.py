@@ -246,7 +246,7 @@ class ResponseDecoder(Decoder):
     The axes are a buffer, not trained: the model sets them to the top principal axes of the training contexts'
     control profiles (initialize, from the PseudobulkStart's readout). A data set has only a handful of
     contexts, and a learned axis can separate them in any direction, so what it predicts for a new context was
-    erratic (issue #3's note has the measurements). Without that start they are random unit directions (e.g. one
+    erratic. Without that start they are random unit directions (e.g. one
     context: k is constant). Gain and loadings start at zero.
     """
 
