@@ -583,3 +583,17 @@ def test_the_fit_does_not_follow_the_machines_thread_count(synth: AnnData, monke
     np.testing.assert_array_equal(preds[0], preds[1])
     explicit = CVAEPredictor(**params, n_threads=1, random_state=5).fit(synth, COUNTS_TASK)
     assert explicit.n_threads_ == 1
+
+
+def test_a_fit_with_dropout_does_not_depend_on_what_ran_before_it(synth: AnnData) -> None:
+    """Dropout draws from torch's global generator; the fit seeds it, so the same seed gives the same fit whatever
+    the process did before (another split's fit, a model-cache hit that skipped one)."""
+    params = {**SMALL, "max_epochs": 3, "dropout": 0.3}
+    control = _controls(synth, "C1")
+    preds = []
+    for draws in (0, 1000):
+        torch.rand(draws)  # what an earlier fit would have consumed
+        preds.append(
+            CVAEPredictor(**params, random_state=5).fit(synth, COUNTS_TASK).predict(control, "P1", "C1").X
+        )
+    np.testing.assert_array_equal(preds[0], preds[1])

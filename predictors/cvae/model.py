@@ -454,7 +454,11 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), start)
         self.module_.to(self.device_)
         self.n_threads_ = self._n_threads()  # recorded: the fit depends on it
-        with _torch_threads(self.n_threads_):
+        # Dropout draws from torch's global generator: seed it for the fit alone, so a fit never depends on what
+        # ran before it in the process (other splits, a model-cache hit that skipped a fit).
+        cuda = [self.device_] if self.device_.type == "cuda" else []
+        with _torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.random_state + 2)
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
         return self
 
