@@ -16,6 +16,7 @@ _PUBLIC = {
     "PertbenchError": "benchmark.core.errors",
     "Predictor": "benchmark.core.protocol",
     "Task": "benchmark.core.task",
+    "check_predictor": "benchmark.conformance",
 }
 __all__ = [*_PUBLIC, "__version__"]
 
