@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmark.core.allocator import keep_freed_memory
 from benchmark.core.errors import PertbenchError
 from benchmark.core.files import file_to_write, safe_name
+from benchmark.execution.executors import EXECUTORS, is_http
 
 DEFAULT_DATASET = "kang2018"
 DEFAULT_CONTROLS = 10_000
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--split",
         default=None,
-        help="holdout_context | holdout_combo | random | all (default: the dataset's)",
+        help="a split kind (`bench list` shows them), or all (default: the dataset's)",
     )
     seeds = run.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=_non_negative_int, default=None, help="one seed >= 0 (default 0)")
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--context-key", help="obs column of contexts (with --data)")
     tune.add_argument("--expression", choices=["lognorm", "counts"], default="lognorm")
     tune.add_argument(
-        "--split", default=None, help="holdout_context | holdout_combo | random (default: the dataset's)"
+        "--split", default=None, help="a split kind (`bench list` shows them; default: the dataset's)"
     )
     tune.add_argument(
         "--trials", type=_positive_int, default=None, help="Optuna trials per block (default 20)"
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_arguments(score)
     score.add_argument(
-        "--split", default=None, help="holdout_context | holdout_combo | random (default: the dataset's)"
+        "--split", default=None, help="a split kind (`bench list` shows them; default: the dataset's)"
     )
     score.add_argument("--seed", type=_non_negative_int, default=0, help="the split's seed >= 0 (default 0)")
     score.add_argument(
@@ -249,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("file", type=Path, help="the sweep file (.toml, .yaml or .yml)")
     sweep.add_argument(
-        "--executor", choices=["serial", "ray"], default="serial", help="where tasks run (default serial)"
+        "--executor",
+        choices=list(EXECUTORS),
+        default="serial",
+        help="where tasks run: a registered executor (default serial)",
     )
     sweep.add_argument("--address", default=None, help="Ray cluster to join (default: start one here)")
     sweep.add_argument(
@@ -295,8 +299,8 @@ def cmd_list(_: argparse.Namespace) -> int:
         "  synthetic        counts   default split holdout_context  NB counts made in code with known effects"
     )
     print("split kinds:")
-    for kind in SPLIT_KINDS:
-        print(f"  {kind}")
+    for kind in SPLIT_KINDS.values():
+        print(f"  {kind.name:<16} {kind.description}")
     print("metrics (↑ higher is better, ↓ lower is better, →0 best at 0):")
     for metric in METRICS.values():
         arrow = {True: "↑", False: "↓", None: "→0"}[metric.higher_is_better]
@@ -457,7 +461,6 @@ def _print_locations(
 ) -> None:
     """Where the run went: the MLflow store, the figures and predictions (artifacts of the parent and split runs),
     the leaderboard, and the command that opens the MLflow UI on the experiment's runs."""
-    import urllib.parse
 
     import mlflow
 
@@ -497,7 +500,7 @@ def _print_locations(
             print("  predictions:   (not saved; add --save-predictions)")
     print(f"  leaderboard:   {Path(board).resolve() if board is not None else '(not updated)'}")
     pages = [schema.runs_page_path(e) for e in dict.fromkeys(experiments)]
-    if urllib.parse.urlparse(uri).scheme.lower() in ("http", "https"):
+    if is_http(uri):
         for page in pages:
             print(f"  browse:        {uri.rstrip('/')}{page}")
     else:

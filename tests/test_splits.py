@@ -169,3 +169,56 @@ def test_targets_of_a_context_share_one_control_tuple(contexts):
     for t in split.targets:
         by_context.setdefault(t.context, set()).add(id(t.control_cells))
     assert all(len(ids) == 1 for ids in by_context.values()) and len(by_context) == 3
+
+
+def _leave_perturbation_out(groups, wanted, seed, min_cells):
+    """A toy kind: each perturbation held out in every context at once (a single-gene holdout_combo)."""
+    splits = []
+    for pert in sorted(wanted):
+        held = np.concatenate([groups.cells(c, pert) for c in groups.context_labels()])
+        targets = [
+            t
+            for c in groups.context_labels()
+            if (t := groups.target(c, pert, groups.cells(c, pert), min_cells, seed)) is not None
+        ]
+        if targets:
+            splits.append(
+                Split(pert, "leave_perturbation_out", seed, groups.train_without(held), tuple(targets))
+            )
+    return splits
+
+
+def test_a_split_kind_registered_in_one_place_reaches_splits_scoring_and_tuning(monkeypatch):
+    """One SplitKind object: make_splits builds it, the engine takes its comparison pool, tuning its blocks."""
+    from benchmark.core.pseudobulk import group_profiles
+    from benchmark.data import splits as splits_module
+    from benchmark.data.datasets import Dataset
+    from benchmark.data.synthetic import make_synthetic
+    from benchmark.scoring.evaluate import OtherDeltas, other_deltas
+    from benchmark.selection import tuning
+
+    kind = splits_module.SplitKind(
+        "leave_perturbation_out",
+        _leave_perturbation_out,
+        "each perturbation held out in every context",
+        compares_contexts=False,
+        tuning_blocks=lambda splits, seed, folds: [f"pert={s.name}" for s in splits],
+        applies=lambda adata, task: False,
+    )
+    monkeypatch.setitem(splits_module.SPLIT_KINDS, kind.name, kind)
+    adata = make_synthetic(n_genes=30, n_contexts=3, n_perturbations=3, cells_per_group=30, seed=2)
+    task = Task("condition", "control", "cell_type", expression="counts")
+    built = make_splits(adata, task, kind.name)
+    assert [s.name for s in built] == ["P0", "P1", "P2"]
+    assert all(len(s.targets) == 3 for s in built)  # every context of the perturbation
+    profiles = group_profiles(adata, task)
+    pool = OtherDeltas(*profiles, "control", kind.name)("P0", "C0", 10)
+    assert pool is not None and pool.shape[0] == 2  # the other perturbations of C0, as the kind declares
+    np.testing.assert_array_equal(pool, other_deltas(*profiles, "control", kind.name, "P0", "C0", 10))
+    dataset = Dataset("toy", adata, task, "sum", "test", kind.name)
+    assert [b.name for b in tuning.outer_blocks(dataset, kind.name)] == ["pert=P0", "pert=P1", "pert=P2"]
+    assert splits_module.default_split_kind(adata, task) == "holdout_context"  # it never applies as a default
+    with pytest.raises(
+        PertbenchError, match="unknown split kind 'nope'; known kinds: .*leave_perturbation_out"
+    ):
+        make_splits(adata, task, "nope")

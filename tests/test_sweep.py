@@ -214,9 +214,9 @@ def test_two_processes_wanting_one_fit_fit_it_once(tmp_path: Path) -> None:
 
 
 def test_readme_sweep_example_parses(tmp_path: Path) -> None:
-    """The README's sweep file, as written, is a valid sweep (so it cannot rot)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("### Sweeps", 1)[1]
+    """The docs' sweep file, as written, is a valid sweep (so it cannot rot)."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    section = readme.split("## Sweeps", 1)[1]
     block = section.split("```toml\n", 1)[1].split("```", 1)[0]
     sweep = load_sweep(write(tmp_path, block))
     assert len(sweep.groups) == 2 * 2 + 2 * 2
@@ -236,7 +236,7 @@ def test_leaderboard_sweep_is_the_committed_grid() -> None:
         ("scgen", "kang2018", "default", (0,)),
     }
     assert sweep.settings.embedding == "pca" and sweep.settings.store == "sqlite:///leaderboard.db"
-    assert (sweep.settings.leaderboard, sweep.settings.readme) == ("leaderboard/LEADERBOARD.md", "README.md")
+    assert (sweep.settings.leaderboard, sweep.settings.readme) == ("leaderboard/LEADERBOARD.md", "docs/results.md")
 
 
 def test_progress_on_a_terminal_redraws_one_bar() -> None:
@@ -254,3 +254,27 @@ def test_progress_on_a_terminal_redraws_one_bar() -> None:
     text = stream.getvalue()
     assert "\n" not in text.rstrip("\n") and text.count("\r") == 4  # one line, redrawn per event
     assert text.rstrip().endswith("1/3 tasks: 1 done, 0 skipped, 2 running, 0 failed")
+
+
+def test_an_executor_registered_in_one_module_runs_a_sweep(tmp_path: Path, monkeypatch) -> None:
+    """Adding an executor is one class and one register_executor call; `bench sweep --executor` offers it."""
+    from benchmark.cli import main
+    from benchmark.execution import executors
+
+    ran: list[str] = []
+
+    class Recording(executors.SerialExecutor):
+        name = "recording"
+
+        def run(self, tasks, report):
+            ran.extend(task.key for task in tasks)
+            return super().run(tasks, report)
+
+    monkeypatch.setitem(executors.EXECUTORS, "recording", lambda options: Recording())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    grid = write(tmp_path, '[[grid]]\npredictors = ["mean_shift"]\ndatasets = ["synthetic"]\n')
+    assert main(["sweep", str(grid), "--executor", "recording", "--max-splits", "1"]) == 0
+    assert len(ran) == 1
+    with pytest.raises(executors.PertbenchError, match="unknown executor 'nope'; known: serial, ray"):
+        executors.make_executor("nope", None, 1, 0, {})

@@ -44,13 +44,19 @@ class RedactingStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
-            self._stream.write(redact(self._pending))
-            self._pending = ""
-        self._stream.flush()
+        try:
+            if self._pending:
+                self._stream.write(redact(self._pending))
+                self._pending = ""
+            self._stream.flush()
+        except (OSError, ValueError):  # the stream underneath was closed (a logging handler outlived it)
+            pass
 
     def isatty(self) -> bool:
-        return self._stream.isatty()
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
 
     def fileno(self) -> int:
         return self._stream.fileno()

@@ -29,7 +29,7 @@ from anndata import AnnData
 from benchmark.core.errors import PertbenchError
 from benchmark.core.task import Task
 from benchmark.data import synthetic
-from benchmark.data.splits import SPLIT_KINDS
+from benchmark.data.splits import SPLIT_KINDS, default_split_kind
 from benchmark.data.validation import format_labels, validate
 
 try:
@@ -355,12 +355,9 @@ def load_dataset(name: str, data_dir: Path | None = None, backed: bool | None = 
 
 
 def _guess_split(adata: AnnData, task: Task) -> str:
-    """A sensible default split for a card-less file: contexts if several, else combos if any, else random."""
-    if task.context_key is not None and np.unique(task.contexts(adata)).size > 1:
-        return "holdout_context"
-    if any(len(task.genes_of(p)) > 1 for p in np.unique(task.perturbations(adata))):
-        return "holdout_combo"
-    return "random"
+    """A sensible default split for a card-less file: the first registered kind that applies (contexts if several,
+    else combinations if any, else random)."""
+    return default_split_kind(adata, task)
 
 
 def load_h5ad(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from benchmark.core.errors import PertbenchError
 from benchmark.core.task import Task
 from benchmark.scoring.metrics import subsample_index
 
-SPLIT_KINDS = ("holdout_context", "holdout_combo", "random")
 MIN_CELLS = 10
 """Fewest cells a held-out group, or the control group of its context, may have."""
 RANDOM_TEST_FRACTION = 0.2
@@ -185,11 +184,9 @@ def make_splits(
     min_cells: int = MIN_CELLS,
 ) -> list[Split]:
     """All splits of `kind` for a dataset, optionally restricted to some perturbation labels."""
-    if kind not in SPLIT_KINDS:
-        raise PertbenchError(f"unknown split kind {kind!r}; known kinds: {', '.join(SPLIT_KINDS)}")
-    groups = _Groups(adata, task)
+    builder = split_kind(kind).build
+    groups = Groups(adata, task)
     wanted = groups.check_wanted(perturbations)
-    builder = {"holdout_context": _holdout_context, "holdout_combo": _holdout_combo, "random": _random}[kind]
     splits = builder(groups, wanted, seed, min_cells)
     if not splits:
         raise PertbenchError(
@@ -201,7 +198,7 @@ def make_splits(
     return splits
 
 
-class _Groups:
+class Groups:
     """Cell ids grouped by (context, perturbation), computed once per dataset."""
 
     def __init__(self, adata: AnnData, task: Task) -> None:
@@ -284,7 +281,7 @@ def scored_test_cells(test_cells: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(test_cells[i] for i in subsample_index(len(test_cells), MAX_SCORED_CELLS))
 
 
-def _holdout_context(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
+def _holdout_context(groups: Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
     contexts = groups.context_labels()
     if len(contexts) < 2:
         raise SplitNotApplicable(
@@ -314,7 +311,7 @@ def _holdout_context(groups: _Groups, wanted: set[str], seed: int, min_cells: in
     return _with_skipped(splits, groups)
 
 
-def _holdout_combo(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
+def _holdout_combo(groups: Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
     combos = [p for p in sorted(wanted) if len(groups.task.genes_of(p)) > 1]
     if not any(len(groups.task.genes_of(p)) > 1 for p in groups.perturbation_labels()):
         raise SplitNotApplicable(
@@ -335,7 +332,7 @@ def _holdout_combo(groups: _Groups, wanted: set[str], seed: int, min_cells: int)
     return _with_skipped(splits, groups)
 
 
-def _random(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
+def _random(groups: Groups, wanted: set[str], seed: int, min_cells: int) -> list[Split]:
     rng = np.random.default_rng(seed)
     held_out, targets = [], []
     for context in groups.context_labels():
@@ -357,7 +354,7 @@ def _random(groups: _Groups, wanted: set[str], seed: int, min_cells: int) -> lis
     return _with_skipped([split], groups)
 
 
-def _with_skipped(splits: list[Split], groups: _Groups) -> list[Split]:
+def _with_skipped(splits: list[Split], groups: Groups) -> list[Split]:
     """Attach the list of skipped groups to every split so the run can report them."""
     skipped = tuple(groups.skipped)
     return [Split(s.name, s.kind, s.seed, s.train_cells, s.targets, skipped) for s in splits]
@@ -416,3 +413,102 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 
 def _offsets(parts: list[np.ndarray]) -> np.ndarray:
     return np.r_[0, np.cumsum([len(p) for p in parts])].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- split kinds
+
+
+def _by_context(splits: list[Split], seed: int, folds: int) -> list[str]:
+    return [f"context={s.targets[0].context}" for s in splits]
+
+
+def _by_fold(splits: list[Split], seed: int, folds: int) -> list[str]:
+    n = min(folds, len(splits))
+    order = np.random.default_rng(seed).permutation(len(splits))
+    fold_of = {int(i): pos % n for pos, i in enumerate(order)}
+    return [f"fold={fold_of[i] + 1}/{n}" for i in range(len(splits))]
+
+
+def _by_split(splits: list[Split], seed: int, folds: int) -> list[str]:
+    return [s.name for s in splits]
+
+
+def _several_contexts(adata: AnnData, task: Task) -> bool:
+    return task.context_key is not None and np.unique(task.contexts(adata)).size > 1
+
+
+def _has_combinations(adata: AnnData, task: Task) -> bool:
+    return any(len(task.genes_of(p)) > 1 for p in np.unique(task.perturbations(adata)))
+
+
+@dataclass(frozen=True)
+class SplitKind:
+    """A split kind and every rule that depends on it, so adding one touches one place (`register_split_kind`)."""
+
+    name: str
+    build: Callable[[Groups, set[str], int, int], list[Split]]
+    """(groups, labels to hold out, seed, min cells) -> the splits; SplitNotApplicable when the data cannot."""
+    description: str
+    compares_contexts: bool
+    """`discrimination`'s comparison groups: the same perturbation in the other contexts (True, context
+    specificity), or the other perturbations of the target's context (False)."""
+    tuning_blocks: Callable[[list[Split], int, int], list[str]]
+    """(outer splits, seed, folds) -> each split's tuning block (`bench tune` tunes a block once)."""
+    applies: Callable[[AnnData, Task], bool]
+    """Whether the kind can be the default of a card-less dataset (kinds are tried in registration order)."""
+
+
+SPLIT_KINDS: dict[str, SplitKind] = {}
+"""Registered split kinds by name, in the order a card-less dataset's default is guessed."""
+
+
+def register_split_kind(kind: SplitKind) -> SplitKind:
+    """Add a split kind; the CLI, tuning, the engine's comparison pool and the default guess all read it here."""
+    if kind.name in SPLIT_KINDS or kind.name in ("all", "default"):
+        raise ValueError(f"split kind {kind.name!r} is already registered or reserved")
+    SPLIT_KINDS[kind.name] = kind
+    return kind
+
+
+def split_kind(name: str) -> SplitKind:
+    """The registered kind `name`; an unknown name is a one-line error listing the known ones."""
+    if name not in SPLIT_KINDS:
+        raise PertbenchError(f"unknown split kind {name!r}; known kinds: {', '.join(SPLIT_KINDS)}")
+    return SPLIT_KINDS[name]
+
+
+def default_split_kind(adata: AnnData, task: Task) -> str:
+    """The first registered kind that applies to the data (contexts, else combinations, else random)."""
+    return next(k.name for k in SPLIT_KINDS.values() if k.applies(adata, task))
+
+
+register_split_kind(
+    SplitKind(
+        "holdout_context",
+        _holdout_context,
+        "each (context, perturbation) held out in turn; predicted from that context's controls",
+        compares_contexts=True,
+        tuning_blocks=_by_context,
+        applies=_several_contexts,
+    )
+)
+register_split_kind(
+    SplitKind(
+        "holdout_combo",
+        _holdout_combo,
+        "each combination A+B held out in every context; its singles stay in training",
+        compares_contexts=False,
+        tuning_blocks=_by_fold,
+        applies=_has_combinations,
+    )
+)
+register_split_kind(
+    SplitKind(
+        "random",
+        _random,
+        "a seeded fraction of every perturbed group held out, one split per seed",
+        compares_contexts=False,
+        tuning_blocks=_by_split,
+        applies=lambda adata, task: True,
+    )
+)

@@ -18,14 +18,62 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from benchmark.core.errors import PertbenchError
-from benchmark.execution.sweep_task import FAILED, SplitTask, TaskOutcome, run_task
 
-EXECUTORS = ("serial", "ray")
-Report = Callable[[str, SplitTask, TaskOutcome | None], None]
+if (
+    TYPE_CHECKING
+):  # the task module loads the whole harness: imported where a task runs, not by `bench --help`
+    from benchmark.execution.sweep_task import SplitTask, TaskOutcome
+
+Report = Callable[[str, "SplitTask", "TaskOutcome | None"], None]
 """Called with ("start", task, None) when a task is handed out and ("end", task, outcome) when it ends."""
+
+
+class Executor(Protocol):
+    """Where a sweep's split-level tasks run. `run` hands each task to `sweep_task.run_task` somewhere, reports
+    it as it starts and ends, and returns every outcome by task key."""
+
+    name: str
+    slots: int
+    """How many tasks run at once (the progress bar's width of work in flight)."""
+
+    def worker_uri(self, uri: str) -> str:
+        """The tracking URI the tasks log to, given the sweep's store."""
+        ...
+
+    def threads(self) -> int | None:
+        """CPU threads a task may use (torch, BLAS, scoring), or None for the process's own settings."""
+        ...
+
+    def run(self, tasks: list[SplitTask], report: Report) -> dict[str, TaskOutcome]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """What `bench sweep` gives an executor: its cluster address, CPUs and retries per task, the tasks' env."""
+
+    address: str | None = None
+    cpus_per_task: int = 1
+    max_retries: int = 3
+    env: dict[str, str] = field(default_factory=dict)
+
+
+EXECUTORS: dict[str, Callable[[ExecutorOptions], Executor]] = {}
+"""Registered executors by name (`bench sweep --executor NAME`): a factory from the sweep's options."""
+
+
+def register_executor(name: str, factory: Callable[[ExecutorOptions], Executor]) -> None:
+    """Add an executor under `name`; the CLI's --executor choices are this registry's names."""
+    if name in EXECUTORS:
+        raise ValueError(f"executor {name!r} is already registered")
+    EXECUTORS[name] = factory
+
 
 SERVER_START_TIMEOUT_S = 180.0
 
@@ -47,6 +95,8 @@ class SerialExecutor:
         return None  # as `bench run`: the process's own thread settings
 
     def run(self, tasks: list[SplitTask], report: Report) -> dict[str, TaskOutcome]:
+        from benchmark.execution.sweep_task import run_task
+
         outcomes = {}
         for task in tasks:
             report("start", task, None)
@@ -131,6 +181,8 @@ class RayExecutor:
         return self.cpus
 
     def run(self, tasks: list[SplitTask], report: Report) -> dict[str, TaskOutcome]:
+        from benchmark.execution.sweep_task import FAILED, TaskOutcome, run_task
+
         ray = self._ray
         remote = ray.remote(run_task).options(
             num_cpus=self.cpus, max_retries=self.max_retries, retry_exceptions=False
@@ -220,16 +272,23 @@ def _die_with_parent() -> None:
         pass
 
 
+def _serial(options: ExecutorOptions) -> SerialExecutor:
+    if options.address is not None:
+        raise PertbenchError("--address needs --executor ray")
+    return SerialExecutor()
+
+
+register_executor("serial", _serial)
+register_executor("ray", lambda o: RayExecutor(o.address, o.cpus_per_task, o.max_retries, o.env))
+
+
 def make_executor(
     kind: str, address: str | None, cpus_per_task: int, max_retries: int, env: dict[str, str]
-) -> SerialExecutor | RayExecutor:
-    if kind == "serial":
-        if address is not None:
-            raise PertbenchError("--address needs --executor ray")
-        return SerialExecutor()
-    if kind == "ray":
-        return RayExecutor(address, cpus_per_task, max_retries, env)
-    raise PertbenchError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")
+) -> Executor:
+    """The registered executor `kind`, built from the sweep's options."""
+    if kind not in EXECUTORS:
+        raise PertbenchError(f"unknown executor {kind!r}; known: {', '.join(EXECUTORS)}")
+    return EXECUTORS[kind](ExecutorOptions(address, cpus_per_task, max_retries, dict(env)))
 
 
 # ---------------------------------------------------------------------------------------------- tracking server

@@ -19,6 +19,7 @@ from anndata import AnnData
 from benchmark.core.errors import PertbenchError
 from benchmark.core.pseudobulk import Group
 from benchmark.core.task import dense
+from benchmark.data.splits import split_kind as split_kind_of
 from benchmark.scoring.ceiling import noise_ceiling, normalized_score
 from benchmark.scoring.metrics import METRICS, EvalData, score
 
@@ -196,8 +197,8 @@ def other_deltas(
 ) -> np.ndarray | None:
     """Real Δ (group mean − its context's control mean) of the target's comparison groups, one row each.
 
-    On holdout_context: the same perturbation in every other context, so `discrimination` tests context
-    specificity. On other split kinds: the other perturbations of the target's context. A group counts when it
+    A kind that compares contexts (holdout_context): the same perturbation in every other context, so
+    `discrimination` tests context specificity. Other kinds: the other perturbations of the target's context. A group counts when it
     and its context's control have at least `min_cells` cells. None when no group qualifies.
     """
 
@@ -205,7 +206,7 @@ def other_deltas(
         control = (group[0], control_label)
         return sizes.get(group, 0) >= min_cells and sizes.get(control, 0) >= min_cells
 
-    if split_kind == "holdout_context":
+    if split_kind_of(split_kind).compares_contexts:
         groups = [(t, p) for (t, p) in means if p == perturbation and t != context]
     else:
         groups = [(t, p) for (t, p) in means if t == context and p not in (perturbation, control_label)]
@@ -239,20 +240,19 @@ class OtherDeltas:
         split_kind: str,
     ) -> None:
         self.means, self.sizes, self.control_label, self.split_kind = means, sizes, control_label, split_kind
+        self.across = split_kind_of(split_kind).compares_contexts
         self._pool: tuple[str, list[Group], np.ndarray | None] | None = None
 
     def __call__(self, perturbation: str, context: str, min_cells: int) -> np.ndarray | None:
         """The real Δ of the target's comparison groups, as `other_deltas` returns them."""
-        key = perturbation if self.split_kind == "holdout_context" else context
+        key = perturbation if self.across else context
         if self._pool is None or self._pool[0] != key:
             self._pool = (key, *self._build(perturbation, context, min_cells))
         _, groups, rows = self._pool
         if rows is None:
             return None
-        mine = context if self.split_kind == "holdout_context" else perturbation
-        keep = np.flatnonzero(
-            [(g[0] if self.split_kind == "holdout_context" else g[1]) != mine for g in groups]
-        )
+        mine = context if self.across else perturbation
+        keep = np.flatnonzero([(g[0] if self.across else g[1]) != mine for g in groups])
         keep = keep[capped_pool(keep.size, perturbation, context)]
         return rows[keep] if keep.size else None
 
@@ -261,7 +261,7 @@ class OtherDeltas:
     ) -> tuple[list[Group], np.ndarray | None]:
         """Every usable group of the pool (the target's own included), sorted, and their Δ rows."""
         control = self.control_label
-        if self.split_kind == "holdout_context":
+        if self.across:
             groups = [(t, p) for (t, p) in self.means if p == perturbation]
         else:
             groups = [(t, p) for (t, p) in self.means if t == context and p != control]

@@ -53,7 +53,7 @@ from benchmark.core.files import file_to_write
 from benchmark.core.pseudobulk import group_profiles
 from benchmark.core.task import Positions, dense, take
 from benchmark.data.datasets import Dataset
-from benchmark.data.splits import MIN_CELLS, SPLIT_KINDS, Split, make_splits, scored_test_cells
+from benchmark.data.splits import MIN_CELLS, Split, make_splits, scored_test_cells, split_kind
 from benchmark.scoring.embedding import fit_embedding_cells
 from benchmark.scoring.evaluate import OtherDeltas, checked_prediction, score_prediction
 from benchmark.scoring.metrics import METRICS
@@ -137,15 +137,7 @@ def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
 def outer_blocks(dataset: Dataset, kind: str, seed: int = 0, folds: int = DEFAULT_FOLDS) -> list[Block]:
     """The outer splits `bench run` scores, grouped into blocks that are tuned once each (see the module doc)."""
     splits = make_splits(dataset.adata, dataset.task, kind, seed=seed)
-    if kind == "holdout_context":
-        keys = [f"context={s.targets[0].context}" for s in splits]
-    elif kind == "holdout_combo":
-        n = min(folds, len(splits))
-        order = np.random.default_rng(seed).permutation(len(splits))
-        fold_of = {int(i): pos % n for pos, i in enumerate(order)}
-        keys = [f"fold={fold_of[i] + 1}/{n}" for i in range(len(splits))]
-    else:
-        keys = [s.name for s in splits]
+    keys = split_kind(kind).tuning_blocks(splits, seed, folds)
     ids = np.asarray(dataset.adata.obs_names, dtype=object)
     blocks = []
     for key in dict.fromkeys(keys):
@@ -296,8 +288,7 @@ def tune(
 
     if trials < 1:
         raise PertbenchError(f"--trials must be at least 1, got {trials}")
-    if kind not in SPLIT_KINDS:
-        raise PertbenchError(f"unknown split kind {kind!r}; known kinds: {', '.join(SPLIT_KINDS)}")
+    split_kind(kind)  # an unknown kind: one line
     space = search_space(predictor_name)
     goal = direction(objective)
     uri = storage_uri(storage)
