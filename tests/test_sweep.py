@@ -236,7 +236,10 @@ def test_leaderboard_sweep_is_the_committed_grid() -> None:
         ("scgen", "kang2018", "default", (0,)),
     }
     assert sweep.settings.embedding == "pca" and sweep.settings.store == "sqlite:///leaderboard.db"
-    assert (sweep.settings.leaderboard, sweep.settings.readme) == ("leaderboard/LEADERBOARD.md", "docs/results.md")
+    assert (sweep.settings.leaderboard, sweep.settings.readme) == (
+        "leaderboard/LEADERBOARD.md",
+        "docs/results.md",
+    )
 
 
 def test_progress_on_a_terminal_redraws_one_bar() -> None:
