@@ -117,6 +117,10 @@ def parse_card(path: Path) -> DatasetCard:
         problems.append(f"expression must be one of {', '.join(EXPRESSIONS)}")
     if raw.get("default_split") and raw["default_split"] not in SPLIT_KINDS:
         problems.append(f"default_split must be one of {', '.join(SPLIT_KINDS)}")
+    if raw.get("file") and not _plain_file_name(str(raw["file"])):
+        problems.append(
+            f"file {raw['file']!r} must be a plain file name inside the data folder (no folders, no ..)"
+        )
     if raw.get("sha256") and not re.fullmatch(r"[0-9a-f]{64}", str(raw["sha256"])):
         problems.append("sha256 must be 64 lowercase hex digits")
     if not isinstance(raw.get("filters", {}), dict):
@@ -245,9 +249,19 @@ def _download(card: DatasetCard, target: Path) -> None:
                     folder.rmdir()
 
 
+def _plain_file_name(name: str) -> bool:
+    """A card's file is one name inside the data folder: no separator, no '..', not absolute, not hidden."""
+    return bool(re.fullmatch(r"[\w][\w.+-]*", name)) and ".." not in name and Path(name).name == name
+
+
 def locate_file(card: DatasetCard, folder: Path | None = None) -> Path:
-    """The card's verified file in `folder` (default data_dir()), downloading it if missing."""
+    """The card's verified file in `folder` (default data_dir()), downloading it if missing; a file name that
+    would resolve outside the folder is refused before anything is read or written."""
     folder = Path(folder) if folder is not None else data_dir()
+    if not _plain_file_name(card.file):
+        raise PertbenchError(
+            f"dataset {card.name!r}: file {card.file!r} must be a plain file name inside the data folder {folder}"
+        )
     path = folder / card.file
     if not path.is_file():
         _download(card, path)
@@ -311,6 +325,8 @@ def tidy(adata: AnnData, task: Task) -> AnnData:
             adata.obs[key] = adata.obs[key].cat.remove_unused_categories()
     adata.obs_names_make_unique()
     adata.var_names_make_unique()
+    if adata.X is None:  # validate names the problem
+        return adata
     if adata.isbacked:  # X stays on disk as stored; the cells read from it are converted as they are used
         pass
     elif sp.issparse(adata.X):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -29,11 +30,18 @@ def validate(adata: AnnData, task: Task, min_cells: int = 1) -> None:
     _check_not_empty(adata)
     _check_obs_keys(adata, task)
     _check_control_present(adata, task)
+    _check_control_lookalikes(adata, task)
     if adata.isbacked:  # X on disk: check it a batch of cells at a time
-        for start in range(0, adata.n_obs, BATCH_CELLS):
+        top = max(
             _check_values(adata[start : start + BATCH_CELLS].X, task.expression)
+            for start in range(0, adata.n_obs, BATCH_CELLS)
+        )
     else:
-        _check_values(adata.X, task.expression)
+        top = _check_values(adata.X, task.expression)
+    if top <= 0:
+        raise PertbenchError(
+            f"X is all zeros ({adata.n_obs} cells x {adata.n_vars} genes): nothing to benchmark"
+        )
     _check_context_controls(adata, task, min_cells)
 
 
@@ -77,6 +85,12 @@ def _check_not_empty(adata: AnnData) -> None:
     """An empty matrix has nothing to benchmark."""
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise PertbenchError(f"empty data: {adata.n_obs} cells x {adata.n_vars} genes")
+    if adata.X is None:
+        layers = ", ".join(adata.layers.keys())
+        raise PertbenchError(
+            "X is empty"
+            + (f" (the data are in layers: {layers}); copy the layer to use into X" if layers else "")
+        )
 
 
 def _check_obs_keys(adata: AnnData, task: Task) -> None:
@@ -110,6 +124,20 @@ def _check_control_present(adata: AnnData, task: Task) -> None:
         )
 
 
+def _check_control_lookalikes(adata: AnnData, task: Task) -> None:
+    """A label equal to the control's but for whitespace or case is a typo that would be benchmarked as a
+    perturbation: an error naming both."""
+    control = task.control_label
+    key = control.strip().casefold()
+    labels = pd.unique(np.asarray(adata.obs[task.perturbation_key]).astype(str))
+    alike = [str(label) for label in labels if label != control and label.strip().casefold() == key]
+    if alike:
+        raise PertbenchError(
+            f"obs[{task.perturbation_key!r}] holds {alike[0]!r} beside the control label {control!r}: they differ only "
+            "in whitespace or case; make them one label"
+        )
+
+
 def _stored_values(x) -> np.ndarray:
     """The explicitly stored values of a matrix: `.data` for sparse, the flattened array for dense."""
     if sp.issparse(x):
@@ -117,11 +145,12 @@ def _stored_values(x) -> np.ndarray:
     return np.asarray(x).ravel()
 
 
-def _check_values(x, expression: str) -> None:
-    """X must be finite, non-negative, integer for counts, and not look like raw counts for lognorm."""
+def _check_values(x, expression: str) -> float:
+    """X must be finite, non-negative, integer for counts, and not look like raw counts for lognorm; returns its
+    largest value (0 for an all-zero matrix)."""
     values = _stored_values(x)
     if values.size == 0:
-        return
+        return 0.0
     finite = np.isfinite(values)
     if not finite.all():
         bad = values[~finite]
@@ -153,6 +182,7 @@ def _check_values(x, expression: str) -> None:
             f"{COUNTS_LOOKING_MAX:g} (max {top:.4g}), impossible for log1p of size-normalized expression; "
             "pass log1p(counts / library size * 1e4), or raw counts with expression='counts'"
         )
+    return float(values.max())
 
 
 def _check_context_controls(adata: AnnData, task: Task, min_cells: int) -> None:

@@ -27,7 +27,7 @@ from anndata import AnnData
 from benchmark.core import progress as bars
 from benchmark.core.errors import NotApplicable, PertbenchError
 from benchmark.core.pseudobulk import group_profiles
-from benchmark.core.task import Positions
+from benchmark.core.task import Positions, dense, take
 from benchmark.data.datasets import Dataset, read_h5ad, sha256_file
 from benchmark.data.splits import Split, Target, make_splits
 from benchmark.data.validation import COUNTS_LOOKING_MAX, format_labels
@@ -128,6 +128,7 @@ def read_predictions(
     perts, ctxs = perts[keep], ctxs[keep]
     x = _in_dataset_genes(adata, dataset, path)
     check_scale(x, path)
+    check_scale_like(x, _control_sample(dataset), path)
     groups = {}
     for (p, t), idx in pd.DataFrame({"p": perts, "t": ctxs}).groupby(["p", "t"]).indices.items():
         groups[(str(p), str(t))] = AnnData(
@@ -205,6 +206,40 @@ def check_scale(x: np.ndarray, path: Path | str) -> None:
         raise PertbenchError(
             f"predictions file {path} is on the wrong scale: negative values hold {negative / total:.0%} of the "
             f"value mass (min {float(x.min()):.3g}), as in centered or scaled data; {advice}"
+        )
+
+
+LIBRARY_RATIO_MAX = 3.0
+"""Most a predictions file's median per-cell total expression (sum of expm1 over genes) may differ, either way,
+from the dataset's control cells before its scale is refused: log2 instead of natural log, or 0/1 values,
+change it many times over, while a perturbation rarely changes a cell's total expression threefold."""
+
+
+def _control_sample(dataset: Dataset, n: int = 2000) -> np.ndarray:
+    """Log-normalized values of up to n of the dataset's control cells (a fixed, evenly spaced sample)."""
+    rows = np.flatnonzero(dataset.task.is_control(dataset.adata))
+    rows = rows[np.linspace(0, rows.size - 1, min(n, rows.size)).astype(int)] if rows.size else rows
+    return dense(dataset.task.lognorm(take(dataset.adata, rows)))
+
+
+def _median_library(x: np.ndarray) -> float:
+    return float(np.median(np.expm1(np.asarray(x, dtype=np.float64)).sum(axis=1)))
+
+
+def check_scale_like(x: np.ndarray, control_x: np.ndarray, path: Path | str) -> None:
+    """The predictions' implied library size (sum of expm1 per cell) must be within LIBRARY_RATIO_MAX of the
+    dataset's control cells': log1p of the same normalization, not log2, 0/1 or another scale."""
+    if control_x.size == 0 or x.size == 0:
+        return
+    ours, theirs = _median_library(x), _median_library(control_x)
+    if theirs <= 0:
+        return
+    ratio = ours / theirs
+    if not 1 / LIBRARY_RATIO_MAX <= ratio <= LIBRARY_RATIO_MAX:
+        raise PertbenchError(
+            f"predictions file {path} is on the wrong scale: its cells' median total expression (sum of expm1 "
+            f"over genes) is {ratio:.3g}x the dataset's control cells' (log2 or 0/1 values do this); bench scores "
+            "log1p(counts / library size * 1e4) values, as the dataset's log-normalized X"
         )
 
 

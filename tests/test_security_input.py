@@ -1,0 +1,76 @@
+"""Inputs a user or a shared file controls: each refused in one line (exit 2, naming the problem) before anything
+is written or scored."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+from benchmark.core.errors import PertbenchError
+from benchmark.core.task import Task
+from benchmark.data.datasets import DatasetCard, locate_file, parse_card, prepare
+from benchmark.execution.score import check_scale_like
+
+TASK = Task("condition", "control", "cell_type", expression="lognorm")
+CARD = """name = "evil"
+file = "{file}"
+url = "http://127.0.0.1:9/x"
+sha256 = "{sha}"
+perturbation_key = "condition"
+control = "control"
+context_key = "cell_type"
+expression = "lognorm"
+default_split = "holdout_context"
+"""
+
+
+@pytest.mark.parametrize("file", ["../escaped/x.sh", "/etc/passwd", "sub/x.h5ad", ".hidden", ".."])
+def test_a_dataset_card_cannot_name_a_file_outside_the_data_folder(file, tmp_path):
+    card = tmp_path / "evil.toml"
+    card.write_text(CARD.format(file=file, sha=hashlib.sha256(b"x").hexdigest()))
+    with pytest.raises(PertbenchError, match="plain file name"):
+        parse_card(card)
+    fields = dict(name="evil", file=file, sha256="0" * 64, perturbation_key="condition", control="control")
+    raw = DatasetCard(**fields, expression="lognorm", default_split="holdout_context")
+    with pytest.raises(PertbenchError, match="plain file name inside the data folder"):
+        locate_file(raw, tmp_path / "data")
+    assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize("lookalike", ["control ", "Control", " CONTROL"])
+def test_a_label_that_is_the_control_but_for_whitespace_or_case_is_an_error_naming_both(make_tiny, lookalike):
+    adata = make_tiny()
+    labels = adata.obs["condition"].astype(str).to_numpy()
+    labels[np.flatnonzero(labels == "control")[::2]] = lookalike
+    adata.obs["condition"] = labels
+    with pytest.raises(PertbenchError, match=rf"{lookalike!r} beside the control label 'control'"):
+        prepare(adata, TASK)
+
+
+def test_an_all_zero_matrix_is_named(make_tiny):
+    adata = make_tiny()
+    adata.X = sp.csr_matrix(adata.shape, dtype=np.float32)
+    with pytest.raises(PertbenchError, match="X is all zeros"):
+        prepare(adata, TASK)
+
+
+def test_expression_held_only_in_layers_is_named(make_tiny):
+    adata = make_tiny()
+    held = AnnData(obs=adata.obs, var=adata.var, layers={"counts": adata.X})
+    with pytest.raises(PertbenchError, match="X is empty .*layers: counts"):
+        prepare(held, TASK)
+
+
+@pytest.mark.parametrize("rescale", ["log2", "binary"])
+def test_predictions_on_another_log_scale_are_refused(rescale):
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(2.0, size=(200, 300)).astype(np.float64)
+    lognorm = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)
+    x = np.log2(np.expm1(lognorm) + 1) if rescale == "log2" else (counts > 0).astype(float)
+    check_scale_like(lognorm[:100], lognorm[100:], "same.h5ad")  # the right scale passes
+    with pytest.raises(PertbenchError, match="wrong scale: .*median total expression"):
+        check_scale_like(x[:100], lognorm[100:], "p.h5ad")
