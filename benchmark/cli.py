@@ -341,7 +341,8 @@ def _build_predictor(name: str, params: dict) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.data.splits import SPLIT_KINDS, SplitNotApplicable
     from benchmark.execution.model_cache import default_cache_dir
-    from benchmark.execution.runner import RunOptions, run_benchmark
+    from benchmark.execution.options import RunOptions
+    from benchmark.execution.runner import run_benchmark
     from benchmark.reports.leaderboard import default_board_path, write_leaderboard
     from benchmark.tracking import store as tracking
 
@@ -410,7 +411,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     """Score a predictions file on a split of the real data; log it like `bench run` does."""
     from benchmark.data.splits import SPLIT_KINDS
-    from benchmark.execution.runner import RunOptions
+    from benchmark.execution.options import RunOptions
     from benchmark.execution.score import read_predictions, score_predictions
     from benchmark.reports.leaderboard import default_board_path, write_leaderboard
     from benchmark.tracking import store as tracking
@@ -580,7 +581,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _data_hint(args: argparse.Namespace, dataset) -> str:
     """The data arguments of the tune command, for the printed `bench run` line."""
-    from benchmark.execution.runner import dataset_cli_args
+    from benchmark.execution.provenance import dataset_cli_args
 
     return " " + " ".join(dataset_cli_args(dataset)) + (f" --seed {args.seed}" if args.seed else "")
 

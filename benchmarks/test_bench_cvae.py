@@ -18,7 +18,8 @@ import torch
 from benchmark.data.datasets import load_h5ad
 from benchmark.data.splits import make_splits
 from benchmark.data.synthetic import CONTEXT_KEY, CONTROL, PERTURBATION_KEY, write_synthetic
-from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_benchmark
 from benchmark.tracking import store as tracking
 from predictors.cvae.module import CVAEModule
 from predictors.registry import make_predictor

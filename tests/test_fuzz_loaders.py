@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from benchmark.core.errors import PertbenchError
 from benchmark.core.task import Task
 from benchmark.data.datasets import load_h5ad, prepare
-from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_benchmark
 from benchmark.tracking import store as tracking
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")

@@ -12,7 +12,8 @@ from scipy import stats
 from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from benchmark.data.datasets import Dataset, load_dataset
 from benchmark.data.synthetic import make_synthetic
-from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_benchmark
 from benchmark.reports.leaderboard import (
     Board,
     _metric_table,

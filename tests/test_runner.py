@@ -16,7 +16,9 @@ from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from benchmark.data.datasets import Dataset
 from benchmark.data.splits import Split, make_splits
 from benchmark.data.synthetic import make_synthetic
-from benchmark.execution.runner import SCORE_THREADS_ENV, RunOptions, run_benchmark, score_threads
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_benchmark
+from benchmark.execution.scorer import SCORE_THREADS_ENV, score_threads
 from benchmark.scoring.metrics import METRICS
 from benchmark.tracking import schema
 from benchmark.tracking import store as tracking
@@ -285,7 +287,7 @@ def test_a_predictors_selection_is_logged_per_split(tiny, store, tmp_path, monke
 
 
 def test_restricting_the_perturbations_marks_the_run_partial(tiny):
-    from benchmark.execution.runner import _restricted
+    from benchmark.execution.provenance import _restricted
 
     assert _restricted(tiny, RunOptions(perturbations=("P0",)))
     assert not _restricted(tiny, RunOptions(perturbations=("P0", "P1", "P0+P1")))
@@ -342,9 +344,9 @@ def test_a_bad_score_threads_setting_is_a_one_line_error(monkeypatch, value):
 
 
 def test_a_split_draws_composite_figures_for_its_first_targets_only(tiny, store, monkeypatch):
-    import benchmark.execution.runner as runner_module
+    import benchmark.execution.scorer as scorer_module
 
-    monkeypatch.setattr(runner_module, "FIGURES_PER_SPLIT", 2)
+    monkeypatch.setattr(scorer_module, "FIGURES_PER_SPLIT", 2)
     options = RunOptions(figures=True, embedding="pca")
     result = run_benchmark("mean_shift", tiny, "random", options, lambda _: None)
     client = MlflowClient()

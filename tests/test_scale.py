@@ -8,7 +8,7 @@ import pytest
 
 import benchmark.core.task
 import benchmark.data.splits as splits_module
-import benchmark.execution.runner as runner_module
+import benchmark.execution.scorer as scorer_module
 import benchmark.scoring.embedding as embedding_module
 import benchmark.scoring.evaluate as evaluate_module
 import benchmark.scoring.metrics as metrics_module
@@ -17,7 +17,8 @@ from benchmark.core.task import Positions, Task, lognorm_batches
 from benchmark.data.datasets import Dataset, load_h5ad
 from benchmark.data.splits import MIN_CELLS, make_splits
 from benchmark.data.synthetic import write_synthetic
-from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_benchmark
 from benchmark.scoring.embedding import fit_embedding, fit_embedding_cells
 from benchmark.scoring.evaluate import OtherDeltas, other_deltas
 from benchmark.scoring.metrics import l1_distances
@@ -184,8 +185,8 @@ def test_a_large_held_out_group_is_scored_on_a_bounded_sample(small_synthetic, t
     assert len(scored) == 15 and set(scored) <= set(target.test_cells)
     assert scored == splits_module.scored_test_cells(target.test_cells)  # seeded: the same every time
     taken: list[int] = []
-    real_take = runner_module.take
-    monkeypatch.setattr(runner_module, "take", lambda a, p: taken.append(len(p)) or real_take(a, p))
+    real_take = scorer_module.take
+    monkeypatch.setattr(scorer_module, "take", lambda a, p: taken.append(len(p)) or real_take(a, p))
     dataset = Dataset("screen", small_synthetic, TASK, "checksum", "screen.h5ad", "holdout_context")
     options = RunOptions(figures=False, max_splits=1, embedding="pca")
     results = run_benchmark("mean_shift", dataset, "holdout_context", options, lambda _: None).results

@@ -12,7 +12,8 @@ import pytest
 from benchmark.cli import main
 from benchmark.core.redact import redact
 from benchmark.data.datasets import load_dataset
-from benchmark.execution.runner import RunOptions, run_benchmark
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_benchmark
 from benchmark.reports.leaderboard import (
     OWNER_MARK,
     RUN_PATH,

@@ -14,7 +14,8 @@ from benchmark.core.task import Task
 from benchmark.data.datasets import Dataset, load_dataset
 from benchmark.data.splits import make_splits
 from benchmark.data.synthetic import make_synthetic
-from benchmark.execution.runner import RunOptions, run_split
+from benchmark.execution.options import RunOptions
+from benchmark.execution.runner import run_split
 from benchmark.scoring.metrics import METRICS
 from benchmark.selection import tuning
 from benchmark.tracking import schema
@@ -194,7 +195,8 @@ def test_declared_spaces_build_at_their_bounds(name):
 
 
 def test_parent_marks_hyperparameters_that_differ_between_splits():
-    from benchmark.execution.runner import RunOptions, _config_record
+    from benchmark.execution.options import RunOptions
+    from benchmark.execution.provenance import _config_record
 
     base, a, b = hp.TunableSpy(), hp.TunableSpy(scale=0.7, noise=0.05), hp.TunableSpy(scale=1.3, noise=0.05)
     options = RunOptions(config={"tuning": {"protocol": tuning.PROTOCOL}}, config_source="c.toml")

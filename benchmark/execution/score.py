@@ -31,18 +31,9 @@ from benchmark.core.task import Positions, dense, take
 from benchmark.data.datasets import Dataset, read_h5ad, sha256_file
 from benchmark.data.splits import Split, Target, make_splits
 from benchmark.data.validation import COUNTS_LOOKING_MAX, format_labels
-from benchmark.execution.runner import (
-    Progress,
-    RunOptions,
-    RunResult,
-    SplitScorer,
-    _stderr,
-    data_provenance,
-    dataset_cli_args,
-    log_summary,
-    run_tags,
-    score_threads,
-)
+from benchmark.execution.options import Progress, RunOptions, RunResult, _stderr
+from benchmark.execution.provenance import data_provenance, dataset_cli_args, log_summary, run_tags
+from benchmark.execution.scorer import SplitJob, SplitScorer, score_threads
 from benchmark.scoring.embedding import PCAEmbedding
 from benchmark.scoring.evaluate import TargetResult
 from benchmark.tracking import schema
@@ -341,9 +332,8 @@ def _scorer(
     if not any((t.perturbation, t.context) in predictions.groups for t in split.targets):
         return SplitScorer(name, dataset, split, seed, None, None, profiles, positions, options, progress)  # type: ignore[arg-type]
     train = dataset.adata[positions.of(split.train_cells)]
-    return SplitScorer.prepare(
-        name, dataset, split, seed, train, positions, profiles, embeddings, options, progress
-    )
+    job = SplitJob(name, dataset, split, seed, positions, options, progress, profiles, embeddings)
+    return SplitScorer.prepare(job, train)
 
 
 def _reader(predictions: Predictions, target: Target):

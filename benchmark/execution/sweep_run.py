@@ -118,7 +118,8 @@ def plan_groups(
 ) -> tuple[list[GroupPlan], list[str]]:
     """Load each dataset once, resolve split kinds, make the splits and parent records (nothing logged yet)."""
     from benchmark.data.splits import SplitNotApplicable
-    from benchmark.execution.runner import RunOptions, parent_record, plan_splits
+    from benchmark.execution.options import RunOptions
+    from benchmark.execution.runner import parent_record, plan_splits
 
     settings = sweep.settings
     plans, not_applicable = [], []
@@ -209,7 +210,7 @@ def finish_parent(plan: GroupPlan, outcomes: dict[str, TaskOutcome]) -> str:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from benchmark.execution.runner import log_summary
+    from benchmark.execution.provenance import log_summary
     from benchmark.tracking import store as tracking
 
     if plan.finished:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.execution.runner import RunOptions
+from benchmark.execution.options import RunOptions
 from benchmark.execution.sweep import DatasetSpec
 from benchmark.scoring.evaluate import TargetResult
 
