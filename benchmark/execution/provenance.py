@@ -118,9 +118,7 @@ def _configuration(
 ) -> dict[str, str]:
     """Parent params that identify the run's configuration and the `bench run` arguments that reproduce it."""
     changed = changed_params(predictor_name, template, (dataset.name, dataset.checksum))
-    split_set = hashlib.sha256(
-        json.dumps([[seed, [s.digest() for s in splits]] for seed, splits in splits_by_seed.items()]).encode()
-    ).hexdigest()[:16]
+    split_set = split_set_digest(splits_by_seed)
     args = ["--predictor", predictor_name, *dataset_cli_args(dataset), "--split", split_kind]
     if options.config is not None:
         args += ["--config", options.config_source]
@@ -138,6 +136,12 @@ def _configuration(
         schema.PARAM_CLI: shlex.join(args),
         schema.PARAM_CLI_PARAMS: ", ".join(f"{k}={param_text(v)}" for k, v in changed.items()),
     }
+
+
+def split_set_digest(splits_by_seed: dict[int, list[Split]]) -> str:
+    """One digest of the splits a run scores, seed by seed (runs of the same split set share it)."""
+    payload = [[seed, [s.digest() for s in splits]] for seed, splits in splits_by_seed.items()]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
 
 def _config_digest(

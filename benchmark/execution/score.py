@@ -32,7 +32,13 @@ from benchmark.data.datasets import Dataset, read_h5ad, sha256_file
 from benchmark.data.splits import Split, Target, make_splits
 from benchmark.data.validation import COUNTS_LOOKING_MAX, format_labels
 from benchmark.execution.options import Progress, RunOptions, RunResult, _stderr
-from benchmark.execution.provenance import data_provenance, dataset_cli_args, log_summary, run_tags
+from benchmark.execution.provenance import (
+    data_provenance,
+    dataset_cli_args,
+    log_summary,
+    run_tags,
+    split_set_digest,
+)
 from benchmark.execution.scorer import SplitJob, SplitScorer, score_threads
 from benchmark.scoring.embedding import PCAEmbedding
 from benchmark.scoring.evaluate import TargetResult
@@ -358,9 +364,8 @@ def _configuration(
         args += ["--prediction-perturbation-key", predictions.perturbation_key]
     if predictions.context_key not in (None, CONTEXT_KEY):
         args += ["--prediction-context-key", str(predictions.context_key)]
-    split_set = hashlib.sha256(json.dumps([[seed, [s.digest() for s in splits]]]).encode()).hexdigest()[:16]
     return {
-        schema.PARAM_SPLIT_SET: split_set,
+        schema.PARAM_SPLIT_SET: split_set_digest({seed: splits}),
         schema.PARAM_PARTIAL: schema.FALSE,
         schema.PARAM_CLI: shlex.join(args),
         schema.PARAM_CLI_PARAMS: "",

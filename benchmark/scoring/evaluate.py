@@ -201,19 +201,7 @@ def other_deltas(
     `discrimination` tests context specificity. Other kinds: the other perturbations of the target's context. A group counts when it
     and its context's control have at least `min_cells` cells. None when no group qualifies.
     """
-
-    def usable(group: Group) -> bool:
-        control = (group[0], control_label)
-        return sizes.get(group, 0) >= min_cells and sizes.get(control, 0) >= min_cells
-
-    if split_kind_of(split_kind).compares_contexts:
-        groups = [(t, p) for (t, p) in means if p == perturbation and t != context]
-    else:
-        groups = [(t, p) for (t, p) in means if t == context and p not in (perturbation, control_label)]
-    usable_groups = [g for g in sorted(groups) if usable(g)]
-    usable_groups = [usable_groups[i] for i in capped_pool(len(usable_groups), perturbation, context)]
-    rows = [means[g] - means[(g[0], control_label)] for g in usable_groups]
-    return np.asarray(rows, dtype=np.float64) if rows else None
+    return OtherDeltas(means, sizes, control_label, split_kind)(perturbation, context, min_cells)
 
 
 def capped_pool(n: int, perturbation: str, context: str) -> np.ndarray:
