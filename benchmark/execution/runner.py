@@ -9,9 +9,11 @@ set, whether the splits were restricted) and the `bench run` arguments that repr
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,35 +67,63 @@ def run_benchmark(
     for note in skipped:
         progress(f"skipped {note}")
 
-    tracking.experiment_for(dataset.name)
-    positions = Positions(dataset.adata.obs_names)
-    profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
     results: list[TargetResult] = []
     total = sum(len(v) for v in splits_by_seed.values())
-    with tracking.parent_run(record.run_name) as parent:
-        parent_id = parent.info.run_id
-        mlflow.set_tags(record.tags)
-        tracking.log_params(parent_id, record.params)
-        tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
+    with parent_frame(dataset, record.run_name, record.tags, record.params, total) as frame:
+        parent_id = frame.parent_id
         if options.config is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / schema.CONFIG_ARTIFACT
                 path.write_text(dump_toml(options.config), encoding="utf-8")
                 mlflow.log_artifact(str(path))
         done = 0
-        embeddings: dict[str, PCAEmbedding] = {}  # by split digest
-        with bars.bar(total, "splits", "splits") as bar:
-            for seed, splits in splits_by_seed.items():
-                for split in splits:
-                    done += 1
-                    progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
-                    job = SplitJob(
-                        display_name, dataset, split, seed, positions, options, progress, profiles, embeddings
-                    )
-                    results += _run_split(job, templates.get(split.digest(), template))
-                    bar.update(1)
+        for seed, splits in splits_by_seed.items():
+            for split in splits:
+                done += 1
+                progress(f"[{done}/{total}] seed {seed} split {split.name}: fitting {display_name}")
+                job = frame.job(display_name, dataset, split, seed, options, progress)
+                results += _run_split(job, templates.get(split.digest(), template))
+                frame.bar.update(1)
         log_summary(parent_id, display_name, dataset, split_kind, results, options)
     return RunResult(display_name, dataset.name, split_kind, parent_id, results, skipped)
+
+
+@dataclass
+class ParentFrame:
+    """What the splits of one parent run share: its id, the dataset's positions and group profiles, the PCA
+    embeddings by split digest, and the progress bar over the splits."""
+
+    parent_id: str
+    positions: Positions
+    profiles: tuple[dict, dict]
+    bar: Any
+    embeddings: dict[str, PCAEmbedding] = field(default_factory=dict)
+
+    def job(
+        self, name: str, dataset: Dataset, split: Split, seed: int, options: RunOptions, progress: Progress
+    ) -> SplitJob:
+        """One split of this parent run."""
+        return SplitJob(
+            name, dataset, split, seed, self.positions, options, progress, self.profiles, self.embeddings
+        )
+
+
+@contextlib.contextmanager
+def parent_frame(
+    dataset: Dataset, run_name: str, tags: dict[str, str], params: dict[str, Any], n_splits: int
+) -> Iterator[ParentFrame]:
+    """The frame of a parent run, the same for `bench run` and `bench score`: the dataset's experiment, the
+    parent run with its tags, params and dataset input, and a progress bar over its splits."""
+    tracking.experiment_for(dataset.name)
+    positions = Positions(dataset.adata.obs_names)
+    profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
+    with tracking.parent_run(run_name) as parent:
+        parent_id = parent.info.run_id
+        mlflow.set_tags(tags)
+        tracking.log_params(parent_id, params)
+        tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
+        with bars.bar(n_splits, "splits", "splits") as bar:
+            yield ParentFrame(parent_id, positions, profiles, bar)
 
 
 def plan_splits(

@@ -18,16 +18,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from benchmark.core import progress as bars
 from benchmark.core.errors import NotApplicable, PertbenchError
-from benchmark.core.pseudobulk import group_profiles
-from benchmark.core.task import Positions, dense, take
+from benchmark.core.task import dense, take
 from benchmark.data.datasets import Dataset, read_h5ad, sha256_file
 from benchmark.data.splits import Split, Target, make_splits
 from benchmark.data.validation import COUNTS_LOOKING_MAX, format_labels
@@ -39,11 +36,10 @@ from benchmark.execution.provenance import (
     run_tags,
     split_set_digest,
 )
+from benchmark.execution.runner import parent_frame
 from benchmark.execution.scorer import SplitJob, SplitScorer, score_threads
-from benchmark.scoring.embedding import PCAEmbedding
 from benchmark.scoring.evaluate import TargetResult
 from benchmark.tracking import schema
-from benchmark.tracking import store as tracking
 
 PERTURBATION_KEY, CONTEXT_KEY = "perturbation", "context"
 """obs columns read by default: those of bench's own saved predictions."""
@@ -268,9 +264,6 @@ def score_predictions(
         )
     for note in splits[0].skipped:
         progress(f"skipped {note}")
-    tracking.experiment_for(dataset.name)
-    positions = Positions(dataset.adata.obs_names)
-    profiles = group_profiles(dataset.adata, dataset.task)
     config = _configuration(predictions, name, dataset, split_kind, seed, splits)
     params = {
         schema.PARAM_PREDICTOR: name,
@@ -279,66 +272,46 @@ def score_predictions(
         schema.PARAM_PREDICTIONS_FILE: str(predictions.path.resolve()),
         schema.PARAM_PREDICTIONS_CHECKSUM: predictions.checksum,
     }
+    tags = {
+        **run_tags(name, dataset, split_kind, schema.LEVEL_PARENT, source=schema.SOURCE_SCORE),
+        schema.TAG_PARTIAL: schema.FALSE,
+        schema.TAG_CONFIG: _digest({**config, **params}),
+        schema.TAG_RUN_NAME: f"{name} (scored file) · {split_kind} · seed {seed}",
+    }
+    logged = {**params, schema.PARAM_SEEDS: str(seed), schema.PARAM_N_SPLITS: len(splits), **config}
     results: list[TargetResult] = []
-    with tracking.parent_run(f"{name} · {split_kind}") as parent:
-        parent_id = parent.info.run_id
-        mlflow.set_tags(
-            {
-                **run_tags(name, dataset, split_kind, schema.LEVEL_PARENT, source=schema.SOURCE_SCORE),
-                schema.TAG_PARTIAL: schema.FALSE,
-                schema.TAG_CONFIG: _digest({**config, **params}),
-                schema.TAG_RUN_NAME: f"{name} (scored file) · {split_kind} · seed {seed}",
-            }
-        )
-        tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
-        tracking.log_params(
-            parent_id, {**params, schema.PARAM_SEEDS: str(seed), schema.PARAM_N_SPLITS: len(splits), **config}
-        )
-        embeddings: dict[str, PCAEmbedding] = {}
-        with bars.bar(len(splits), "splits", "splits") as bar:
-            for i, split in enumerate(splits, 1):
-                progress(
-                    f"[{i}/{len(splits)}] seed {seed} split {split.name}: scoring {predictions.path.name}"
-                )
-                scorer = _scorer(
-                    name,
-                    dataset,
-                    split,
-                    seed,
-                    positions,
-                    profiles,
-                    embeddings,
-                    options,
-                    progress,
-                    predictions,
-                )
-                results += scorer.log_targets(
-                    ((target, _reader(predictions, target)) for target in split.targets),
-                    params=params,
-                    tags={schema.TAG_SOURCE: schema.SOURCE_SCORE},
-                )
-                bar.update(1)
+    with parent_frame(dataset, f"{name} · {split_kind}", tags, logged, len(splits)) as frame:
+        parent_id = frame.parent_id
+        for i, split in enumerate(splits, 1):
+            progress(f"[{i}/{len(splits)}] seed {seed} split {split.name}: scoring {predictions.path.name}")
+            scorer = _scorer(frame.job(name, dataset, split, seed, options, progress), predictions)
+            results += scorer.log_targets(
+                ((target, _reader(predictions, target)) for target in split.targets),
+                params=params,
+                tags={schema.TAG_SOURCE: schema.SOURCE_SCORE},
+            )
+            frame.bar.update(1)
         log_summary(parent_id, name, dataset, split_kind, results, options)
     return RunResult(name, dataset.name, split_kind, parent_id, results, splits[0].skipped)
 
 
-def _scorer(
-    name: str,
-    dataset: Dataset,
-    split: Split,
-    seed: int,
-    positions: Positions,
-    profiles: tuple[dict, dict],
-    embeddings: dict[str, PCAEmbedding],
-    options: RunOptions,
-    progress: Progress,
-    predictions: Predictions,
-) -> SplitScorer:
+def _scorer(job: SplitJob, predictions: Predictions) -> SplitScorer:
     """The split's SplitScorer; its embedding and references are fit only when the file predicts a target of it."""
+    split, dataset = job.split, job.dataset
     if not any((t.perturbation, t.context) in predictions.groups for t in split.targets):
-        return SplitScorer(name, dataset, split, seed, None, None, profiles, positions, options, progress)  # type: ignore[arg-type]
-    train = dataset.adata[positions.of(split.train_cells)]
-    job = SplitJob(name, dataset, split, seed, positions, options, progress, profiles, embeddings)
+        return SplitScorer(
+            job.name,
+            dataset,
+            split,
+            job.seed,
+            None,
+            None,
+            job.profiles,
+            job.positions,
+            job.options,
+            job.progress,
+        )  # type: ignore[arg-type]
+    train = dataset.adata[job.positions.of(split.train_cells)]
     return SplitScorer.prepare(job, train)
 
 
