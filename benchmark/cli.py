@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="benchmark a predictor on every split of a kind")
-    run.add_argument("--predictor", required=True, help="registered name (see `bench list`) or module:Class")
+    run.add_argument(
+        "--predictor",
+        required=True,
+        help="registered name (see `bench list`) or module:Class (imports that module, which runs its code)",
+    )
     _add_data_arguments(run)
     run.add_argument(
         "--split",
@@ -591,7 +595,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from benchmark.execution.sweep import load_sweep
     from benchmark.execution.sweep_run import run_sweep, summary_table
 
-    sweep = load_sweep(args.file)
+    sweep = load_sweep(args.file, import_code=not args.dry_run)
     if args.dry_run:
         for group in sweep.groups:
             print(f"{group.label()} · seeds {','.join(map(str, group.seeds))}")

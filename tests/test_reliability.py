@@ -357,7 +357,9 @@ def test_concurrent_first_use_of_a_new_store(tmp_path):
     parents = [r for r in runs(store) if r["tags"].get("pertbench.level") == "parent"]
     assert len(parents) == 4 and {r["status"] for r in runs(store)} == {"FINISHED"}
     assert {r["tags"]["pertbench.pid"] for r in parents} == {str(p.pid) for p in procs}
-    board = (tmp_path / ".pertbench" / "LEADERBOARD.md").read_text()  # written by all four, whole
+    boards = list((tmp_path / ".pertbench" / "boards").glob("fresh-*.md"))  # this store's own board
+    assert len(boards) == 1
+    board = boards[0].read_text()  # written by all four, whole
     assert board.startswith("# pertbench leaderboard") and "## synthetic · holdout_context" in board
     assert not list(tmp_path.rglob("*.tmp"))
 

@@ -271,3 +271,25 @@ def test_saved_predictions_are_the_scored_cells_with_their_source(tmp_path, monk
             "cell_type",
         ]
         assert main(["run", "--predictor", "mean_shift", *again, "--no-figures", "--no-leaderboard"]) == 0
+
+
+def test_saved_predictions_merged_without_unique_names_read_without_anndata_warnings(saved_run, workdir):
+    """Files merged without index_unique repeat cell names; bench groups the cells itself, so its one-line
+    errors and outputs are not preceded by anndata's duplicate-names warning."""
+    import warnings
+
+    from benchmark.data.datasets import load_dataset
+    from benchmark.execution.score import read_predictions
+
+    folder = saved_run[0]
+    files = sorted(glob.glob(str(folder / "mlartifacts" / "*" / "artifacts" / "predictions" / "*.h5ad")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = ad.concat([ad.read_h5ad(f) for f in files] * 2, merge="same")  # every name twice
+    assert not merged.obs_names.is_unique
+    path = folder / "repeated.h5ad"
+    merged.write_h5ad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predictions = read_predictions(path, load_dataset("synthetic"))
+    assert sum(g.n_obs for g in predictions.groups.values()) == merged.n_obs

@@ -202,3 +202,21 @@ def test_a_read_only_store_still_gives_its_board(store, tmp_path, monkeypatch, c
     code = main(["leaderboard", "--no-figures", "--output", str(tmp_path / "ro.md")])
     assert code == 0, capsys.readouterr().err
     assert "mean_shift" in (tmp_path / "ro.md").read_text()
+
+
+def test_a_param_longer_than_mlflow_allows_is_kept_whole(tmp_path, monkeypatch):
+    """A Reproduce command of many labels is not cut at MLflow's 6,000 characters: it is stored whole."""
+    from benchmark.reports.leaderboard import reproduce_command
+    from benchmark.tracking import schema
+
+    monkeypatch.chdir(tmp_path)
+    tracking.use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.experiment_for("long")
+    args = "--predictor mean_shift " + " ".join(f"--perturbation P{i}" for i in range(900))
+    assert len(args) > tracking.MAX_PARAM_CHARS
+    with tracking.parent_run("long") as run:
+        tracking.log_params(run.info.run_id, {schema.PARAM_CLI: args, "short": "x"})
+    parent = tracking.MlflowClient().get_run(run.info.run_id)
+    assert tracking.param_value(parent, schema.PARAM_CLI) == args
+    assert tracking.param_value(parent, "short") == "x"
+    assert reproduce_command(parent, None) == f"bench run {args}"

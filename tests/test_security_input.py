@@ -74,3 +74,22 @@ def test_predictions_on_another_log_scale_are_refused(rescale):
     check_scale_like(lognorm[:100], lognorm[100:], "same.h5ad")  # the right scale passes
     with pytest.raises(PertbenchError, match="wrong scale: .*median total expression"):
         check_scale_like(x[:100], lognorm[100:], "p.h5ad")
+
+
+def test_a_dry_run_sweep_never_imports_a_named_module(tmp_path, monkeypatch, capsys):
+    """`module:Class` runs that module's code when imported: `bench sweep --dry-run` checks the name's form only."""
+    from benchmark.cli import main
+
+    (tmp_path / "sideeffect.py").write_text(
+        "import pathlib\npathlib.Path('imported').write_text('ran')\nclass P: pass\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[[grid]]\npredictors = ["sideeffect:P", "mean_shift"]\ndatasets = ["synthetic"]\n')
+    assert main(["sweep", str(grid), "--dry-run"]) == 0
+    assert "2 parent run(s)" in capsys.readouterr().out
+    assert not (tmp_path / "imported").exists()
+    grid.write_text('[[grid]]\npredictors = ["not a module:P"]\ndatasets = ["synthetic"]\n')
+    assert main(["sweep", str(grid), "--dry-run"]) == 2
+    assert "not of the form module:Class" in capsys.readouterr().err

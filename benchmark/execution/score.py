@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,10 @@ def read_predictions(
     path = Path(path)
     if not path.is_file():
         raise PertbenchError(f"no such predictions file: {path}")
-    adata = read_h5ad(path)
+    with warnings.catch_warnings():  # merged saved predictions repeat cell names; bench groups cells itself
+        warnings.filterwarnings("ignore", message=r".*names are not unique", category=UserWarning)
+        adata = read_h5ad(path)
+        adata.obs_names_make_unique()
     if adata.n_obs == 0:
         raise PertbenchError(f"predictions file {path} holds no cells")
     obs = adata.obs

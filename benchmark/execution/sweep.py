@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +158,18 @@ def read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_sweep(path: Path | str) -> Sweep:
-    """Parse and check a sweep file; every problem is a one-line PertbenchError naming the file."""
+PLUGIN_FORM = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+"""A `module:Class` predictor name, checked without importing the module."""
+
+
+def load_sweep(path: Path | str, import_code: bool = True) -> Sweep:
+    """Parse and check a sweep file; every problem is a one-line PertbenchError naming the file. With
+    import_code False (`--dry-run`), a `module:Class` predictor is checked by its form only: nothing is imported."""
     path = Path(path)
-    return parse_sweep(read_file(path), str(path))
+    return parse_sweep(read_file(path), str(path), import_code)
 
 
-def parse_sweep(data: dict[str, Any], source: str) -> Sweep:
+def parse_sweep(data: dict[str, Any], source: str, import_code: bool = True) -> Sweep:
     """The checked sweep of a file's mapping: known keys, known predictors and datasets, a non-empty grid."""
     _known(source, "top level", data, TOP_KEYS)
     settings = _settings(source, data.get("settings", {}))
@@ -175,7 +181,7 @@ def parse_sweep(data: dict[str, Any], source: str) -> Sweep:
         raise _fail(source, "empty grid: add a [[grid]] block with predictors and datasets")
     groups: list[Group] = []
     for number, block in enumerate(blocks, start=1):
-        groups += _block_groups(source, number, block, settings, named)
+        groups += _block_groups(source, number, block, settings, named, import_code)
     if not groups:
         raise _fail(source, "empty grid: its blocks expand to no run")
     duplicate = _first_duplicate(groups)
@@ -279,7 +285,12 @@ def _names(source: str, where: str, block: dict, key: str, default: list | None 
 
 
 def _block_groups(
-    source: str, number: int, block: Any, settings: Settings, named: dict[str, DatasetSpec]
+    source: str,
+    number: int,
+    block: Any,
+    settings: Settings,
+    named: dict[str, DatasetSpec],
+    import_code: bool = True,
 ) -> list[Group]:
     from benchmark.data.splits import SPLIT_KINDS
     from predictors.registry import make_predictor
@@ -302,6 +313,10 @@ def _block_groups(
     for predictor in predictors:
         if not isinstance(predictor, str):
             raise _fail(source, f"{where} predictors must be names, got {predictor!r}")
+        if ":" in predictor and not import_code:  # importing the module would run its code
+            if not PLUGIN_FORM.fullmatch(predictor):
+                raise _fail(source, f"{where}: predictor {predictor!r} is not of the form module:Class")
+            continue
         for params in param_sets:
             try:
                 make_predictor(predictor, **params)

@@ -255,7 +255,7 @@ def reproduce_command(parent, board: Board) -> str:
     params = parent.data.params
     if schema.PARAM_CLI in params:
         command = "score" if parent.data.tags.get(schema.TAG_SOURCE) == schema.SOURCE_SCORE else "run"
-        return f"bench {command} {params[schema.PARAM_CLI]}"
+        return f"bench {command} {tracking.param_value(parent, schema.PARAM_CLI)}"
     seeds = params.get(schema.PARAM_SEEDS, "0")
     seed_flag = f"--seeds {seeds}" if "," in seeds else f"--seed {seeds}"
     predictor = parent.data.tags[schema.TAG_PREDICTOR]

@@ -469,10 +469,33 @@ def git_commit() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
+MAX_PARAM_CHARS = 6000
+"""MLflow's limit on a param value; a longer value is stored whole as an artifact (see `param_value`)."""
+LONG_PARAM = "(stored whole in artifact "
+"""How a param that was too long to store starts: the rest names the artifact holding it."""
+
+
 def log_params(run_id: str, params: dict) -> None:
-    """Log many params in one call (values as strings, MLflow's limit respected)."""
-    items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+    """Log many params in one call (values as strings); a value longer than MLflow allows is written whole as
+    the artifact params/<name>.txt and the param names it, so nothing (e.g. a Reproduce command) is cut."""
+    items = []
+    for key, value in params.items():
+        text = str(value)
+        if len(text) > MAX_PARAM_CHARS:
+            artifact = f"params/{key}.txt"
+            MlflowClient().log_text(run_id, text, artifact)
+            text = f"{LONG_PARAM}{artifact})"
+        items.append(Param(str(key), text))
     MlflowClient().log_batch(run_id, params=items)
+
+
+def param_value(run, key: str, default: str | None = None) -> str | None:
+    """A run's param as logged by `log_params`: the whole value, read back from its artifact when it was long."""
+    value = run.data.params.get(key, default)
+    if value is None or not value.startswith(LONG_PARAM):
+        return value
+    artifact = value[len(LONG_PARAM) : -1]
+    return mlflow.artifacts.load_text(f"{run.info.artifact_uri.rstrip('/')}/{artifact}")
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
