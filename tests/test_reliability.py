@@ -413,6 +413,44 @@ def test_sigterm_ends_the_run_killed(tmp_path):
 
 
 @pytest.mark.integration
+def test_sigterm_during_a_sweep_leaves_what_its_message_says(tmp_path):
+    """The in-flight split run of an interrupted sweep is KILLED, as the message and its parent say."""
+    store = tmp_path / "mlflow.db"
+    (tmp_path / "slowpred.py").write_text(SLOW_PREDICTOR)
+    user_file(tmp_path / "u.h5ad")
+    (tmp_path / "grid.toml").write_text(
+        '[datasets.u]\ndata = "u.h5ad"\nperturbation_key = "condition"\ncontrol = "ctrl"\n'
+        'context_key = "cell_type"\n\n[[grid]]\npredictors = ["slowpred:Slow"]\ndatasets = ["u"]\n'
+    )
+    proc = subprocess.Popen(
+        bench("sweep", "grid.toml"),
+        cwd=tmp_path,
+        env=bench_env(store, PYTHONPATH=str(tmp_path)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+        r["status"] == "RUNNING" and r["tags"].get("pertbench.level") == "split" for r in _runs_or_none(store)
+    ):
+        time.sleep(0.2)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 143, err[-2000:]
+    assert "KILLED" in err or "SIGTERM" in err
+    assert {r["status"] for r in runs(store)} == {"KILLED"}  # parent and the split in flight, none FAILED
+
+
+def _runs_or_none(store: Path) -> list[dict]:
+    try:
+        return runs(store)
+    except sqlite3.Error:
+        return []
+
+
+@pytest.mark.integration
 def test_runs_of_a_killed_process_are_marked_killed_by_the_next_bench(tmp_path, monkeypatch, capsys):
     store = tmp_path / "mlflow.db"
     proc = start_slow_run(tmp_path, store)

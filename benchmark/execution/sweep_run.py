@@ -229,17 +229,19 @@ def finish_parent(plan: GroupPlan, outcomes: dict[str, TaskOutcome]) -> str:
 
 
 def _kill_open(plans: list[GroupPlan]) -> None:
-    """Mark the parents this sweep left open, and their running child runs, KILLED (an interrupted sweep)."""
+    """Mark the parents this sweep left open, and their child runs still running or ended FAILED by the
+    interruption, KILLED (an interrupted sweep: what the message says is what the store holds)."""
     from mlflow.tracking import MlflowClient
 
     from benchmark.tracking import store as tracking
 
     client = MlflowClient()
+    since = tracking.interrupted_since()
     for plan in plans:
         if plan.parent_id and not plan.finished:
             with contextlib.suppress(Exception):
                 if client.get_run(plan.parent_id).info.status == "RUNNING":
-                    tracking._kill_children(plan.parent_id, int(time.time() * 1000))
+                    tracking.kill_children(plan.parent_id, since)
                     client.set_terminated(plan.parent_id, "KILLED")
 
 

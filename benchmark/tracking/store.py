@@ -365,7 +365,14 @@ def _short_http_requests() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _kill_children(parent_id: str, since_ms: int) -> None:
+def interrupted_since(signal_raised: bool = True) -> int:
+    """Milliseconds since which runs that ended FAILED were stopped by the interruption: from the SIGTERM's
+    arrival when one was noted, else the last 5 s (Ctrl-C), less 100 ms of clock slack."""
+    signalled = _interrupted_ms[0] if signal_raised and _interrupted_ms else None
+    return (signalled or int(time.time() * 1000) - 5000) - 100
+
+
+def kill_children(parent_id: str, since_ms: int) -> None:
     """Mark the parent's child runs that ended (as FAILED) or still run since `since_ms` as KILLED."""
     client = MlflowClient()
     parent = client.get_run(parent_id)
@@ -392,10 +399,9 @@ def parent_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
             yield run
         except (Terminated, KeyboardInterrupt) as exc:
             # split runs that ended FAILED since the signal (Ctrl-C: in the last 5 s) were stopped by it
-            signalled = _interrupted_ms[0] if isinstance(exc, Terminated) and _interrupted_ms else None
-            since = (signalled or int(time.time() * 1000) - 5000) - 100
+            since = interrupted_since(isinstance(exc, Terminated))
             with contextlib.suppress(Exception):
-                _kill_children(run.info.run_id, since)
+                kill_children(run.info.run_id, since)
             _end_active(run.info.run_id, "KILLED")
             raise
         except BaseException as exc:
