@@ -390,7 +390,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config=config,
         config_source=str(args.config.resolve()) if args.config is not None else "",
     )
-    parents = []
+    parents, scored, declined = [], 0, []
     for kind in kinds:
         try:
             result = run_benchmark(args.predictor, dataset, kind, options)
@@ -398,6 +398,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"split {kind} does not apply to dataset {dataset.name}: {exc} (not run)")
             continue
         parents.append(result.parent_run_id)
+        scored += sum(r.status == "ok" for r in result.results)
+        declined += [f"{r.label}: {r.reason}" for r in result.results if r.reason]
         _print_table(result)
     board = None
     if parents and not args.no_leaderboard:
@@ -408,6 +410,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if parents:
         _print_locations(
             args.tracking_uri, parents, board, not args.no_figures, predictions=args.save_predictions
+        )
+    if parents and not scored:  # an all-NaN row is not a result
+        why = f"; e.g. {declined[0]}" if declined else ""
+        raise PertbenchError(
+            f"{args.predictor} scored no target on {dataset.name}: every target was declined{why}"
         )
     return 0
 

@@ -93,3 +93,34 @@ def test_a_dry_run_sweep_never_imports_a_named_module(tmp_path, monkeypatch, cap
     grid.write_text('[[grid]]\npredictors = ["not a module:P"]\ndatasets = ["synthetic"]\n')
     assert main(["sweep", str(grid), "--dry-run"]) == 2
     assert "not of the form module:Class" in capsys.readouterr().err
+
+
+def test_a_plus_inside_one_label_is_not_a_combination_and_the_default_falls_back(tmp_path, capsys):
+    """A '+' in a label whose parts are not labels (a guide named 'GENE+1') on single-context data: the default
+    split is random, with a one-line warning, not a holdout_combo that scores nothing."""
+    from benchmark.data.datasets import load_h5ad
+
+    rng = np.random.default_rng(0)
+    labels = ["ctrl"] * 40 + ["GENE+1"] * 40 + ["OTHER"] * 40
+    adata = AnnData(
+        X=np.log1p(rng.poisson(2.0, size=(120, 20))).astype(np.float32),
+        obs={"condition": labels},
+    )
+    adata.obs_names = [f"c{i}" for i in range(120)]
+    adata.write_h5ad(tmp_path / "guides.h5ad")
+    dataset = load_h5ad(tmp_path / "guides.h5ad", "condition", "ctrl")
+    assert dataset.default_split == "random"
+    err = capsys.readouterr().err
+    assert "'GENE+1'" in err and "default split: random" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_that_scores_no_target_is_an_error_not_an_empty_row(tmp_path, monkeypatch, capsys):
+    from benchmark.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = main(
+        ["run", "--predictor", "additive", "--dataset", "synthetic", "--max-splits", "1", "--no-figures"]
+    )
+    assert code == 2
+    assert "additive scored no target on synthetic: every target was declined" in capsys.readouterr().err

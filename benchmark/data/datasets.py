@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.request
 import warnings
@@ -373,7 +374,15 @@ def load_dataset(name: str, data_dir: Path | None = None, backed: bool | None = 
 def _guess_split(adata: AnnData, task: Task) -> str:
     """A sensible default split for a card-less file: the first registered kind that applies (contexts if several,
     else combinations if any, else random)."""
-    return default_split_kind(adata, task)
+    kind = default_split_kind(adata, task)
+    joined = [p for p in np.unique(task.perturbations(adata)) if len(task.genes_of(str(p))) > 1]
+    if joined and kind != "holdout_combo":
+        print(
+            f"bench: warning: label {str(joined[0])!r} has {task.combo_separator!r} but its parts are not labels of "
+            f"their own, so it is not treated as a combination; default split: {kind}",
+            file=sys.stderr,
+        )
+    return kind
 
 
 def load_h5ad(

@@ -438,7 +438,9 @@ def _several_contexts(adata: AnnData, task: Task) -> bool:
 
 
 def _has_combinations(adata: AnnData, task: Task) -> bool:
-    return any(len(task.genes_of(p)) > 1 for p in np.unique(task.perturbations(adata)))
+    """Some label combines perturbations that each occur alone (a '+' inside one name is not a combination)."""
+    labels = set(np.unique(task.perturbations(adata)).astype(str))
+    return any(len(genes) > 1 and set(genes) <= labels for genes in map(task.genes_of, labels))
 
 
 @dataclass(frozen=True)
