@@ -158,7 +158,7 @@ def test_digest_is_the_json_hash_of_the_cell_ids_and_is_cached(contexts):
 
     for kind in ("holdout_context", "random"):
         for split in make_splits(contexts, TASK, kind, min_cells=2):
-            payload = json.dumps([split.kind, split.train_cells, [asdict(t) for t in split.targets]])
+            payload = json.dumps([split.kind, tuple(split.train_cells), [asdict(t) for t in split.targets]])
             assert split.digest() == hashlib.sha256(payload.encode()).hexdigest()[:16]
             assert split.digest() is split.digest()
 
@@ -222,3 +222,24 @@ def test_a_split_kind_registered_in_one_place_reaches_splits_scoring_and_tuning(
         PertbenchError, match="unknown split kind 'nope'; known kinds: .*leave_perturbation_out"
     ):
         make_splits(adata, task, "nope")
+
+
+def test_splits_keep_their_training_cells_as_held_out_positions_until_read():
+    """Making the splits of many contexts is O(cells): no split copies every training id until one is read,
+    and reading gives exactly the complement of its held-out cells, with the digest of that tuple."""
+    from benchmark.data import splits as splits_module
+    from benchmark.data.synthetic import make_synthetic
+
+    adata = make_synthetic(n_genes=20, n_contexts=6, n_perturbations=2, cells_per_group=15, seed=4)
+    task = Task("condition", "control", "cell_type", expression="counts")
+    built = make_splits(adata, task, "holdout_context")
+    assert len(built) == 12
+    assert all(isinstance(s.train_cells, splits_module.TrainingCells) for s in built)
+    assert all(s.train_cells._cells is None for s in built)  # nothing materialized by make_splits
+    split = built[3]
+    held = {c for t in split.targets for c in t.test_cells}
+    expected = tuple(c for c in adata.obs_names if c not in held)
+    assert len(split.train_cells) == len(expected) and split.train_cells._cells is None  # len is free
+    assert tuple(split.train_cells) == expected and split.train_cells == expected
+    assert split.digest() == splits_module._digest(split.kind, expected, split.targets)
+    assert all(s.train_cells._cells is None for s in built if s is not split)

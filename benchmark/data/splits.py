@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,48 @@ class Target:
     context: str
     test_cells: tuple[str, ...]
     control_cells: tuple[str, ...]
+
+
+class TrainingCells(Sequence[str]):
+    """A split's training cells: every id of the dataset but the held-out positions, in dataset order. Kept as
+    the held-out positions until first read, so a dataset with 20,000 contexts makes its 20,000 splits in
+    O(cells) memory and time; reading one split's cells costs O(cells) once (then cached)."""
+
+    def __init__(self, ids: np.ndarray, held_out: np.ndarray) -> None:
+        self._ids = ids
+        self.held_out = np.unique(np.asarray(held_out, dtype=np.int64))
+        self._cells: tuple[str, ...] | None = None
+
+    def _all(self) -> tuple[str, ...]:
+        if self._cells is None:
+            keep = np.ones(len(self._ids), dtype=bool)
+            keep[self.held_out] = False
+            self._cells = tuple(self._ids[keep])
+        return self._cells
+
+    def __len__(self) -> int:
+        return len(self._ids) - len(self.held_out)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._all()[index]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __contains__(self, cell: object) -> bool:
+        return cell in set(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._all())
+
+    def __repr__(self) -> str:
+        return f"TrainingCells({len(self)} cells, {len(self.held_out)} held out)"
+
+    def held_out_ids(self) -> set[str]:
+        return set(self._ids[self.held_out])
 
 
 @dataclass(frozen=True)
@@ -167,7 +209,14 @@ class Split:
         return split
 
     def check_no_leak(self) -> None:
-        """Fail loudly if any held-out cell is among the training cells."""
+        """Fail loudly if any held-out cell is among the training cells (for lazily kept training cells: every
+        test cell must be one of the positions left out, O(held-out cells))."""
+        if isinstance(self.train_cells, TrainingCells):
+            held = self.train_cells.held_out_ids()
+            leaked = [c for t in self.targets for c in t.test_cells if c not in held]
+            if leaked:
+                raise AssertionError(f"split {self.name}: {len(leaked)} held-out cells are in training")
+            return
         train = set(self.train_cells)
         for t in self.targets:
             leaked = train.intersection(t.test_cells)
@@ -256,10 +305,8 @@ class Groups:
             self._controls[context] = tuple(self.ids[control_idx])
         return Target(pert, context, tuple(self.ids[test_idx]), self._controls[context])
 
-    def train_without(self, held_out: np.ndarray) -> tuple[str, ...]:
-        mask = np.ones(len(self.ids), dtype=bool)
-        mask[held_out] = False
-        return tuple(self.ids[mask])
+    def train_without(self, held_out: np.ndarray) -> TrainingCells:
+        return TrainingCells(self.ids, held_out)
 
 
 def capped_controls(control_idx: np.ndarray, n_test: int, seed: int, key: str) -> np.ndarray:
@@ -288,12 +335,15 @@ def _holdout_context(groups: Groups, wanted: set[str], seed: int, min_cells: int
             f"holdout_context needs at least two contexts; this dataset has {len(contexts)} ({', '.join(contexts)})"
         )
     splits = []
+    present: dict[str, int] = {}  # contexts holding each perturbation
+    for _, p in groups.index:
+        present[p] = present.get(p, 0) + 1
     for context in contexts:
         for pert in sorted(wanted):
             test_idx = groups.cells(context, pert)
             if len(test_idx) == 0:
                 continue
-            seen_elsewhere = any(len(groups.cells(c, pert)) for c in contexts if c != context)
+            seen_elsewhere = present.get(pert, 0) > 1
             if not seen_elsewhere:
                 groups.skipped.append(f"{context}/{pert}: perturbation seen in no other context")
                 continue
@@ -364,15 +414,15 @@ SPLIT_FORMAT = 1
 """Version of the .npz layout `Split.save` writes."""
 
 
-def _digest(kind: str, train_cells: tuple[str, ...], targets: tuple[Target, ...]) -> str:
+def _digest(kind: str, train_cells: Sequence[str], targets: tuple[Target, ...]) -> str:
     """SHA-256 (16 hex digits) of json.dumps([kind, train_cells, [asdict(t) for t in targets]]), streamed."""
     h = hashlib.sha256()
     encoded: dict[int, bytes] = {}
 
-    def cells(ids: tuple[str, ...]) -> bytes:
+    def cells(ids: Sequence[str]) -> bytes:
         key = id(ids)
         if key not in encoded:
-            encoded[key] = json.dumps(ids).encode()
+            encoded[key] = json.dumps(ids if isinstance(ids, tuple) else tuple(ids)).encode()
         return encoded[key]
 
     h.update(b"[" + json.dumps(kind).encode() + b", " + cells(train_cells) + b", [")

@@ -187,10 +187,11 @@ def _check_values(x, expression: str) -> float:
 
 def _check_context_controls(adata: AnnData, task: Task, min_cells: int) -> None:
     """Every context needs control cells to predict from."""
-    contexts = task.contexts(adata)
-    control = task.is_control(adata)
-    for context in np.unique(contexts):
-        n = int(control[contexts == context].sum())
+    names, codes = np.unique(task.contexts(adata), return_inverse=True)
+    counts = np.bincount(
+        codes[task.is_control(adata)], minlength=names.size
+    )  # one pass, however many contexts
+    for context, n in zip(names, counts.tolist(), strict=True):
         if n < min_cells:
             where = f"context {context!r} (obs[{task.context_key!r}])"
             if n == 0:
