@@ -2,9 +2,10 @@
 
 One target: 8,000 genes, 500 control cells, 30 real cells and 500 predicted cells of log-normalized counts, about
 90% zeros. Its three DE tests are those the engine runs per target (`EvalData.de_real`, `de_pred` of the
-prediction, `de_pred` of the mean oracle sharing the real side), BH included. The two-thread case scores two such
-targets at once, as the runner's scoring threads do; the one-thread case scores the same two one after the other,
-so their ratio is the threads' scaling. The load average when it ran goes in `extra_info`: record it.
+prediction, `de_pred` of the mean oracle sharing the real side), BH included; the cells are built beforehand.
+The two-thread case scores two such targets at once, as the runner's scoring threads do; the one-thread case
+scores the same two one after the other, so their ratio is the threads' scaling. The load average when it ran
+goes in `extra_info`: record it.
 """
 
 from __future__ import annotations
@@ -21,24 +22,27 @@ from benchmark.scoring.metrics import EvalData
 GENES, CONTROLS, REAL, PRED = 8_000, 500, 30, 500
 
 
-def screen_target(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Control, real and predicted cells of one sparse screen-like target (log1p of Poisson counts)."""
+def screen_target(seed: int) -> tuple[np.ndarray, ...]:
+    """Control, real, predicted and mean-oracle cells of one sparse screen-like target (log1p of Poisson
+    counts)."""
     rng = np.random.default_rng(seed)
     rate = rng.gamma(0.3, 0.35, size=GENES)  # most genes rarely expressed: ~90% zeros overall
     shift = np.where(rng.random(GENES) < 0.05, rng.uniform(0.3, 3.0, GENES), 1.0)
     control = np.log1p(rng.poisson(rate, size=(CONTROLS, GENES))).astype(np.float64)
     real = np.log1p(rng.poisson(rate * shift, size=(REAL, GENES))).astype(np.float64)
     pred = np.log1p(rng.poisson(rate * shift, size=(PRED, GENES))) + rng.normal(0, 0.05, (PRED, GENES))
-    return control, real, as_scored(pred)
+    return control, real, as_scored(pred), as_scored(mean_oracle(control, real))
 
 
-def de_tests(control: np.ndarray, real: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, ...]:
+def de_tests(
+    control: np.ndarray, real: np.ndarray, pred: np.ndarray, oracle: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """The target's three BH-corrected DE tests as the engine runs them: real, prediction, mean oracle."""
     first = EvalData(control=control, real=real, pred=pred)
-    oracle = EvalData(control=control, real=real, pred=as_scored(mean_oracle(control, real)))
-    oracle.sharing_real(first)  # the engine's order: the first prediction computes the real side
     de_real, de_pred = first.de_real, first.de_pred
-    return de_real, de_pred, oracle.de_pred
+    second = EvalData(control=control, real=real, pred=oracle)
+    second.sharing_real(first)  # as the engine: the oracle reuses the sorted control and the real cells' test
+    return de_real, de_pred, second.de_pred
 
 
 @pytest.fixture(scope="module")

@@ -102,15 +102,19 @@ def _cells_by_genes(x: np.ndarray) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _nonzeros_by_gene(x):
-    """The nonzero values of each column of x, gene after gene: (starts, counts, values); gene g's are
-    values[starts[g]:starts[g] + counts[g]], in cell order. Each gene has one spare slot after its values, so
-    both passes run without a branch on the value (zeros come in no predictable order)."""
+def _values_by_gene(x, pivot):
+    """Each column of x split into its zeros, its copies of pivot[g] and the rest, gene after gene:
+    (starts, counts, zeros, values); gene g's other values are values[starts[g]:starts[g] + counts[g]], in cell
+    order. Each gene has one spare slot after them, so both passes run without a branch on the value (zeros come
+    in no predictable order)."""
     m, g = x.shape
     counts = np.zeros(g, dtype=np.int64)
+    zeros = np.zeros(g, dtype=np.int64)
     for i in range(m):
         for j in range(g):
-            counts[j] += x[i, j] != 0.0
+            v = x[i, j]
+            zeros[j] += v == 0.0
+            counts[j] += (v != 0.0) & (v != pivot[j])
     starts = np.empty(g, dtype=np.int64)
     total = 0
     for j in range(g):
@@ -121,9 +125,11 @@ def _nonzeros_by_gene(x):
     for i in range(m):
         for j in range(g):
             v = x[i, j]
-            values[fill[j]] = v  # a zero lands in the spare slot and is overwritten by the next value
-            fill[j] += v != 0.0
-    return starts, counts, values
+            values[fill[j]] = (
+                v  # a zero or pivot lands in the spare slot and is overwritten by the next value
+            )
+            fill[j] += (v != 0.0) & (v != pivot[j])
+    return starts, counts, zeros, values
 
 
 @njit(nogil=True, cache=True)
@@ -232,7 +238,7 @@ def _tie_change(copies, in_control):
 def _sort_control(c):
     """Per gene, the sorted control values, where its zeros start and end, and its tie term Σ(t³ − t)."""
     k, g = c.shape
-    starts, counts, values = _nonzeros_by_gene(c)
+    starts, counts, _, values = _values_by_gene(c, np.zeros(g))
     out = np.empty((g, k))
     zero_lo = np.empty(g, dtype=np.int64)
     zero_hi = np.empty(g, dtype=np.int64)
@@ -259,10 +265,14 @@ def _sort_control(c):
 
 @njit(nogil=True, cache=True)
 def _sample_stats(x, sorted_c, zero_lo, zero_hi, ctrl_ties):
-    """Per gene, the sample's U, the pooled tie term and whether the pooled values differ at all."""
+    """Per gene, the sample's U, the pooled tie term and whether the pooled values differ at all.
+
+    The zeros and the copies of the first cell's value (the value of most cells in a sparse sample, and in a
+    shifted copy of a sparse control) are two tie blocks, each placed in the control at once."""
     m, g = x.shape
     k = sorted_c.shape[1]
-    starts, counts, values = _nonzeros_by_gene(x)
+    pivot = x[0].copy()
+    starts, counts, zeros, values = _values_by_gene(x, pivot)
     u1 = np.zeros(g)
     ties = np.empty(g)
     varying = np.ones(g, dtype=np.bool_)
@@ -270,13 +280,17 @@ def _sample_stats(x, sorted_c, zero_lo, zero_hi, ctrl_ties):
     for j in range(g):
         seg = _sort_values(values[starts[j] : starts[j] + counts[j]], buffer)
         row = sorted_c[j]
-        zeros = m - seg.size
         u, extra = 0.0, 0.0
-        if zeros > 0:  # every zero of the sample at once
+        if zeros[j] > 0:
             below, upto = zero_lo[j], zero_hi[j]
-            u += zeros * (below + 0.5 * (upto - below))
-            extra += _tie_change(float(zeros), float(upto - below))
-        start, at = 0, 0  # the nonzero values in ascending order, merged with the sorted control
+            u += zeros[j] * (below + 0.5 * (upto - below))
+            extra += _tie_change(float(zeros[j]), float(upto - below))
+        copies_of_pivot = 0 if pivot[j] == 0.0 else m - zeros[j] - seg.size
+        if copies_of_pivot > 0:
+            below, upto = _place(row, zero_lo[j], zero_hi[j], pivot[j])
+            u += copies_of_pivot * (below + 0.5 * (upto - below))
+            extra += _tie_change(float(copies_of_pivot), float(upto - below))
+        start, at = 0, 0  # the other values in ascending order, merged with the sorted control
         for r in range(1, seg.size + 1):
             if r == seg.size or seg[r] != seg[start]:
                 v = seg[start]
@@ -290,11 +304,8 @@ def _sample_stats(x, sorted_c, zero_lo, zero_hi, ctrl_ties):
                 start = r
         u1[j] = u
         ties[j] = ctrl_ties[j] + extra
-        if row[0] == row[k - 1]:  # a constant control: is the sample that same one value?
-            if zeros == m:
-                varying[j] = row[0] != 0.0
-            elif zeros == 0:
-                varying[j] = not (seg[0] == seg[seg.size - 1] and seg[0] == row[0])
+        if row[0] == row[k - 1] and (zeros[j] == m or copies_of_pivot == m):  # one value in each sample
+            varying[j] = pivot[j] != row[0]
     return u1, ties, varying
 
 
