@@ -151,7 +151,9 @@ def test_one_sorted_control_serves_several_samples_and_float32_input():
     ],
 )
 def test_sort_values_is_numpys_sort(values):
-    got = ranksum._sort_values(values.copy(), np.empty(values.size))
+    got = ranksum._sort_values(
+        values.copy(), np.empty(values.size), np.empty(values.size + 1, dtype=np.int64)
+    )
     np.testing.assert_array_equal(got, np.sort(values))
 
 

@@ -151,17 +151,20 @@ def _insertion_sort(a, lo, hi, budget):
 
 
 @njit(nogil=True, cache=True)
-def _sort_values(a, buffer):
-    """a sorted (finite values; `buffer` as long as a): a bucket sort by value, linear in a's length for spread
-    values, each bucket finished by insertion, or by np.sort when its values come clustered and unordered.
+def _sort_values(a, buffer, bucket):
+    """a's values sorted, in buffer[:a.size] (finite values; buffer and the int64 workspace `bucket` longer than
+    a): a bucket sort by value, linear in a's length for spread values, finished by one insertion pass, or by
+    np.sort when the values come clustered and unordered.
 
-    The bucket of v, floor((v − min) · n / (max − min)), never decreases as v grows, so the result is a's sorted
-    permutation whatever the rounding."""
+    The bucket of v, floor((v − min) · n / (max − min)), never decreases as v grows, so the buckets come in
+    order whatever the rounding and the insertion pass only reorders values within one."""
     n = a.size
+    out = buffer[:n]
     if n <= 32:
-        if not _insertion_sort(a, 0, n, 4 * n):
-            a[:] = np.sort(a)
-        return a
+        out[:] = a
+        if not _insertion_sort(out, 0, n, 4 * n):
+            out[:] = np.sort(a)
+        return out
     lo, hi, finite = a[0], a[0], True
     for v in a:
         if v < lo:
@@ -171,27 +174,25 @@ def _sort_values(a, buffer):
         elif v != v:
             finite = False
     if hi == lo and finite:
-        return a
+        out[:] = a
+        return out
     scale = n / (hi - lo)
     if not (finite and np.isfinite(hi - lo) and np.isfinite(scale)):
-        a[:] = np.sort(a)  # NaN or infinities: np.sort's order
-        return a
-    starts = np.zeros(n + 1, dtype=np.int64)
+        out[:] = np.sort(a)  # NaN or infinities: np.sort's order
+        return out
+    fill = bucket[: n + 1]
+    fill[:] = 0
     for v in a:
-        starts[min(int((v - lo) * scale), n - 1) + 1] += 1
+        fill[min(int((v - lo) * scale), n - 1) + 1] += 1
     for b in range(n):
-        starts[b + 1] += starts[b]
-    fill = starts[:n].copy()
+        fill[b + 1] += fill[b]
     for v in a:
         b = min(int((v - lo) * scale), n - 1)
-        buffer[fill[b]] = v
+        out[fill[b]] = v
         fill[b] += 1
-    for b in range(n):
-        first, last = starts[b], starts[b + 1]
-        if last - first > 1 and not _insertion_sort(buffer, first, last, 8 * (last - first)):
-            buffer[first:last] = np.sort(buffer[first:last])
-    a[:] = buffer[:n]
-    return a
+    if not _insertion_sort(out, 0, n, 8 * n):
+        out[:] = np.sort(a)
+    return out
 
 
 @njit(nogil=True, cache=True)
@@ -243,9 +244,9 @@ def _sort_control(c):
     zero_lo = np.empty(g, dtype=np.int64)
     zero_hi = np.empty(g, dtype=np.int64)
     ties = np.zeros(g)
-    buffer = np.empty(k)
+    buffer, bucket = np.empty(k), np.empty(k + 1, dtype=np.int64)
     for j in range(g):
-        seg = _sort_values(values[starts[j] : starts[j] + counts[j]], buffer)
+        seg = _sort_values(values[starts[j] : starts[j] + counts[j]], buffer, bucket)
         negative = _first_above(seg, 0, seg.size, 0.0, False)
         zeros = k - seg.size
         row = out[j]
@@ -276,9 +277,9 @@ def _sample_stats(x, sorted_c, zero_lo, zero_hi, ctrl_ties):
     u1 = np.zeros(g)
     ties = np.empty(g)
     varying = np.ones(g, dtype=np.bool_)
-    buffer = np.empty(m)
+    buffer, bucket = np.empty(m), np.empty(m + 1, dtype=np.int64)
     for j in range(g):
-        seg = _sort_values(values[starts[j] : starts[j] + counts[j]], buffer)
+        seg = _sort_values(values[starts[j] : starts[j] + counts[j]], buffer, bucket)
         row = sorted_c[j]
         u, extra = 0.0, 0.0
         if zeros[j] > 0:
