@@ -9,10 +9,10 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy.stats import mannwhitneyu
+from scipy.stats import false_discovery_control, mannwhitneyu
 
 from benchmark.scoring import ranksum
-from benchmark.scoring.ranksum import ControlRanks, mwu_pvalues, rank_sum_pvalues
+from benchmark.scoring.ranksum import ControlRanks, bh_qvalues, mwu_pvalues, rank_sum_pvalues
 
 
 class _NumpyControlRanks:
@@ -177,3 +177,13 @@ def test_kernels_release_the_gil():
         last = now
     worker.join()
     assert max(gaps) < alone / 2, (max(gaps), alone)
+
+
+def test_bh_qvalues_are_scipys_false_discovery_control():
+    rng = np.random.default_rng(9)
+    p = rng.random(3000)
+    p[:800], p[800:900], p[900:905] = 1.0, 0.004, 0.0  # ties, ones and zeros, as DE p-values have
+    np.testing.assert_array_equal(bh_qvalues(p), false_discovery_control(p))
+    rows = np.round(rng.random((7, 400)) ** 3, 3)  # several tests corrected at once, row by row
+    np.testing.assert_array_equal(bh_qvalues(rows), false_discovery_control(rows, axis=-1))
+    np.testing.assert_array_equal(bh_qvalues(np.array([0.3])), [0.3])

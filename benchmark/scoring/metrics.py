@@ -54,11 +54,10 @@ from functools import cached_property
 
 import numpy as np
 from scipy.spatial.distance import cdist
-from scipy.stats import false_discovery_control
 
 from benchmark.core.errors import PertbenchError
 from benchmark.core.task import dense
-from benchmark.scoring.ranksum import ControlRanks, SampleRanks
+from benchmark.scoring.ranksum import ControlRanks, SampleRanks, bh_qvalues
 
 VAR_EPS = 1e-6
 """Added to both per-gene variances in `var_ratio` so genes with zero variance give finite logs."""
@@ -256,12 +255,12 @@ class EvalData:
     def de_real(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test real vs control, per gene."""
         real = _rows(self.real, self.real_index)
-        return false_discovery_control(self.control_ranks.pvalues(real, self.real_ranks))
+        return bh_qvalues(self.control_ranks.pvalues(real, self.real_ranks))
 
     @cached_property
     def de_pred(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test pred vs control, per gene."""
-        return false_discovery_control(self.control_ranks.pvalues(_rows(self.pred, self.pred_index)))
+        return bh_qvalues(self.control_ranks.pvalues(_rows(self.pred, self.pred_index)))
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,22 @@ def mwu_pvalues(u1: np.ndarray, m: float, k: float, ties: np.ndarray) -> np.ndar
     return np.nan_to_num(p, nan=1.0)
 
 
+def bh_qvalues(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg q-values of each row of p (the last axis), the same numbers as
+    scipy.stats.false_discovery_control(p, axis=-1) without its input checks: p-values from `mwu_pvalues` are
+    in [0, 1] already, and the DE tests of a target and its ceiling's halves correct thousands of genes each."""
+    p = np.asarray(p, dtype=np.float64)
+    m = p.shape[-1]
+    if m <= 1:
+        return p.copy()
+    order = np.argsort(p, axis=-1)
+    q = np.take_along_axis(p, order, axis=-1) * (m / np.arange(1, m + 1, dtype=np.float64))
+    np.minimum.accumulate(q[..., ::-1], out=q[..., ::-1], axis=-1)
+    out = np.empty_like(q)
+    np.put_along_axis(out, order, q, axis=-1)
+    return np.clip(out, 0.0, 1.0)
+
+
 def _cells_by_genes(x: np.ndarray) -> np.ndarray:
     """x as the kernels read it: a C-ordered float64 cells x genes matrix (no copy when it already is one)."""
     x = np.ascontiguousarray(x, dtype=np.float64)
