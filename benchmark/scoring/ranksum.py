@@ -1,8 +1,9 @@
 """Per-gene two-sided Wilcoxon rank-sum (Mann–Whitney U) tests of samples against one sorted control.
 
 The per-gene work runs in compiled kernels (numba, `nogil`), so the runner's scoring threads test several targets
-at once. Zeros, most of the values of sparse expression data, are one tie block placed in O(1); every other
-distinct sample value is placed in the sorted control by binary search.
+at once. The control is sorted once per target; zeros, most of the values of sparse expression data, are one tie
+block placed in O(1). A sample's other values are bucket-sorted per gene and merged into the sorted control (a
+galloping search per distinct value), so a test costs about one pass over the sample's nonzero values.
 """
 
 from __future__ import annotations
@@ -35,11 +36,9 @@ class ControlRanks:
 
     def __init__(self, c: np.ndarray) -> None:
         self.c = c
-        sorted_c, self.zero_lo, self.zero_hi, self.ties = _sort_control(_cells_by_genes(c))
-        self.sorted = (
-            sorted_c  # genes x control cells; the zeros of gene g are sorted[g, zero_lo[g]:zero_hi[g]]
-        )
-        self.varying = sorted_c[:, -1] > sorted_c[:, 0]
+        # sorted: genes x control cells; the zeros of gene g are sorted[g, zero_lo[g]:zero_hi[g]].
+        self.sorted, self.zero_lo, self.zero_hi, self.ties = _sort_control(_cells_by_genes(c))
+        self.varying = self.sorted[:, -1] > self.sorted[:, 0]
 
     def rank(self, x: np.ndarray) -> SampleRanks:
         """The sample x (cells x genes) sorted per gene and placed in the sorted control, for every gene."""
@@ -284,8 +283,9 @@ def _sort_control(c):
 def _sample_stats(x, sorted_c, zero_lo, zero_hi, ctrl_ties):
     """Per gene, the sample's U, the pooled tie term and whether the pooled values differ at all.
 
-    The zeros and the copies of the first cell's value (the value of most cells in a sparse sample, and in a
-    shifted copy of a sparse control) are two tie blocks, each placed in the control at once."""
+    The zeros and the copies of the first cell's value are two tie blocks, each placed in the control at once:
+    in a shifted copy of a sparse control (the mean oracle, shift predictions) most cells of a gene hold one
+    nonzero value, which the first cell usually holds too."""
     m, g = x.shape
     k = sorted_c.shape[1]
     pivot = x[0].copy()
