@@ -187,3 +187,23 @@ def test_bh_qvalues_are_scipys_false_discovery_control():
     rows = np.round(rng.random((7, 400)) ** 3, 3)  # several tests corrected at once, row by row
     np.testing.assert_array_equal(bh_qvalues(rows), false_discovery_control(rows, axis=-1))
     np.testing.assert_array_equal(bh_qvalues(np.array([0.3])), [0.3])
+
+
+def test_random_shapes_and_values_match_the_numpy_implementation_exactly():
+    rng = np.random.default_rng(123)
+    grids = [
+        lambda n, g: rng.normal(size=(n, g)),
+        lambda n, g: np.round(rng.normal(size=(n, g)), 1),
+        lambda n, g: rng.choice(
+            [0.0, -0.0, 1.0, 2.0, -1.0, 1e-300, 5e-324], size=(n, g)
+        ),  # signed zeros, denormals
+        lambda n, g: np.round(rng.exponential(size=(n, g)), 1) * (rng.random((n, g)) < 0.2),
+    ]
+    for _ in range(150):
+        k, m, g = (int(v) for v in rng.integers(1, 60, size=3))  # down to one cell on either side
+        c, x = grids[rng.integers(4)](k, g), grids[rng.integers(4)](m, g)
+        new, old = ControlRanks(c), _NumpyControlRanks(c)
+        np.testing.assert_array_equal(new.pvalues(x), old.pvalues(x))
+        ranked, old_ranked = new.rank(x), old.rank(x)
+        np.testing.assert_array_equal(new.pvalues(x, ranked), old.pvalues(x, old_ranked))
+        np.testing.assert_array_equal(ranked.below, old_ranked[2])
