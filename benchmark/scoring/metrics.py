@@ -54,11 +54,10 @@ from functools import cached_property
 
 import numpy as np
 from scipy.spatial.distance import cdist
-from scipy.stats import false_discovery_control
 
 from benchmark.core.errors import PertbenchError
 from benchmark.core.task import dense
-from benchmark.scoring.ranksum import ControlRanks, SampleRanks
+from benchmark.scoring.ranksum import ControlRanks, SampleRanks, bh_qvalues
 
 VAR_EPS = 1e-6
 """Added to both per-gene variances in `var_ratio` so genes with zero variance give finite logs."""
@@ -85,6 +84,11 @@ def subsample_index(n: int, k: int | None = None) -> np.ndarray:
     if n <= k:
         return np.arange(n)
     return np.sort(np.random.default_rng([SUBSAMPLE_SEED, n]).choice(n, size=k, replace=False))
+
+
+def _rows(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """x[index] for a `subsample_index`, without copying x when the index keeps every row."""
+    return x if index.size == x.shape[0] else x[index]
 
 
 @dataclass(frozen=True, eq=False)
@@ -240,23 +244,23 @@ class EvalData:
     @cached_property
     def control_ranks(self) -> ControlRanks:
         """The (subsampled) control cells sorted per gene once, for the rank-sum tests of real and predictions."""
-        return ControlRanks(self.control[self.control_index])
+        return ControlRanks(_rows(self.control, self.control_index))
 
     @cached_property
     def real_ranks(self) -> SampleRanks:
         """The (subsampled) real cells sorted per gene and placed in the sorted control (DE test and ceiling)."""
-        return self.control_ranks.rank(self.real[self.real_index])
+        return self.control_ranks.rank(_rows(self.real, self.real_index))
 
     @cached_property
     def de_real(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test real vs control, per gene."""
-        real = self.real[self.real_index]
-        return false_discovery_control(self.control_ranks.pvalues(real, self.real_ranks))
+        real = _rows(self.real, self.real_index)
+        return bh_qvalues(self.control_ranks.pvalues(real, self.real_ranks))
 
     @cached_property
     def de_pred(self) -> np.ndarray:
         """BH-adjusted p-values of the rank-sum test pred vs control, per gene."""
-        return false_discovery_control(self.control_ranks.pvalues(self.pred[self.pred_index]))
+        return bh_qvalues(self.control_ranks.pvalues(_rows(self.pred, self.pred_index)))
 
 
 @dataclass(frozen=True)
