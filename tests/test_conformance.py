@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 
 from benchmark import NotApplicable, Predictor, check_predictor
-from benchmark.conformance import ConformanceError
+from benchmark.conformance import ConformanceError, _case
 from benchmark.core.protocol import predicted_anndata
 from benchmark.core.task import dense, mean_profile
+from predictors.params import ValidatedParams, check_float
 from predictors.registry import BUILTINS, check_installed, make_predictor
 
 SMALL_BUDGET = {"max_steps": 20, "max_epochs": 2, "n_hidden": 16, "n_latent": 4, "batch_size": 64}
 """Training budget for the neural predictors: the checks are about the protocol, not the fit's quality."""
+
+FAST_NEURAL = {"cvae_modeB", "cvae_mlp_modeA"}
+"""One CVAE per decoder in the fast suite; the other generation modes and scGen run with the slow tests."""
 
 
 def _builtin(name: str):
@@ -26,19 +30,28 @@ def _builtin(name: str):
     return model, params
 
 
-@pytest.mark.parametrize(
-    "name", [n for n in BUILTINS if not n.startswith(("cvae", "scgen"))] + ["cvae_modeB", "cvae_mlp_modeA"]
-)
+def _registry_cases():
+    for name in BUILTINS:
+        neural = name.startswith(("cvae", "scgen"))
+        marks = [pytest.mark.slow] if neural and name not in FAST_NEURAL else []
+        yield pytest.param(name, marks=marks, id=name)
+
+
+@pytest.mark.parametrize("name", list(_registry_cases()))
 def test_every_builtin_predictor_conforms(name):
     model, params = _builtin(name)
     check_predictor(model, params, name=name)
 
 
-class Shift(Predictor):
-    """A conforming toy: control cells + the perturbation's pooled mean shift."""
+class Shift(ValidatedParams, Predictor):
+    """A conforming toy: control cells + `scale` x the perturbation's pooled mean shift."""
 
     def __init__(self, scale: float = 1.0):
         self.scale = scale
+        self._validate()
+
+    def _validate(self):
+        check_float("scale", self.scale, 0.0)
 
     def fit(self, train, task):
         x, labels = task.lognorm(train), task.perturbations(train)
@@ -50,20 +63,48 @@ class Shift(Predictor):
     def predict(self, control, perturbation, context):
         if perturbation not in self.shift_:
             raise NotApplicable(perturbation)
-        return predicted_anndata(
-            dense(self.task_.lognorm(control)) + self.shift_[perturbation], control, perturbation, context
-        )
+        x = dense(self.task_.lognorm(control)) + self.scale * self.shift_[perturbation]
+        return predicted_anndata(x, control, perturbation, context)
 
 
 class MutatesParam(Shift):
     def __init__(self, scale: float = 1.0):
-        self.scale = float(scale) * 2
+        self.scale = float(scale)  # an int or numpy scale comes back as another type
+
+
+class CopiesParam(Shift):
+    def __init__(self, scale: float = 1.0, genes: list | None = None):
+        self.scale = scale
+        self.genes = list(genes) if genes is not None else None
+        self._validate()
+
+
+class DoesNotStoreParam(Shift):
+    def __init__(self, scale: float = 1.0):
+        self.factor = scale
+
+
+class AcceptsAnything(Shift):
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale  # no validation: scale="not a number" fails at fit, if ever
+
+
+class RaisesTypeError(Shift):
+    def _validate(self):
+        if not isinstance(self.scale, int | float):
+            raise TypeError("bad")
+
+
+class ValidatesOnlyInInit(Shift):
+    def set_params(self, **params):
+        return Predictor.set_params(self, **params)
 
 
 class StateBeforeFit(Shift):
     def __init__(self, scale: float = 1.0):
         self.scale = scale
         self.shift_ = {}
+        self._validate()
 
 
 class FitReturnsNone(Shift):
@@ -77,16 +118,70 @@ class WrongGenes(Shift):
         return out[:, ::-1].copy()
 
 
+class OneCellPerTrainingCell(Shift):
+    """Returns as many cells as the perturbation had in training (2 contexts x 40), not one per control cell."""
+
+    def fit(self, train, task):
+        self.sizes_ = dict(zip(*np.unique(task.perturbations(train), return_counts=True), strict=True))
+        return super().fit(train, task)
+
+    def predict(self, control, perturbation, context):
+        out = super().predict(control, perturbation, context)
+        return out[np.arange(self.sizes_[perturbation]) % out.n_obs].copy()
+
+
+class InfiniteValues(Shift):
+    def predict(self, control, perturbation, context):
+        out = super().predict(control, perturbation, context)
+        out.X[0, 0] = np.inf
+        return out
+
+
 class KeyErrorOnUnseen(Shift):
     def predict(self, control, perturbation, context):
         self.shift_[perturbation]  # noqa: B018 - raises KeyError for an unseen one
         return super().predict(control, perturbation, context)
 
 
+class ContextBlind(Shift):
+    """Indexes a per-context table that has no row for an unseen context."""
+
+    def fit(self, train, task):
+        self.contexts_ = {c: i for i, c in enumerate(sorted(set(task.contexts(train))))}
+        return super().fit(train, task)
+
+    def predict(self, control, perturbation, context):
+        self.contexts_[context]  # noqa: B018 - KeyError for an unseen context
+        return super().predict(control, perturbation, context)
+
+
+class DeclinesTooMuch(Shift):
+    def check_applicable(self, train, task, perturbation, context):
+        raise NotApplicable("declined before fit")
+
+
+class CheckApplicableCrashes(Shift):
+    def check_applicable(self, train, task, perturbation, context):
+        raise RuntimeError("boom")
+
+
 class Unseeded(Shift):
     def predict(self, control, perturbation, context):
         out = super().predict(control, perturbation, context)
         out.X = out.X + np.random.default_rng().normal(0, 0.01, out.X.shape).astype(np.float32)
+        return out
+
+
+class DrawsFromFitRng(Shift):
+    """Seeded, but every prediction draws on from one generator made at fit: a target depends on the order."""
+
+    def fit(self, train, task):
+        self.rng_ = np.random.default_rng(0)
+        return super().fit(train, task)
+
+    def predict(self, control, perturbation, context):
+        out = super().predict(control, perturbation, context)
+        out.X = out.X + self.rng_.normal(0, 0.01, out.X.shape).astype(np.float32)
         return out
 
 
@@ -98,35 +193,79 @@ class ReadsHeldOut(Shift):
         return super().fit(parent, task)
 
 
-class EditsInput(Shift):
-    def fit(self, train, task):
-        super().fit(train, task)
-        train.obs["condition"] = train.obs["condition"]  # harmless, but the X edit below is not
-        return self
+class ReadsHeldOutAtPredict(Shift):
+    """Predicts from the target's own cells, found in the dataset the control view was cut from."""
 
+    def predict(self, control, perturbation, context):
+        parent = control._adata_ref if control.is_view else control
+        labels, contexts = self.task_.perturbations(parent), self.task_.contexts(parent)
+        real = dense(self.task_.lognorm(parent[(labels == perturbation) & (contexts == context)]))
+        if not len(real):
+            return super().predict(control, perturbation, context)
+        x = dense(self.task_.lognorm(control))
+        return predicted_anndata(x + real.mean(axis=0) - x.mean(axis=0), control, perturbation, context)
+
+
+class EditsInput(Shift):
     def predict(self, control, perturbation, context):
         out = super().predict(control, perturbation, context)
         control.X[:] = 0
         return out
 
 
-def test_a_conforming_toy_passes():
+def test_a_conforming_toy_passes_as_a_class_and_as_an_instance():
     check_predictor(Shift)
+    check_predictor(Shift(scale=0.5))
+    check_predictor(OneCellPerTrainingCell, one_cell_per_control=False)  # documented to differ
 
 
 @pytest.mark.parametrize(
     ("broken", "rule"),
     [
-        (MutatesParam, "store its parameters unchanged"),
-        (StateBeforeFit, "no learned state before fit"),
-        (FitReturnsNone, "fit must return self"),
+        (MutatesParam, "store its parameters unchanged: given {'scale': 1}, stored {'scale': 1.0}"),
+        (DoesNotStoreParam, "store every parameter as an attribute"),
+        (AcceptsAnything, "must be rejected with ValueError: the constructor accepted scale='not a number'"),
+        (RaisesTypeError, "must be rejected with ValueError: the constructor .* raised TypeError"),
+        (ValidatesOnlyInInit, "must be rejected with ValueError: set_params accepted"),
+        (StateBeforeFit, r"no learned state before fit: .*\['shift_'\]"),
+        (FitReturnsNone, "fit must return self: returned NoneType"),
         (WrongGenes, "genes must be the control's"),
-        (KeyErrorOnUnseen, "must raise NotApplicable"),
+        (OneCellPerTrainingCell, "one cell per control cell: 80 cells for 29 control cells"),
+        (InfiniteValues, "values must be finite"),
+        (KeyErrorOnUnseen, r"must raise NotApplicable: predict\('never_seen_perturbation'"),
+        (ContextBlind, r"must raise NotApplicable: predict\('P0', 'never_seen_context'\) raised KeyError"),
+        (DeclinesTooMuch, "check_applicable must not decline a target the fitted model predicts"),
+        (CheckApplicableCrashes, "check_applicable may only raise NotApplicable"),
         (Unseeded, "same seed must give the same predictions"),
+        (DrawsFromFitRng, "must not depend on the predictions made before it"),
         (ReadsHeldOut, "must not depend on held-out cells"),
-        (EditsInput, "must not modify"),
+        (ReadsHeldOutAtPredict, "must not depend on held-out cells"),
+        (EditsInput, "predict must not modify the control cells"),
     ],
+    ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )
 def test_a_predictor_breaking_a_rule_fails_naming_it_and_the_rule(broken, rule):
     with pytest.raises(ConformanceError, match=rf"^{broken.__name__}: .*{rule}"):
         check_predictor(broken)
+
+
+def test_copied_container_parameter_is_named():
+    with pytest.raises(ConformanceError, match=r"^Copy: .*given \{'genes': \['a'\]\}"):
+        check_predictor(CopiesParam, {"genes": ["a"]}, name="Copy")
+
+
+def test_the_held_out_cells_are_in_the_parent_of_the_training_view_and_poisoning_changes_only_them():
+    clean, poisoned = _case("P0"), _case("P0", poison=True)
+    assert clean.train.is_view and clean.train._adata_ref is clean.full
+    held_out = ~clean.full.obs_names.isin(clean.train.obs_names)
+    assert held_out.sum() == 40
+    assert set(clean.full.obs.loc[held_out, "condition"]) == {"P0"}
+    differs = (dense(clean.full.X) != dense(poisoned.full.X)).any(axis=1)
+    np.testing.assert_array_equal(differs, held_out)
+    np.testing.assert_array_equal(dense(clean.train.X), dense(poisoned.train.X))
+    np.testing.assert_array_equal(dense(clean.control.X), dense(poisoned.control.X))
+
+
+def test_a_constructor_that_cannot_run_fails_the_first_rule():
+    with pytest.raises(ConformanceError, match=r"^Shift: the predictor must be constructible: TypeError"):
+        check_predictor(Shift, {"no_such_param": 1})
