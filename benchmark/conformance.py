@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,8 @@ def _twin(value: Any) -> Any:
         return int(value)
     if isinstance(value, float):
         return np.float64(value)
+    if isinstance(value, tuple) and value:
+        return list(value)
     return None
 
 
@@ -136,6 +139,13 @@ def _invalid(value: Any) -> Any:
     if isinstance(value, int | float | np.integer | np.floating):
         return "not a number"
     return None
+
+
+def _difference(a: np.ndarray, b: np.ndarray) -> str:
+    """How two predictions differ, for the error message."""
+    if a.shape != b.shape:
+        return f"shapes {a.shape} and {b.shape}"
+    return f"largest difference {float(np.max(np.abs(a.astype(np.float64) - b))):.3g}"
 
 
 def _params(subject: _Subject, model: Predictor) -> dict[str, Any]:
@@ -189,7 +199,7 @@ def check_invalid_params_rejected(subject: _Subject) -> None:
                     cls(**{**params, name: bad})
             except ValueError as exc:
                 message = str(exc)
-                if name not in message or "\n" in message:
+                if not re.search(rf"\b{re.escape(name)}\b", message) or "\n" in message:
                     raise subject.fail(
                         "an invalid hyperparameter must be a one-line ValueError naming it",
                         f"{where} with {name}={bad!r} raised {message!r}",
@@ -278,7 +288,10 @@ def check_seeded(subject: _Subject) -> None:
     """A second fresh fit with the same parameters (and seed) gives the same predictions as the first."""
     first, second = dense(subject.prediction.X), subject.fresh_prediction(_case(subject.target))
     if first.shape != second.shape or not np.array_equal(first, second):
-        raise subject.fail("the same seed must give the same predictions", "two fresh fits differ")
+        raise subject.fail(
+            "the same seed must give the same predictions",
+            f"two fresh fits differ: {_difference(first, second)}",
+        )
 
 
 def check_order_independent(subject: _Subject) -> None:
@@ -295,7 +308,7 @@ def check_order_independent(subject: _Subject) -> None:
     if first.shape != again.shape or not np.array_equal(first, again):
         raise subject.fail(
             "a prediction must not depend on the predictions made before it",
-            "the target predicted again after other targets differs",
+            f"the target predicted again after other targets differs: {_difference(first, again)}",
         )
 
 
@@ -338,15 +351,21 @@ AFTER_FIT: tuple[Callable[[_Subject], None], ...] = (
 
 
 def check_predictor(
-    predictor: type[Predictor] | Predictor,
+    predictor: type[Predictor] | Predictor | str,
     params: dict[str, Any] | None = None,
     name: str | None = None,
     one_cell_per_control: bool = True,
 ) -> None:
-    """Run every protocol check on `predictor` (a class, or an instance whose parameters are used), built with
-    `params` on top (e.g. a small training budget); raises ConformanceError naming the predictor and the rule.
+    """Run every protocol check on `predictor` (a class, an instance whose parameters are used, or a name as
+    `bench run --predictor` takes it: registered, or module:Class), built with `params` on top (e.g. a small
+    training budget); raises ConformanceError naming the predictor and the rule.
     `one_cell_per_control=False` for a predictor documented to return another number of cells."""
     params = dict(params or {})
+    if isinstance(predictor, str):
+        from predictors.registry import make_predictor
+
+        name = name or predictor
+        predictor = make_predictor(predictor)[1]
     label = name or (predictor.__name__ if isinstance(predictor, type) else type(predictor).__name__)
     template = copy.deepcopy(predictor) if isinstance(predictor, Predictor) else predictor
 

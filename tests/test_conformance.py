@@ -213,9 +213,10 @@ class EditsInput(Shift):
         return out
 
 
-def test_a_conforming_toy_passes_as_a_class_and_as_an_instance():
+def test_a_conforming_toy_passes_as_a_class_an_instance_and_a_name():
     check_predictor(Shift)
     check_predictor(Shift(scale=0.5))
+    check_predictor(f"{__name__}:Shift", {"scale": 2})
     check_predictor(OneCellPerTrainingCell, one_cell_per_control=False)  # documented to differ
 
 
@@ -236,7 +237,7 @@ def test_a_conforming_toy_passes_as_a_class_and_as_an_instance():
         (ContextBlind, r"must raise NotApplicable: predict\('P0', 'never_seen_context'\) raised KeyError"),
         (DeclinesTooMuch, "check_applicable must not decline a target the fitted model predicts"),
         (CheckApplicableCrashes, "check_applicable may only raise NotApplicable"),
-        (Unseeded, "same seed must give the same predictions"),
+        (Unseeded, "same seed must give the same predictions: two fresh fits differ: largest difference"),
         (DrawsFromFitRng, "must not depend on the predictions made before it"),
         (ReadsHeldOut, "must not depend on held-out cells"),
         (ReadsHeldOutAtPredict, "must not depend on held-out cells"),
@@ -247,6 +248,19 @@ def test_a_conforming_toy_passes_as_a_class_and_as_an_instance():
 def test_a_predictor_breaking_a_rule_fails_naming_it_and_the_rule(broken, rule):
     with pytest.raises(ConformanceError, match=rf"^{broken.__name__}: .*{rule}"):
         check_predictor(broken)
+
+
+class VagueMessage(Shift):
+    def _validate(self):
+        if not isinstance(self.scale, int | float):
+            raise ValueError("bad value")
+
+
+def test_a_rejection_that_does_not_name_the_parameter_fails():
+    with pytest.raises(
+        ConformanceError, match=r"^VagueMessage: .*one-line ValueError naming it: .*'bad value'"
+    ):
+        check_predictor(VagueMessage)
 
 
 def test_copied_container_parameter_is_named():
