@@ -7,8 +7,10 @@ from __future__ import annotations
 import copy
 import inspect
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -294,6 +296,33 @@ def check_seeded(subject: _Subject) -> None:
         )
 
 
+def check_cache_round_trip(subject: _Subject) -> None:
+    """A cacheable predictor (the harness may load a fit instead of fitting): `fit_params` are some of its
+    parameters, and a fresh instance loading what `save` wrote predicts what the fitted model predicted."""
+    model = subject.model
+    if not getattr(model, "cacheable", False):
+        return
+    params, keyed = model.get_params(), model.fit_params()
+    stray = [k for k, v in keyed.items() if k not in params or not _same(params[k], v)]
+    if stray:
+        raise subject.fail("fit_params must be parameters of the predictor, as stored", f"not: {stray}")
+    if not (callable(getattr(model, "save", None)) and callable(getattr(model, "load_fitted", None))):
+        raise subject.fail("a cacheable predictor must implement save and load_fitted", "missing")
+    with tempfile.TemporaryDirectory(prefix="pertbench-conformance-") as directory:
+        model.save(Path(directory))
+        fresh = subject.build()
+        loaded = fresh.load_fitted(Path(directory))
+        if loaded is not fresh:
+            raise subject.fail("load_fitted must return self", f"returned {type(loaded).__name__}")
+        case = subject.case
+        again = dense(fresh.predict(case.control, case.perturbation, case.context).X)
+    first = dense(subject.prediction.X)
+    if first.shape != again.shape or not np.array_equal(first, again):
+        raise subject.fail(
+            "a loaded fit must predict what the fitted model predicted", _difference(first, again)
+        )
+
+
 def check_order_independent(subject: _Subject) -> None:
     """A prediction does not depend on what the model predicted before it (targets are scored in threads, in
     any order): the target predicted again, after other targets, is the same."""
@@ -345,6 +374,7 @@ AFTER_FIT: tuple[Callable[[_Subject], None], ...] = (
     check_prediction,
     check_seeded,
     check_never_reads_held_out_cells,
+    check_cache_round_trip,
     check_order_independent,
     check_not_applicable,
 )

@@ -3,10 +3,12 @@ message naming it and the rule."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from benchmark import NotApplicable, Predictor, check_predictor
+from benchmark import NotApplicable, Predictor, Task, check_predictor
 from benchmark.conformance import ConformanceError, _case
 from benchmark.core.protocol import predicted_anndata
 from benchmark.core.task import dense, mean_profile
@@ -206,6 +208,44 @@ class ReadsHeldOutAtPredict(Shift):
         return predicted_anndata(x + real.mean(axis=0) - x.mean(axis=0), control, perturbation, context)
 
 
+class Cached(Shift):
+    """A conforming cacheable toy: its fitted state saved as JSON."""
+
+    cacheable = True
+
+    def save(self, directory):
+        state = {"shift": {p: v.tolist() for p, v in self.shift_.items()}, "task": vars(self.task_)}
+        (directory / "state.json").write_text(json.dumps(state))
+
+    def load_fitted(self, directory):
+        state = json.loads((directory / "state.json").read_text())
+        self.shift_ = {p: np.asarray(v, dtype=np.float32) for p, v in state["shift"].items()}
+        self.task_ = Task(**state["task"])
+        return self
+
+
+class SavesRoundedState(Cached):
+    """Writes its shifts to one decimal: a cached fit would predict something else than the fit."""
+
+    def save(self, directory):
+        exact = self.shift_
+        self.shift_ = {p: np.round(v, 1) for p, v in exact.items()}
+        try:
+            super().save(directory)
+        finally:
+            self.shift_ = exact
+
+
+class LoadReturnsNone(Cached):
+    def load_fitted(self, directory):
+        super().load_fitted(directory)
+
+
+class KeysOnAnUnknownParam(Cached):
+    def fit_params(self):
+        return {"scale": self.scale, "epochs": 3}
+
+
 class EditsInput(Shift):
     def predict(self, control, perturbation, context):
         out = super().predict(control, perturbation, context)
@@ -218,6 +258,7 @@ def test_a_conforming_toy_passes_as_a_class_an_instance_and_a_name():
     check_predictor(Shift(scale=0.5))
     check_predictor(f"{__name__}:Shift", {"scale": 2})
     check_predictor(OneCellPerTrainingCell, one_cell_per_control=False)  # documented to differ
+    check_predictor(Cached)
 
 
 @pytest.mark.parametrize(
@@ -242,6 +283,12 @@ def test_a_conforming_toy_passes_as_a_class_an_instance_and_a_name():
         (ReadsHeldOut, "must not depend on held-out cells"),
         (ReadsHeldOutAtPredict, "must not depend on held-out cells"),
         (EditsInput, "predict must not modify the control cells"),
+        (SavesRoundedState, "a loaded fit must predict what the fitted model predicted: largest difference"),
+        (LoadReturnsNone, "load_fitted must return self: returned NoneType"),
+        (
+            KeysOnAnUnknownParam,
+            r"fit_params must be parameters of the predictor, as stored: not: \['epochs'\]",
+        ),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )
