@@ -85,6 +85,7 @@ class _Subject:
     name: str
     build: Callable[[], Predictor]
     one_cell_per_control: bool
+    strict_params: bool
     target: str = ""
     case: _Case | None = None
     model: Predictor | None = None
@@ -183,41 +184,50 @@ def check_params_stored_unchanged(subject: _Subject) -> None:
         raise subject.fail("set_params must store values unchanged", f"changed: {changed}")
 
 
+def _rejection(subject: _Subject, where: str, name: str, bad: Any, attempt: Callable[[], Any]) -> bool:
+    """Whether `attempt` rejected name=bad; a rejection other than a one-line ValueError naming it is an error."""
+    try:
+        attempt()
+    except ValueError as exc:
+        message = str(exc)
+        if not re.search(rf"\b{re.escape(name)}\b", message) or "\n" in message:
+            raise subject.fail(
+                "an invalid hyperparameter must be a one-line ValueError naming it",
+                f"{where} with {name}={bad!r} raised {message!r}",
+            ) from exc
+        return True
+    except Exception as exc:  # noqa: BLE001 - the point is which exception
+        raise subject.fail(
+            "an invalid hyperparameter must be rejected with ValueError",
+            f"{where} with {name}={bad!r} raised {type(exc).__name__}: {exc}",
+        ) from exc
+    return False
+
+
 def check_invalid_params_rejected(subject: _Subject) -> None:
-    """A wrongly typed boolean or numeric hyperparameter is a one-line ValueError naming it, raised by the
-    constructor and by set_params (which then leaves the predictor as it was): the project's convention, so a
-    bad `--param` never reaches a fit."""
+    """A wrongly typed boolean or numeric hyperparameter that is rejected is a one-line ValueError naming it,
+    from the constructor and set_params alike (which then leaves the predictor as it was); with
+    `strict_params`, every such parameter must be rejected (the built-ins' convention: a bad `--param` never
+    reaches a fit)."""
     model = subject.build()
     cls, params = type(model), model.get_params()
     for name, value in params.items():
         bad = _invalid(value)
         if bad is None:
             continue
-        for where in ("the constructor", "set_params"):
-            try:
-                if where == "set_params":
-                    model.set_params(**{name: bad})
-                else:
-                    cls(**{**params, name: bad})
-            except ValueError as exc:
-                message = str(exc)
-                if not re.search(rf"\b{re.escape(name)}\b", message) or "\n" in message:
-                    raise subject.fail(
-                        "an invalid hyperparameter must be a one-line ValueError naming it",
-                        f"{where} with {name}={bad!r} raised {message!r}",
-                    ) from exc
-            except Exception as exc:  # noqa: BLE001 - the point is which exception
-                raise subject.fail(
-                    "an invalid hyperparameter must be rejected with ValueError",
-                    f"{where} with {name}={bad!r} raised {type(exc).__name__}: {exc}",
-                ) from exc
-            else:
-                raise subject.fail(
-                    "an invalid hyperparameter must be rejected with ValueError",
-                    f"{where} accepted {name}={bad!r}",
-                )
-        if repr(model.get_params()) != repr(params):
+        # Bound now: each lambda runs before the loop moves on.
+        by_init = _rejection(subject, "the constructor", name, bad, lambda: cls(**{**params, name: bad}))  # noqa: B023
+        by_set = _rejection(subject, "set_params", name, bad, lambda: model.set_params(**{name: bad}))  # noqa: B023
+        if by_init != by_set or (subject.strict_params and not by_init):
+            where = "set_params" if by_init else "the constructor"
+            rule = "the constructor and set_params must reject the same values" if by_init != by_set else ""
+            raise subject.fail(
+                rule or "an invalid hyperparameter must be rejected with ValueError",
+                f"{where} accepted {name}={bad!r}",
+            )
+        if by_set and repr(model.get_params()) != repr(params):
             raise subject.fail("a rejected set_params must leave the parameters unchanged", f"{name} changed")
+        model.set_params(**{name: value})  # undo an accepted value before the next parameter
 
 
 def check_no_learned_state_before_fit(subject: _Subject) -> None:
@@ -385,11 +395,13 @@ def check_predictor(
     params: dict[str, Any] | None = None,
     name: str | None = None,
     one_cell_per_control: bool = True,
+    strict_params: bool = False,
 ) -> None:
     """Run every protocol check on `predictor` (a class, an instance whose parameters are used, or a name as
     `bench run --predictor` takes it: registered, or module:Class), built with `params` on top (e.g. a small
     training budget); raises ConformanceError naming the predictor and the rule.
-    `one_cell_per_control=False` for a predictor documented to return another number of cells."""
+    `one_cell_per_control=False` for a predictor documented to return another number of cells;
+    `strict_params=True` requires every boolean or numeric hyperparameter to be validated on construction."""
     params = dict(params or {})
     if isinstance(predictor, str):
         from predictors.registry import make_predictor
@@ -404,7 +416,7 @@ def check_predictor(
             return type(template)(**{**template.get_params(), **params})
         return template(**params)
 
-    subject = _Subject(label, build, one_cell_per_control)
+    subject = _Subject(label, build, one_cell_per_control, strict_params)
     try:
         build()
     except Exception as exc:  # noqa: BLE001 - a constructor that cannot run fails the first rule
