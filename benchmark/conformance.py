@@ -107,7 +107,7 @@ def _same(a: Any, b: Any) -> bool:
     if a is b:
         return True
     if isinstance(a, list | dict | set | np.ndarray) or isinstance(b, list | dict | set | np.ndarray):
-        return False  # a container must be stored as given, not copied (clone and the cache rely on it)
+        return False  # a container is stored as given, not as a copy
     try:
         return type(a) is type(b) and bool(a == b)
     except Exception:  # noqa: BLE001 - odd objects: compare by identity only
