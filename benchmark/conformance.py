@@ -296,6 +296,29 @@ def check_not_applicable(subject: _Subject) -> None:
         ) from exc
 
 
+def check_context_free_task(subject: _Subject) -> None:
+    """A task without a context key (every cell in context 'all', as a dataset card may say) is predicted
+    validly or declined with NotApplicable, at fit or at predict."""
+    case = _case(TARGETS[-1])
+    task = Task(case.task.perturbation_key, case.task.control_label, None, expression=case.task.expression)
+    labels = task.perturbations(case.full)
+    train = case.full[labels != case.perturbation]
+    control = case.full[labels == task.control_label]
+    try:
+        predicted = subject.build().fit(train, task).predict(control, case.perturbation, "all")
+    except NotApplicable:
+        return
+    except Exception as exc:  # noqa: BLE001 - the point is which exception
+        raise subject.fail(
+            "a task without contexts must be predicted or declined with NotApplicable",
+            f"raised {type(exc).__name__}: {exc}",
+        ) from exc
+    if not isinstance(predicted, AnnData) or list(predicted.var_names) != list(control.var_names):
+        raise subject.fail("a task without contexts must be predicted validly", "not an AnnData of the genes")
+    if not np.isfinite(dense(predicted.X)).all():
+        raise subject.fail("a task without contexts must be predicted validly", "NaN or infinite values")
+
+
 def check_seeded(subject: _Subject) -> None:
     """A second fresh fit with the same parameters (and seed) gives the same predictions as the first."""
     first, second = dense(subject.prediction.X), subject.fresh_prediction(_case(subject.target))
@@ -387,6 +410,7 @@ AFTER_FIT: tuple[Callable[[_Subject], None], ...] = (
     check_cache_round_trip,
     check_order_independent,
     check_not_applicable,
+    check_context_free_task,
 )
 
 
@@ -437,8 +461,8 @@ def _first_fit(subject: _Subject) -> None:
         before = {"train": dense(case.train.X).copy(), "obs": case.train.obs.copy()}
         before["control"] = dense(case.control.X).copy()
         model = subject.build()
-        fit_result = model.fit(case.train, case.task)
         try:
+            fit_result = model.fit(case.train, case.task)  # a fit may decline too (the runner records it)
             prediction = model.predict(case.control, case.perturbation, case.context)
         except NotApplicable as exc:
             reasons.append(f"{target}: {exc}")

@@ -159,6 +159,23 @@ class ContextBlind(Shift):
         return super().predict(control, perturbation, context)
 
 
+class ReadsContextFromObs(Shift):
+    """Reads the context column itself instead of through the task (None without contexts)."""
+
+    def fit(self, train, task):
+        self.contexts_ = set(train.obs[task.context_key])
+        return super().fit(train, task)
+
+
+class DeclinesAtFit(Shift):
+    """Declines single perturbations at fit (the runner records it): checked on the combination instead."""
+
+    def fit(self, train, task):
+        if "P0" not in set(task.perturbations(train)):
+            raise NotApplicable("needs P0 in training")
+        return super().fit(train, task)
+
+
 class DeclinesTooMuch(Shift):
     def check_applicable(self, train, task, perturbation, context):
         raise NotApplicable("declined before fit")
@@ -261,6 +278,7 @@ def test_a_conforming_toy_passes_as_a_class_an_instance_and_a_name():
     check_predictor(f"{__name__}:Shift", {"scale": 2})
     check_predictor(OneCellPerTrainingCell, one_cell_per_control=False)  # documented to differ
     check_predictor(Cached)
+    check_predictor(DeclinesAtFit)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +295,7 @@ def test_a_conforming_toy_passes_as_a_class_an_instance_and_a_name():
         (InfiniteValues, "values must be finite"),
         (KeyErrorOnUnseen, r"must raise NotApplicable: predict\('never_seen_perturbation'"),
         (ContextBlind, r"must raise NotApplicable: predict\('P0', 'never_seen_context'\) raised KeyError"),
+        (ReadsContextFromObs, "a task without contexts must be predicted or declined .*raised KeyError"),
         (DeclinesTooMuch, "check_applicable must not decline a target the fitted model predicts"),
         (CheckApplicableCrashes, "check_applicable may only raise NotApplicable"),
         (Unseeded, "same seed must give the same predictions: two fresh fits differ: largest difference"),
@@ -350,3 +369,15 @@ def test_the_held_out_cells_are_in_the_parent_of_the_training_view_and_poisoning
 def test_a_constructor_that_cannot_run_fails_the_first_rule():
     with pytest.raises(ConformanceError, match=r"^Shift: the predictor must be constructible: TypeError"):
         check_predictor(Shift, {"no_such_param": 1})
+
+
+class DeclinesEverything(Shift):
+    def predict(self, control, perturbation, context):
+        raise NotApplicable("nothing")
+
+
+def test_a_predictor_that_predicts_nothing_fails_naming_the_targets_tried():
+    with pytest.raises(
+        ConformanceError, match=r"^DeclinesEverything: .*predict some target.*: P0: nothing; P0\+P1: nothing$"
+    ):
+        check_predictor(DeclinesEverything)
