@@ -173,10 +173,12 @@ def check_params_stored_unchanged(subject: _Subject) -> None:
             continue  # rejecting a twin is the validator's business (checked by the next rule)
         changed = [k for k, v in given.items() if not _same(_params(subject, again)[k], v)]
         if changed:
-            got = {k: _params(subject, again)[k] for k in changed}
+            stored = _params(subject, again)
+            given_changed = {k: given[k] for k in changed}
+            stored_changed = {k: stored[k] for k in changed}
             raise subject.fail(
                 "the constructor must store its parameters unchanged",
-                f"given { ({k: given[k] for k in changed})!r}, stored {got!r}",
+                f"given {given_changed!r}, stored {stored_changed!r}",
             )
     model.set_params(**params)
     changed = [k for k, v in params.items() if not _same(model.get_params()[k], v)]
