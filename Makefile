@@ -1,7 +1,7 @@
 # Set-up and the two entry points the README documents: `make run` and `make test`.
 VENV ?= .venv
 PYTHON ?= python3
-PREDICTOR ?= mean_shift
+PREDICTOR ?= cvae_modeB
 DATASET ?= kang2018
 # `make leaderboard` runs leaderboard/sweep.toml serially; EXECUTOR=ray runs its tasks on a local Ray instance.
 EXECUTOR ?= serial

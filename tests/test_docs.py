@@ -60,3 +60,46 @@ def test_the_rules_catch_what_they_are_for():
         "commit message",
     ]:
         assert not any(rule.search(fine) for rule in FORBIDDEN.values()), fine
+
+
+FENCE = re.compile(r"```(?:bash|sh|console)\n(.*?)```", re.S)
+
+
+def _documented_commands(program: str) -> list[tuple[str, str]]:
+    """Every `program ...` command in the README's and the pages' shell blocks, continuation lines joined."""
+    found = []
+    for page in PAGES:
+        for block in FENCE.findall(page.read_text()):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = line.split("#", 1)[0].split()
+                while words and ("=" in words[0] or words[0].endswith("/bin/" + program)):
+                    if words[0].endswith("/bin/" + program):
+                        words[0] = program
+                        break
+                    words = words[1:]  # environment assignments before the command
+                if words and words[0] == program:
+                    found.append((page.name, " ".join(words[1:])))
+    return found
+
+
+def test_every_documented_bench_command_parses():
+    """A renamed flag or subcommand fails here instead of in a reader's shell."""
+    import shlex
+
+    from benchmark.cli import build_parser
+    from benchmark.core.errors import PertbenchError
+
+    commands = _documented_commands("bench")
+    assert len(commands) >= 10
+    for page, command in commands:
+        try:
+            build_parser().parse_args(shlex.split(command))
+        except (SystemExit, PertbenchError) as exc:
+            pytest.fail(f"{page}: `bench {command}` does not parse: {exc}")
+
+
+def test_every_documented_make_target_exists():
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    for page, command in _documented_commands("make"):
+        target = command.split()[0] if command.split() else ""
+        assert target in targets, f"{page}: `make {command}` names no Makefile target"
