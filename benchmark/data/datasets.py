@@ -30,7 +30,7 @@ from anndata import AnnData
 from benchmark.core.errors import PertbenchError
 from benchmark.core.task import Task
 from benchmark.data import synthetic
-from benchmark.data.splits import SPLIT_KINDS, default_split_kind
+from benchmark.data.splits import SPLIT_KINDS, default_split_kind, joined_labels
 from benchmark.data.validation import format_labels, validate
 
 try:
@@ -375,8 +375,8 @@ def _guess_split(adata: AnnData, task: Task) -> str:
     """A sensible default split for a card-less file: the first registered kind that applies (contexts if several,
     else combinations if any, else random)."""
     kind = default_split_kind(adata, task)
-    joined = [p for p in np.unique(task.perturbations(adata)) if len(task.genes_of(str(p))) > 1]
-    if joined and kind != "holdout_combo":
+    joined = joined_labels(adata, task)
+    if joined:
         print(
             f"bench: warning: label {str(joined[0])!r} has {task.combo_separator!r} but its parts are not labels of "
             f"their own, so it is not treated as a combination; default split: {kind}",
