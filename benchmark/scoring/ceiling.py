@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from scipy.spatial.distance import cdist
-from scipy.stats import false_discovery_control
 
 from benchmark.core.task import dense
 from benchmark.scoring.metrics import (
@@ -55,7 +54,7 @@ from benchmark.scoring.metrics import (
     pair_abs_sums,
     score,
 )
-from benchmark.scoring.ranksum import mwu_pvalues
+from benchmark.scoring.ranksum import bh_qvalues, mwu_pvalues
 
 _FORMULAS = {
     CEILING_EXPECTED_MEAN: ("r", "r_deg100", "r2_mean_deg100", "mse_mean"),
@@ -283,7 +282,7 @@ class _DeCeiling:
         a = np.bincount(self.compact, weights=np.repeat(counts, genes), minlength=self.c_touched.size)
         c, t = self.c_touched, self.c_touched + a
         extra = np.bincount(self.gene_touched, weights=(t**3 - t) - (c**3 - c), minlength=genes)
-        return false_discovery_control(mwu_pvalues(u1, m, self.k, self.ctrl_ties + extra))
+        return bh_qvalues(mwu_pvalues(u1, m, self.k, self.ctrl_ties + extra))
 
     def score(self, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         """de_overlap_100 and de_direction of half A as a prediction of half B."""
