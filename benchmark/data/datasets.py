@@ -331,10 +331,21 @@ def tidy(adata: AnnData, task: Task) -> AnnData:
     if adata.isbacked:  # X stays on disk as stored; the cells read from it are converted as they are used
         pass
     elif sp.issparse(adata.X):
-        adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+        adata.X = one_index_dtype(sp.csr_matrix(adata.X, dtype=np.float32))
     else:
         adata.X = np.asarray(adata.X, dtype=np.float32)
     return adata
+
+
+def one_index_dtype(x: sp.csr_matrix) -> sp.csr_matrix:
+    """indices and indptr of one integer type (int32 while nnz fits), cast once at load: scipy upcasts a mixed
+    pair on every row pick, an O(nnz) copy each time a target's cells are taken."""
+    if x.indices.dtype == x.indptr.dtype:
+        return x
+    wide = x.nnz >= np.iinfo(np.int32).max or max(x.shape) >= np.iinfo(np.int32).max
+    dtype = np.int64 if wide else np.int32
+    x.indices, x.indptr = x.indices.astype(dtype, copy=False), x.indptr.astype(dtype, copy=False)
+    return x
 
 
 def prepare(adata: AnnData, task: Task, filters: dict[str, str] | None = None) -> AnnData:
