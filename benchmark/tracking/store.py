@@ -43,6 +43,7 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from benchmark.core import procs  # noqa: E402
 from benchmark.core.errors import PertbenchError  # noqa: E402
 from benchmark.tracking import schema  # noqa: E402
 from benchmark.tracking.schema import EXPERIMENT_PREFIX  # noqa: E402
@@ -271,29 +272,15 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
 def process_alive(pid: int, proc_start: str | None = None) -> bool:
     """Whether process `pid` on this host still runs (and is the one that started at `proc_start`)."""
     if pid <= 0:
         return False
-    if Path("/proc/self/stat").exists():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+    if procs.available():
+        stat = procs.read_stat(pid)
+        if stat is None or stat.state in ("Z", "X"):  # a zombie has finished
             return False
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields and fields[0] in ("Z", "X"):  # a zombie has finished
-            return False
-        return not proc_start or len(fields) <= 19 or fields[19] == proc_start
+        return not proc_start or stat.start is None or stat.start == proc_start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -306,7 +293,7 @@ def process_alive(pid: int, proc_start: str | None = None) -> bool:
 def process_tags() -> dict[str, str]:
     """Host, pid and (on Linux) process start time of this process, for the parent run."""
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    start = _proc_start(os.getpid())
+    start = procs.start_time(os.getpid())
     if start:
         tags[PROC_START_TAG] = start
     return tags
