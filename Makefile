@@ -19,6 +19,7 @@ endif
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	scripts/install_torch.sh $(BIN) constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $@
 
@@ -35,6 +36,7 @@ setup: $(BIN)/.installed
 	fi
 
 run: setup
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA ' + torch.version.cuda + ')' if torch.version.cuda else '(CPU build)')"
 	$(BIN)/bench run --predictor $(PREDICTOR) --dataset $(DATASET)
 
 test: setup

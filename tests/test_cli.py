@@ -151,13 +151,14 @@ def test_checksum_mismatch(workdir, capsys, monkeypatch):
     assert (data / card.file).read_bytes() == b"not the real file"  # nothing overwritten
 
 
-def test_split_kind_that_does_not_apply_is_reported_not_run(workdir, capsys):
+def test_split_kind_that_does_not_apply_is_one_line_exit_2(workdir, capsys):
+    """The one split asked for cannot run: bad input, exit 2, nothing written."""
     path = user_file(workdir / "u.h5ad")
     code = main(
         ["run", "--predictor", "mean_shift", *data_args(path), "--split", "holdout_combo", "--no-figures"]
     )
-    assert code == 0
-    assert "does not apply" in capsys.readouterr().out
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("bench: error: split holdout_combo does not apply"), err
     assert not (workdir / ".pertbench" / "LEADERBOARD.md").exists()
 
 

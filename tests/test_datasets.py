@@ -224,3 +224,17 @@ def test_a_backed_file_stays_on_disk_and_reads_the_same_cells(small_synthetic, t
     np.testing.assert_array_equal(take(backed.adata, rows).X.toarray(), memory.adata.X[rows].toarray())
     with pytest.raises(PertbenchError, match=r"looks like raw counts"):
         load_h5ad(path, "condition", "control", backed=True)  # checked batch by batch on disk
+
+
+def test_sparse_index_arrays_share_one_dtype_after_load():
+    """A CSR with int32 indices and int64 indptr (as h5ad files often hold) is cast once at load, so row picks do
+    not upcast every nnz; values and structure are unchanged."""
+    from benchmark.data.datasets import one_index_dtype
+
+    x = sp.random(50, 30, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    x.indices, x.indptr = x.indices.astype(np.int32), x.indptr.astype(np.int64)
+    before = x.toarray()
+    got = one_index_dtype(x)
+    assert got.indices.dtype == got.indptr.dtype == np.int32
+    np.testing.assert_array_equal(got.toarray(), before)
+    np.testing.assert_array_equal(got[[3, 7]].toarray(), before[[3, 7]])

@@ -559,3 +559,18 @@ def test_k_cell_subsample_is_close_to_the_exact_distances_on_kang2018(shared_dat
     for name, (kind, tol) in SUBSAMPLE_TOLERANCE.items():
         allowed = tol * abs(exact[name]) if kind == "rel" else tol
         assert abs(sub[name] - exact[name]) <= allowed, (name, exact[name], sub[name])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_k_genes_is_the_head_of_a_stable_full_sort(seed):
+    """The partitioned top-k equals the first k of a stable argsort of -|Δ| exactly, ties (quantized values,
+    zeros, equal magnitudes of opposite sign) included."""
+    from benchmark.scoring.metrics import top_k_genes
+
+    rng = np.random.default_rng(seed)
+    delta = np.round(rng.normal(size=3000), 1) * rng.choice([-1, 1], size=3000)
+    delta[rng.random(3000) < 0.5] = 0.0
+    for k in (1, 25, 50, 100, 700, 3000):
+        expected = np.argsort(-np.abs(delta), kind="stable")[:k]
+        np.testing.assert_array_equal(top_k_genes(delta, k), expected)
+    assert top_k_genes(np.zeros(10), 3) is None

@@ -114,6 +114,28 @@ def test_a_plus_inside_one_label_is_not_a_combination_and_the_default_falls_back
     assert "'GENE+1'" in err and "default split: random" in err and len(err.strip().splitlines()) == 1
 
 
+def test_real_combinations_on_several_contexts_raise_no_warning(tmp_path, capsys):
+    """'A+B' whose parts are labels is a combination: no warning, even where contexts make holdout_context the
+    default; a name with a '+' beside it is still reported."""
+    from benchmark.data.datasets import load_h5ad
+    from benchmark.data.splits import has_combinations, joined_labels
+
+    rng = np.random.default_rng(0)
+    labels = (["ctrl"] * 20 + ["A"] * 20 + ["B"] * 20 + ["A+B"] * 20) * 2
+    adata = AnnData(
+        X=np.log1p(rng.poisson(2.0, size=(160, 20))).astype(np.float32),
+        obs={"condition": labels, "cell_type": ["t0"] * 80 + ["t1"] * 80},
+    )
+    adata.obs_names = [f"c{i}" for i in range(160)]
+    adata.write_h5ad(tmp_path / "combos.h5ad")
+    dataset = load_h5ad(tmp_path / "combos.h5ad", "condition", "ctrl", "cell_type")
+    assert dataset.default_split == "holdout_context"
+    assert capsys.readouterr().err == ""
+    assert has_combinations(dataset.adata, dataset.task) and joined_labels(dataset.adata, dataset.task) == []
+    adata.obs["condition"] = adata.obs["condition"].astype(str).replace({"B": "GENE+1"})
+    assert joined_labels(adata, dataset.task) == ["A+B", "GENE+1"]
+
+
 def test_a_run_that_scores_no_target_is_an_error_not_an_empty_row(tmp_path, monkeypatch, capsys):
     from benchmark.cli import main
 

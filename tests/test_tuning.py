@@ -246,3 +246,72 @@ def test_validation_scores_are_the_scores_of_bench_run(shallow, workdir, predict
             values = [abs(v) for v in values]
         expected = float(np.mean(values)) if values else np.nan
         assert tuned[name] == pytest.approx(expected, rel=0, abs=1e-12, nan_ok=True), name
+
+
+def _interrupt_on_call(monkeypatch, call: int, exc: BaseException) -> None:
+    """validation_score raises `exc` on its `call`-th call (1-based) and scores normally otherwise."""
+    real, calls = tuning.validation_score, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "validation_score", flaky)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), tracking.Terminated("terminated by SIGTERM")])
+def test_interrupted_trial_does_not_count_and_resume_reaches_the_budget(combos, workdir, monkeypatch, exc):
+    """Ctrl-C or SIGTERM inside a trial: the trial is stored FAIL (marked interrupted), never RUNNING, and the
+    rerun runs trials until the full budget is scored."""
+    with monkeypatch.context() as patched, pytest.raises(type(exc)):
+        _interrupt_on_call(patched, 2, exc)
+        tuning.tune(SPY, combos, "random", trials=3, seed=0, max_validation=1)
+    name = tuning.study_name(
+        SPY, combos.name, "random", 0, "r", tuning.outer_blocks(combos, "random")[0].name
+    )
+    study = optuna.load_study(study_name=name, storage=tuning.storage_uri())
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    assert study.trials[1].user_attrs[tuning.INTERRUPTED_ATTR] == type(exc).__name__
+    config = tuning.tune(SPY, combos, "random", trials=3, seed=0, max_validation=1)
+    study = optuna.load_study(study_name=name, storage=tuning.storage_uri())
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 3 and config["blocks"][0]["n_trials"] == 3
+
+
+def test_trial_of_a_killed_process_is_reaped(combos, workdir):
+    """A RUNNING trial whose process is gone (kill -9) is marked FAIL on the next run and does not count; a
+    RUNNING trial of a live process is left alone."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    block = tuning.outer_blocks(combos, "random")[0]
+    name = tuning.study_name(SPY, combos.name, "random", 0, "r", block.name)
+    study = tuning._open_study(optuna, name, tuning.storage_uri(), "maximize", combos.checksum)
+    ghost = study.ask()
+    ghost.set_user_attr(
+        tuning.PROCESS_ATTR, {**tracking.process_tags(), tracking.PID_TAG: dead.stdout.strip()}
+    )
+    live = study.ask()
+    live.set_user_attr(tuning.PROCESS_ATTR, tracking.process_tags())
+    assert tuning.reap_trials(optuna, study) == [ghost.number]
+    config = tuning.tune(SPY, combos, "random", trials=2, seed=0, max_validation=1)
+    study = optuna.load_study(study_name=name, storage=tuning.storage_uri())
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[ghost.number].state == optuna.trial.TrialState.FAIL
+    assert by_number[live.number].state == optuna.trial.TrialState.RUNNING
+    assert config["blocks"][0]["n_trials"] == 2
+
+
+def test_ctrl_c_in_tune_prints_one_line(combos, workdir, monkeypatch, capsys):
+    """Ctrl-C during `bench tune`: exit 130 and one line, no Optuna traceback."""
+    _interrupt_on_call(monkeypatch, 1, KeyboardInterrupt())
+    code = main(["tune", "--predictor", SPY, "--dataset", "synthetic", "--trials", "2", "--output", "c.toml"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err[-1] == "bench: interrupted"
+    assert not any("Traceback" in line or "Trial" in line for line in err), err

@@ -30,7 +30,7 @@ from anndata import AnnData
 from benchmark.core.errors import PertbenchError
 from benchmark.core.task import Task
 from benchmark.data import synthetic
-from benchmark.data.splits import SPLIT_KINDS, default_split_kind
+from benchmark.data.splits import SPLIT_KINDS, default_split_kind, joined_labels
 from benchmark.data.validation import format_labels, validate
 
 try:
@@ -331,10 +331,21 @@ def tidy(adata: AnnData, task: Task) -> AnnData:
     if adata.isbacked:  # X stays on disk as stored; the cells read from it are converted as they are used
         pass
     elif sp.issparse(adata.X):
-        adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+        adata.X = one_index_dtype(sp.csr_matrix(adata.X, dtype=np.float32))
     else:
         adata.X = np.asarray(adata.X, dtype=np.float32)
     return adata
+
+
+def one_index_dtype(x: sp.csr_matrix) -> sp.csr_matrix:
+    """indices and indptr of one integer type (int32 while nnz fits), cast once at load: scipy upcasts a mixed
+    pair on every row pick, an O(nnz) copy each time a target's cells are taken."""
+    if x.indices.dtype == x.indptr.dtype:
+        return x
+    wide = x.nnz >= np.iinfo(np.int32).max or max(x.shape) >= np.iinfo(np.int32).max
+    dtype = np.int64 if wide else np.int32
+    x.indices, x.indptr = x.indices.astype(dtype, copy=False), x.indptr.astype(dtype, copy=False)
+    return x
 
 
 def prepare(adata: AnnData, task: Task, filters: dict[str, str] | None = None) -> AnnData:
@@ -375,8 +386,8 @@ def _guess_split(adata: AnnData, task: Task) -> str:
     """A sensible default split for a card-less file: the first registered kind that applies (contexts if several,
     else combinations if any, else random)."""
     kind = default_split_kind(adata, task)
-    joined = [p for p in np.unique(task.perturbations(adata)) if len(task.genes_of(str(p))) > 1]
-    if joined and kind != "holdout_combo":
+    joined = joined_labels(adata, task)
+    if joined:
         print(
             f"bench: warning: label {str(joined[0])!r} has {task.combo_separator!r} but its parts are not labels of "
             f"their own, so it is not treated as a combination; default split: {kind}",

@@ -487,10 +487,16 @@ def _several_contexts(adata: AnnData, task: Task) -> bool:
     return task.context_key is not None and np.unique(task.contexts(adata)).size > 1
 
 
-def _has_combinations(adata: AnnData, task: Task) -> bool:
+def has_combinations(adata: AnnData, task: Task) -> bool:
     """Some label combines perturbations that each occur alone (a '+' inside one name is not a combination)."""
     labels = set(np.unique(task.perturbations(adata)).astype(str))
     return any(len(genes) > 1 and set(genes) <= labels for genes in map(task.genes_of, labels))
+
+
+def joined_labels(adata: AnnData, task: Task) -> list[str]:
+    """Labels that hold the combination separator although their parts are not all labels: names, not combos."""
+    labels = set(np.unique(task.perturbations(adata)).astype(str))
+    return sorted(p for p in labels if len(genes := task.genes_of(p)) > 1 and not set(genes) <= labels)
 
 
 @dataclass(frozen=True)
@@ -551,7 +557,7 @@ register_split_kind(
         "each combination A+B held out in every context; its singles stay in training",
         compares_contexts=False,
         tuning_blocks=_by_fold,
-        applies=_has_combinations,
+        applies=has_combinations,
     )
 )
 register_split_kind(

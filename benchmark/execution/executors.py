@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from benchmark.core.errors import PertbenchError
+from benchmark.core.uris import is_http
 
 if (
     TYPE_CHECKING
@@ -76,10 +77,6 @@ def register_executor(name: str, factory: Callable[[ExecutorOptions], Executor])
 
 
 SERVER_START_TIMEOUT_S = 180.0
-
-
-def is_http(uri: str) -> bool:
-    return urllib.parse.urlparse(uri).scheme.lower() in ("http", "https")
 
 
 class SerialExecutor:

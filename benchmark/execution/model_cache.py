@@ -90,3 +90,47 @@ def _fit_and_store(predictor: Predictor, train: AnnData, task: Task, entry: Path
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return predictor
+
+
+EMBEDDINGS_DIR = "embeddings"
+"""Sub-folder of the model cache holding the scoring PCA of each (dataset, training cells)."""
+
+
+def cached_embedding(
+    train: AnnData, task: Task, dataset_checksum: str, split_digest: str, cache_dir: Path | None
+):
+    """The scoring PCA of a split's training cells, fitted once per (dataset, split, scoring code) and kept in the
+    cache: every predictor of a split scores in the same embedding, so only the first run pays for it. Loaded
+    arrays are the saved ones bit for bit; writes are atomic."""
+    import numpy as np
+
+    from benchmark.scoring.embedding import EMBED_COMPONENTS, PCAEmbedding, fit_embedding_cells
+
+    if cache_dir is None:
+        return fit_embedding_cells(train, task)
+    payload = {
+        "code": code_digest(PCAEmbedding),
+        "components": EMBED_COMPONENTS,
+        "dataset": dataset_checksum,
+        "split": split_digest,
+        "expression": task.expression,
+        "cells": int(train.n_obs),
+        "genes": hashlib.sha256("\x1f".join(map(str, train.var_names)).encode()).hexdigest(),
+    }
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / EMBEDDINGS_DIR / f"{key}.npz"
+    try:
+        with np.load(path) as saved:
+            return PCAEmbedding(mean=saved["mean"], components=saved["components"])
+    except (OSError, KeyError, ValueError):  # missing or unreadable: fit it (again)
+        pass
+    embedding = fit_embedding_cells(train, task)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, mean=embedding.mean, components=embedding.components)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the fit is still good, only not kept
+        pass
+    return embedding

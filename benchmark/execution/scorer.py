@@ -24,10 +24,11 @@ from benchmark.data import export
 from benchmark.data.datasets import Dataset
 from benchmark.data.export import cell_eval_pair, saved_prediction
 from benchmark.data.splits import MIN_CELLS, Split, Target, scored_test_cells
+from benchmark.execution.model_cache import cached_embedding
 from benchmark.execution.options import Progress, RunOptions
 from benchmark.execution.provenance import _json, run_tags
 from benchmark.reports.figures import composite_figure
-from benchmark.scoring.embedding import PCAEmbedding, fit_embedding_cells
+from benchmark.scoring.embedding import PCAEmbedding
 from benchmark.scoring.evaluate import (
     OtherDeltas,
     TargetResult,
@@ -95,7 +96,9 @@ class SplitScorer:
         training cells through `job.embeddings`) and the reference shifts."""
         task, digest = job.dataset.task, job.split.digest()
         if digest not in job.embeddings:  # same training cells (a holdout split under another seed): same PCA
-            job.embeddings[digest] = fit_embedding_cells(train, task)
+            job.embeddings[digest] = cached_embedding(
+                train, task, job.dataset.checksum, digest, job.options.cache_dir
+            )
         return cls(
             job.name,
             job.dataset,

@@ -64,6 +64,8 @@ VAR_EPS = 1e-6
 
 DEG_K = 100
 """Number of top true-Δ genes used by the `*_deg100` metrics and top DE genes used by `de_overlap_100`."""
+TOP_GENES = DEG_K
+"""Genes ranked by |Δ| once per EvalData (the J(K) scores' largest K and the DEG set); a larger K ranks anew."""
 
 DE_ALPHA = 0.05
 """Benjamini–Hochberg level below which a gene counts as differentially expressed."""
@@ -228,13 +230,15 @@ class EvalData:
 
     @cached_property
     def true_top(self) -> np.ndarray | None:
-        """All genes by |Δ_true| descending, ties to the lower index; None when every |Δ_true| is equal."""
-        return top_k_genes(self.delta_true, self.delta_true.size)
+        """The TOP_GENES genes of largest |Δ_true|, descending, ties to the lower index; None when every |Δ_true|
+        is equal."""
+        return top_k_genes(self.delta_true, TOP_GENES)
 
     @cached_property
     def pred_top(self) -> np.ndarray | None:
-        """All genes by |Δ_pred| descending, ties to the lower index; None when every |Δ_pred| is equal."""
-        return top_k_genes(self.delta_pred, self.delta_pred.size)
+        """The TOP_GENES genes of largest |Δ_pred|, descending, ties to the lower index; None when every |Δ_pred|
+        is equal."""
+        return top_k_genes(self.delta_pred, TOP_GENES)
 
     @cached_property
     def deg_index(self) -> np.ndarray | None:
@@ -350,11 +354,20 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def top_k_genes(delta: np.ndarray, k: int) -> np.ndarray | None:
-    """Indices of the k largest |delta|, ties to the lower index; None when all |delta| are equal."""
+    """Indices of the k largest |delta|, ties to the lower index; None when all |delta| are equal.
+
+    The same indices as the first k of a stable argsort of -|delta|, found by a partition to the k-th largest
+    value and a stable sort of the genes at or above it only (a screen's 8,000 genes, K = 100: ~10x cheaper)."""
     magnitude = np.abs(delta)
     if is_constant(magnitude):
         return None
-    return np.argsort(-magnitude, kind="stable")[:k]
+    n = magnitude.size
+    k = min(k, n)
+    if 4 * k >= n or np.isnan(magnitude).any():
+        return np.argsort(-magnitude, kind="stable")[:k]
+    kth = np.partition(magnitude, n - k)[n - k]  # the k-th largest |delta|
+    candidates = np.flatnonzero(magnitude >= kth)  # ascending index: a stable sort keeps ties in index order
+    return candidates[np.argsort(-magnitude[candidates], kind="stable")[:k]]
 
 
 def jaccard_top_k(data: EvalData, k: int) -> float:
@@ -363,7 +376,11 @@ def jaccard_top_k(data: EvalData, k: int) -> float:
         return float("nan")
     if data.true_top is None or data.pred_top is None:
         return float("nan")
-    a, b = set(data.true_top[:k].tolist()), set(data.pred_top[:k].tolist())
+    if k <= TOP_GENES:
+        a, b = data.true_top[:k], data.pred_top[:k]
+    else:
+        a, b = top_k_genes(data.delta_true, k), top_k_genes(data.delta_pred, k)
+    a, b = set(a.tolist()), set(b.tolist())
     return len(a & b) / len(a | b)
 
 

@@ -29,7 +29,8 @@ the mean over validation targets of one metric (default `r`), maximized or minim
 0: |value| is minimized). A predictor is tunable when it declares `search_space` (see `SearchSpace`); an empty
 space is evaluated once. Each block's study lives in an Optuna RDB storage (default `.pertbench/optuna.db` beside
 the model cache and mlflow.db) under a name made of predictor, dataset, split kind, seed, objective and block;
-rerunning `bench tune` resumes it: `trials` is the total a study should reach, finished trials count, and the
+rerunning `bench tune` resumes it: `trials` is the total a study should reach, scored trials count (an interrupted one
+is stored FAIL and does not; a trial left RUNNING by a killed process is reaped on the next run), and the
 sampler of a resumed study is seeded with seed + its stored trial count (so it does not replay its first points).
 """
 
@@ -300,7 +301,8 @@ def tune(
         splits = validation_splits(dataset, block, kind, seed, max_validation)
         name = study_name(predictor_name, dataset.name, kind, seed, objective, block.name)
         study = _open_study(optuna, name, uri, goal, dataset.checksum)
-        done = [t for t in study.trials if t.state.is_finished()]
+        reap_trials(optuna, study)
+        done = counted_trials(optuna, study)
         todo = max(0, budget - len(done))
         progress(
             f"[{i}/{len(blocks)}] block {block.name}: {len(block.outer)} outer split(s), "
@@ -309,16 +311,13 @@ def tune(
         if todo:
             study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
 
-            def run_trial(trial, block=block, splits=splits):
-                params = suggest(trial, space)
-                value = validation_score(
+            def objective_of(params: dict[str, Any], block=block, splits=splits) -> float:
+                return validation_score(
                     predictor_name, params, dataset, block.tuning_cells, splits, objective, seed
                 )
-                if not math.isfinite(value):
-                    raise optuna.TrialPruned(f"no validation target could be scored ({objective} is NaN)")
-                return value
 
-            study.optimize(run_trial, n_trials=todo, catch=())
+            for _ in range(todo):
+                run_trial(optuna, study, space, objective_of)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not complete:
             raise PertbenchError(
@@ -332,7 +331,7 @@ def tune(
                 "name": block.name,
                 "study": name,
                 "best_value": float(best.value),
-                "n_trials": len([t for t in study.trials if t.state.is_finished()]),
+                "n_trials": len(counted_trials(optuna, study)),
                 "n_validation_splits": len(splits),
                 "n_tuning_cells": len(block.tuning_cells),
                 "outer_splits": [s.name for s in block.outer],
@@ -361,6 +360,60 @@ def tune(
         },
         "blocks": out_blocks,
     }
+
+
+INTERRUPTED_ATTR = "pertbench_interrupted"
+"""A trial's user attribute: the trial was stopped (Ctrl-C, SIGTERM, a killed process) and does not count."""
+PROCESS_ATTR = "pertbench_process"
+"""A running trial's user attribute: host, pid and process start time, so a later run can tell it is dead."""
+
+
+def counted_trials(optuna: Any, study: Any) -> list[Any]:
+    """Trials that count toward the budget: scored (COMPLETE) or scored nothing (PRUNED); never an interrupted
+    or failed one, so a resumed study reaches the full budget."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [t for t in study.trials if t.state in states]
+
+
+def run_trial(optuna: Any, study: Any, space: SearchSpace, objective_of: Callable[[dict], float]) -> None:
+    """Ask one trial, score it and tell the study; an interrupt marks it FAIL (not counted) and propagates."""
+    from benchmark.tracking.store import process_tags
+
+    trial = study.ask()
+    trial.set_user_attr(PROCESS_ATTR, process_tags())
+    try:
+        value = objective_of(suggest(trial, space))
+    except BaseException as exc:  # interrupts and errors alike: the trial must not stay RUNNING
+        if not isinstance(exc, Exception):
+            trial.set_user_attr(INTERRUPTED_ATTR, type(exc).__name__)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    if math.isfinite(value):
+        study.tell(trial, value)
+    else:  # no validation target could be scored: the trial ran, and counts, but has no value
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+
+
+def reap_trials(optuna: Any, study: Any) -> list[int]:
+    """Mark FAIL (interrupted, not counted) the RUNNING trials whose process on this host is gone (kill -9, a
+    crash); returns their numbers. A trial running in a live process, or on another host, is left alone."""
+    import socket
+
+    from benchmark.tracking.store import HOST_TAG, PID_TAG, PROC_START_TAG, process_alive
+
+    reaped = []
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(PROCESS_ATTR) or {}
+        if owner.get(HOST_TAG) != host:
+            continue
+        if process_alive(int(owner.get(PID_TAG, 0)), owner.get(PROC_START_TAG)):
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, "process gone")
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        reaped.append(trial.number)
+    return reaped
 
 
 def _open_study(optuna: Any, name: str, uri: str, goal: str, checksum: str) -> Any:

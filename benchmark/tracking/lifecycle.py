@@ -10,12 +10,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from benchmark.core import procs
 from benchmark.tracking import schema
 from benchmark.tracking.schema import EXPERIMENT_PREFIX
 
@@ -54,29 +54,15 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _proc_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return fields[19] if len(fields) > 19 else None
-
-
 def process_alive(pid: int, proc_start: str | None = None) -> bool:
     """Whether process `pid` on this host still runs (and is the one that started at `proc_start`)."""
     if pid <= 0:
         return False
-    if Path("/proc/self/stat").exists():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+    if procs.available():
+        stat = procs.read_stat(pid)
+        if stat is None or stat.state in ("Z", "X"):  # a zombie has finished
             return False
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields and fields[0] in ("Z", "X"):  # a zombie has finished
-            return False
-        return not proc_start or len(fields) <= 19 or fields[19] == proc_start
+        return not proc_start or stat.start is None or stat.start == proc_start
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,7 +75,7 @@ def process_alive(pid: int, proc_start: str | None = None) -> bool:
 def process_tags() -> dict[str, str]:
     """Host, pid and (on Linux) process start time of this process, for the parent run."""
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
-    start = _proc_start(os.getpid())
+    start = procs.start_time(os.getpid())
     if start:
         tags[PROC_START_TAG] = start
     return tags
