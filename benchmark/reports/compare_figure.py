@@ -119,7 +119,7 @@ def _forest(ax: Axes, board: Board, order: list[str], metric: str) -> None:
     better = "right" if higher else "left" if higher is False else "toward 0 |score|"
     unit = "embedding units" if metric in METRICS and METRICS[metric].kind == "distribution" else "unitless"
     ax.xaxis.set_major_locator(MaxNLocator(4))
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     ax.set_xlabel(f"{metric} − reference\n({unit}; {_arrow(metric)} better: {better})", fontsize=9)
     ax.set_title(f"paired Δ {metric}, 95% CI", fontsize=10)
 
