@@ -284,6 +284,7 @@ def run(
     control: str | None = None,
     context_key: str | None = None,
     expression: str = "lognorm",
+    dataset_name: str | None = None,
     figures: bool = True,
     cache_dir: Path | None = None,
     progress: bool = True,
@@ -292,9 +293,9 @@ def run(
 
     `tracking`: "default" logs to the embedded MLflow store (MLFLOW_TRACKING_URI, else ./mlflow.db), a URI logs
     there, None writes nothing to disk (and draws no figures). `cache_dir` keeps fitted models between calls
-    (None: no model cache). Data keys are those of `load_dataset`.
+    (None: no model cache). Data keys and `dataset_name` (an AnnData's name) are those of `load_dataset`.
     """
-    data = load_dataset(dataset, perturbation_key, control, context_key, expression)
+    data = load_dataset(dataset, perturbation_key, control, context_key, expression, dataset_name)
     kind = _split_kind(split, data)
     name, overrides = resolve_predictor(predictor, params, (data.name, data.checksum))
     make_predictor(name, (data.name, data.checksum), **overrides)  # a bad name or value fails before any run
@@ -327,6 +328,7 @@ def score(
     control: str | None = None,
     context_key: str | None = None,
     expression: str = "lognorm",
+    dataset_name: str | None = None,
     figures: bool = True,
     progress: bool = True,
 ) -> Result:
@@ -339,7 +341,7 @@ def score(
 
     if not name.strip():
         raise PertbenchError("name must not be empty")
-    data = load_dataset(dataset, perturbation_key, control, context_key, expression)
+    data = load_dataset(dataset, perturbation_key, control, context_key, expression, dataset_name)
     kind = _split_kind(split, data)
     options = RunOptions(seeds=(seed,), figures=figures and tracking is not None)
     with contextlib.ExitStack() as stack:

@@ -150,4 +150,13 @@ def compare(
         raise PertbenchError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
     board = board_of(results)
     frame = board.scores.get(reference)
+    if frame is None:
+        engine = {t.reference_name for r in results for t in r.run.results if t.reference_name}
+        if reference not in engine:
+            raise PertbenchError(
+                f"no result is named {reference!r} and the engine's reference baseline is "
+                f"{', '.join(sorted(engine)) or 'missing'}; pass that result, or reference= one of these"
+            )
+        if engine != {reference}:  # mean_shift, and additive for combinations
+            reference = f"{ENGINE_REFERENCE} ({', '.join(sorted(engine))})"
     return Comparison(board, reference, metrics, frame)

@@ -138,3 +138,13 @@ def test_listings_name_every_metric_and_predictor():
     assert {"name", "description", "direction"} <= set(metrics.columns)
     assert metrics.set_index("name").loc["energy_distance", "direction"] == "lower"
     assert "mean_shift" in set(pb.list_predictors()["name"])
+
+
+def test_compare_without_the_reference_result_pairs_with_the_engine_reference(untracked):
+    alone = pb.compare(untracked["linear"], metrics=("r",))
+    paired = pb.compare(untracked["mean_shift"], untracked["linear"], metrics=("r",))
+    # the engine's reference rows are mean_shift scored on the same cells: the same differences
+    assert alone.table["difference"].to_numpy() == pytest.approx(paired.table["difference"].to_numpy())
+    assert "mean_shift" in alone.verdict().split()
+    with pytest.raises(PertbenchError, match="no result is named 'linear_cv'"):
+        pb.compare(untracked["linear"], reference="linear_cv")
