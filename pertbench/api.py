@@ -253,6 +253,12 @@ def tracking_store(tracking: str | None, dataset_name: str) -> Iterator[tuple[st
         mlflow.set_tracking_uri(previous)
 
 
+def _check_tracking(tracking: str | None) -> None:
+    """A tracking URI with an unknown scheme fails before any data is read."""
+    if tracking is not None:
+        _store.check_uri(_store.tracking_uri(None if tracking == "default" else tracking))
+
+
 def _quiet(_: str) -> None:
     """A progress callback that prints nothing."""
 
@@ -295,12 +301,16 @@ def run(
     there, None writes nothing to disk (and draws no figures). `cache_dir` keeps fitted models between calls
     (None: no model cache). Data keys and `dataset_name` (an AnnData's name) are those of `load_dataset`.
     """
+    if max_splits is not None and max_splits < 1:
+        raise PertbenchError(f"max_splits must be at least 1, got {max_splits}")
+    seeds = tuple(seeds)
+    if not seeds or any(not isinstance(s, int | np.integer) or s < 0 for s in seeds):
+        raise PertbenchError(f"seeds must be one or more integers >= 0, got {seeds!r}")
+    _check_tracking(tracking)
     data = load_dataset(dataset, perturbation_key, control, context_key, expression, dataset_name)
     kind = _split_kind(split, data)
     name, overrides = resolve_predictor(predictor, params, (data.name, data.checksum))
     make_predictor(name, (data.name, data.checksum), **overrides)  # a bad name or value fails before any run
-    if max_splits is not None and max_splits < 1:
-        raise PertbenchError(f"max_splits must be at least 1, got {max_splits}")
     options = RunOptions(
         seeds=tuple(int(s) for s in seeds),
         params=overrides,
@@ -341,6 +351,7 @@ def score(
 
     if not name.strip():
         raise PertbenchError("name must not be empty")
+    _check_tracking(tracking)
     data = load_dataset(dataset, perturbation_key, control, context_key, expression, dataset_name)
     kind = _split_kind(split, data)
     options = RunOptions(seeds=(seed,), figures=figures and tracking is not None)

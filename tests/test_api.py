@@ -148,3 +148,19 @@ def test_compare_without_the_reference_result_pairs_with_the_engine_reference(un
     assert "mean_shift" in alone.verdict().split()
     with pytest.raises(PertbenchError, match="no result is named 'linear_cv'"):
         pb.compare(untracked["linear"], reference="linear_cv")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(max_splits=0), "max_splits"),
+        (dict(seeds=(-1,)), "seeds"),
+        (dict(tracking="ftp://x"), "unknown tracking URI scheme"),
+        (dict(split="nope"), "unknown split kind"),
+        (dict(predictor="nope"), "unknown predictor"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(cells, bad, message):
+    args = dict(predictor="mean_shift", dataset=cells, tracking=None, **KEYS) | bad
+    with pytest.raises(PertbenchError, match=message):
+        pb.run(**args)
