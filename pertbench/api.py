@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from mlflow.tracking import fluent as _fluent
 
 from benchmark.core.errors import PertbenchError
 from benchmark.core.protocol import Predictor
@@ -41,6 +43,8 @@ IN_MEMORY = "in-memory AnnData"
 ROWS = ("predictor", "reference", "oracle", "ceiling")
 """The `row` values of a Result's table: the predictor's scores, the engine's reference baseline, the mean
 oracle and the noise ceiling, all scored on the same cells."""
+_EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_ID"
+"""Where mlflow.set_experiment records the active experiment (besides its module state)."""
 TABLE_COLUMNS = ["predictor", "dataset", "split", "target", "seed", "row", "metric", "value"]
 
 
@@ -235,6 +239,7 @@ def tracking_store(tracking: str | None, dataset_name: str) -> Iterator[tuple[st
     (a temporary store whose artifacts also stay in the temporary folder; removed on exit). Yields (the store's
     URI or None, the temporary folder or None); the previous tracking URI is restored."""
     previous = mlflow.get_tracking_uri()
+    experiment = os.environ.get(_EXPERIMENT_ENV), _fluent._active_experiment_id
     try:
         if tracking is None:
             with tempfile.TemporaryDirectory(prefix="pertbench-") as tmp:
@@ -244,7 +249,14 @@ def tracking_store(tracking: str | None, dataset_name: str) -> Iterator[tuple[st
                     artifact_location=(Path(tmp) / _store.LOCAL_ARTIFACT_DIR).as_uri(),
                     tags=_store.experiment_tags(),
                 )
-                yield None, Path(tmp)
+                try:
+                    yield None, Path(tmp)
+                finally:  # the temporary store's experiment must not stay the active one
+                    _fluent._active_experiment_id = experiment[1]
+                    if experiment[0] is None:
+                        os.environ.pop(_EXPERIMENT_ENV, None)
+                    else:
+                        os.environ[_EXPERIMENT_ENV] = experiment[0]
         else:
             uri = _store.use_store(None if tracking == "default" else tracking)
             _store.reap_dead_runs()

@@ -61,11 +61,11 @@ def test_an_instance_runs_as_its_registered_name_and_untracked_runs_write_nothin
     cells, untracked, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    before = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_EXPERIMENT_ID")
     result = pb.run(MeanShift(), cells, max_splits=2, tracking=None, progress=False, **KEYS)
     assert result.predictor == "mean_shift" and result.tracking_uri is None
     assert list(tmp_path.iterdir()) == []  # no store, artifacts, cache or figures in the working directory
-    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    assert (os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_EXPERIMENT_ID")) == before
     by_name = untracked["mean_shift"].table
     assert np.array_equal(result.table["value"].to_numpy(), by_name["value"].to_numpy(), equal_nan=True)
 
