@@ -164,3 +164,27 @@ def test_bad_arguments_are_one_line_errors(cells, bad, message):
     args = dict(predictor="mean_shift", dataset=cells, tracking=None, **KEYS) | bad
     with pytest.raises(PertbenchError, match=message):
         pb.run(**args)
+
+
+def test_an_instance_outside_the_registry_runs_as_module_class_with_its_changed_params():
+    import helpers_predictors as hp
+
+    from pertbench.api import resolve_predictor
+
+    key = ("toy", "checksum")
+    assert resolve_predictor(hp.TunableSpy(scale=1.5), None, key) == (
+        "helpers_predictors:TunableSpy",
+        {"scale": 1.5},
+    )
+    assert resolve_predictor(hp.TunableSpy(), {"noise": 0.05}, key) == (
+        "helpers_predictors:TunableSpy",
+        {"noise": 0.05},
+    )
+
+    class Local(hp.TunableSpy):
+        pass
+
+    with pytest.raises(PertbenchError, match="cannot be imported"):
+        resolve_predictor(Local(), None, key)
+    with pytest.raises(PertbenchError, match="not the class"):
+        resolve_predictor(hp.TunableSpy, None, key)
