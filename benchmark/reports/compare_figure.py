@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from benchmark.reports.figures import save_png
 from benchmark.reports.leaderboard import Board, mean_ci, normalized
 from benchmark.scoring.ceiling import clip_for_display
 from benchmark.scoring.metrics import METRICS
@@ -158,9 +158,4 @@ def comparison_figure(
 ) -> Path:
     """Write the comparison figure of one board as a PNG and return its path."""
     fig, _ = build_comparison(board, metrics, forest_metrics, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png")
-    fig.clear()
-    return path
+    return save_png(fig, path, dpi=DPI)

@@ -38,22 +38,22 @@ def composite_figure(
 ) -> Path:
     """Write the three-panel composite PNG for one prediction and return its path."""
     fig = _build_composite(data, scores, reference_scores, title, embedding=embedding, seed=seed, top_k=top_k)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def summary_figure(
     table: pd.DataFrame, title: str, path, directions: dict[str, bool | None] | None = None
 ) -> Path:
     """Write the split x metric heat map PNG and return its path."""
-    return _save(_build_summary(table, title, directions), path)
+    return save_png(_build_summary(table, title, directions), path)
 
 
-def _save(fig: Figure, path) -> Path:
+def save_png(fig: Figure, path, dpi: int = DPI) -> Path:
     """Render a figure to PNG (creating parent directories) and drop it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=dpi, format="png")
     fig.clear()
     return path
 
