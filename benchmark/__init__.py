@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-
-try:
-    __version__ = version("pertbench")  # one source: pyproject.toml's version
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
 
 _PUBLIC = {
     "NotApplicable": "benchmark.core.errors",
@@ -25,4 +19,13 @@ def __getattr__(name: str) -> Any:
     """The public names, imported on first use: `bench` starts (and answers Ctrl-C) before pandas loads."""
     if name in _PUBLIC:
         return getattr(importlib.import_module(_PUBLIC[name]), name)
+    if (
+        name == "__version__"
+    ):  # one source, pyproject.toml's version, read on first use (importlib.metadata is slow)
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pertbench")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
     raise AttributeError(f"module 'benchmark' has no attribute {name!r}")

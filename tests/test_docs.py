@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SOURCES = sorted(p for d in ("benchmark", "predictors") for p in (ROOT / d).rglob("*.py"))
+SOURCES = sorted(p for d in ("benchmark", "predictors", "pertbench") for p in (ROOT / d).rglob("*.py"))
 GENERATED = re.compile(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", re.S)
 FORBIDDEN = {
     "an issue reference": re.compile(r"\b[Ii]ssues? #?\d+|(?<![\w&])#\d{1,4}\b(?!;)"),

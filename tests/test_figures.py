@@ -25,16 +25,22 @@ def _legend_texts(ax) -> list[str]:
     return [t.get_text() for t in ax.get_legend().get_texts()]
 
 
-def test_composite_has_three_labelled_panels():
+def test_composite_has_four_labelled_panels():
     data = _data()
     scores = score(data, ["r", "jaccard_25", "jaccard_50", "jaccard_100"])
     reference = {"jaccard_25": 0.5, "jaccard_50": 0.6, "jaccard_100": float("nan")}
+    genes = [f"G{i}" for i in range(150)]
     fig = _build_composite(
-        data, scores, reference, "norman / split 0 / mlp / seed 1", embedding="pca", top_k=10
+        data, scores, reference, "norman / split 0 / mlp / seed 1", embedding="pca", top_k=10, genes=genes
     )
     assert fig._suptitle.get_text() == "norman / split 0 / mlp / seed 1"
-    delta, jacc, cells = fig.axes
-    assert len(fig.axes) == 3
+    delta, top, jacc, cells, _colorbar = fig.axes
+    order = np.argsort(-np.abs(data.delta_true), kind="stable")[:10]
+    assert [t.get_text() for t in top.get_yticklabels()] == [genes[g] for g in order]  # named, by |Δ true|
+    np.testing.assert_allclose(top.images[0].get_array()[:, 1], data.delta_pred[order])
+    assert {t.get_text() for t in delta.texts} == {
+        genes[g] for g in order
+    }  # the top genes named on the scatter
     assert f"r = {scores['r']:.3g}" in delta.get_title()
     assert "true" in delta.get_xlabel().lower() and "pred" in delta.get_ylabel().lower()
     assert _legend_texts(delta) == ["all genes", "top 10 true genes", "y = x"]
@@ -51,8 +57,8 @@ def test_composite_without_reference_and_with_embedding():
     data = _data(n_cells=10)
     embedded = EvalData(data.control, data.real, data.pred, embed=lambda x: x[:, :5])
     fig = _build_composite(embedded, score(data), None, "t", embedding="umap")
-    assert len(fig.axes[1].patches) == 3 and _legend_texts(fig.axes[1]) == ["predictor"]
-    assert fig.axes[2].get_xlabel() == "PCA 1"  # 25 cells in total: too few for UMAP
+    assert len(fig.axes[2].patches) == 3 and _legend_texts(fig.axes[2]) == ["predictor"]
+    assert fig.axes[3].get_xlabel() == "PCA 1"  # 25 cells in total: too few for UMAP
 
 
 def test_composite_figure_writes_png_in_new_directory(tmp_path):
@@ -71,8 +77,8 @@ def test_composite_figure_writes_png_in_new_directory(tmp_path):
 def test_composite_umap_panel(tmp_path):
     data = _data(n_cells=40, n_genes=60)
     fig = _build_composite(data, score(data), None, "t", embedding="umap", seed=0)
-    assert fig.axes[2].get_xlabel() == "UMAP 1"
-    offsets = [c.get_offsets() for c in fig.axes[2].collections]
+    assert fig.axes[3].get_xlabel() == "UMAP 1"
+    offsets = [c.get_offsets() for c in fig.axes[3].collections]
     assert [len(o) for o in offsets] == [40, 40, 20] and all(np.isfinite(o).all() for o in offsets)
 
 

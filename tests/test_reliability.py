@@ -581,3 +581,23 @@ def test_a_server_that_stops_answering_mid_run_ends_bench_within_a_minute(tmp_pa
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
+
+
+def test_ctrl_c_while_the_console_script_imports_is_one_line(tmp_path):
+    """Ctrl-C before `main` runs (the console script's `from benchmark.cli import main`): exit 130, one line."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'benchmark.cli.app':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from benchmark.cli import main\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 130 and done.stderr.strip().splitlines() == ["bench: interrupted"], done.stderr

@@ -30,6 +30,10 @@ def _absolute_uri(uri: str) -> str:
     return uri.replace(str(path), str(path.resolve()), 1)
 
 
+SHOWN_SPLIT_RUNS = 10
+"""Split runs whose figure and prediction paths the end-of-run summary prints (the rest: their folder)."""
+
+
 def print_locations(
     tracking_uri: str | None,
     parent_ids: list[str],
@@ -54,28 +58,38 @@ def print_locations(
         experiments.append(parent.info.experiment_id)
         artifacts = _local(parent.info.artifact_uri)
         runs = artifacts.rsplit("/", 2)[0] if artifacts.endswith("/artifacts") else f"{artifacts}/.."
-        split_artifacts = f"{runs}/<split_run_id>/artifacts"
         tags = parent.data.tags
         n = sum(int(tags.get(t, 0)) for t in (schema.TAG_N_SCORED, schema.TAG_N_NOT_APPLICABLE))
         print(f"  parent run:    {tags.get(schema.TAG_RUN_NAME, '')} ({parent_id})")
         print(
             f"  artifacts:     {artifacts} (parent run: each split once in {schema.SPLITS_DIR}/<split digest>.npz)"
         )
-        print(f"  split runs:    {split_artifacts} ({n} split run{'' if n == 1 else 's'})")
+        print(
+            f"  split runs:    {runs}/<run id>/artifacts ({n} split run{'' if n == 1 else 's'}, the first listed below)"
+        )
         if figures:
             print(f"  figures:       {artifacts}/{schema.FIGURES_DIR}/{schema.SUMMARY_FIGURE} (summary)")
-            print(
-                f"                 {split_artifacts}/{schema.FIGURES_DIR}/{schema.COMPOSITE_FIGURE} (each split)"
-            )
         else:
             print("  figures:       (none: --no-figures)")
-        if predictions:
-            print(f"  predictions:   {split_artifacts}/{schema.PREDICTIONS_DIR}/*.h5ad (each split)")
-            print(
-                f"  cell-eval:     {split_artifacts}/{schema.CELL_EVAL_DIR}/{{real,pred}}.h5ad (each split)"
-            )
-        elif predictions is not None:
+        if not predictions and predictions is not None:
             print("  predictions:   (not saved; add --save-predictions)")
+        children = mlflow.search_runs(
+            experiment_ids=[parent.info.experiment_id],
+            filter_string=schema.children_filter(parent_id),
+            order_by=["attributes.start_time ASC"],
+            max_results=SHOWN_SPLIT_RUNS + 1,
+            output_format="list",
+        )
+        for child in children[:SHOWN_SPLIT_RUNS]:
+            where = _local(child.info.artifact_uri)
+            print(f"  {child.data.tags.get(schema.TAG_RUN_NAME, child.info.run_id)}:")
+            if figures:
+                print(f"      figure:      {where}/{schema.FIGURES_DIR}/{schema.COMPOSITE_FIGURE}")
+            if predictions:
+                print(f"      predictions: {where}/{schema.PREDICTIONS_DIR}/")
+                print(f"      cell-eval:   {where}/{schema.CELL_EVAL_DIR}/{{real,pred}}.h5ad")
+        if len(children) > SHOWN_SPLIT_RUNS:
+            print(f"  ... and {n - SHOWN_SPLIT_RUNS} more split run(s) under {runs}/")
     print(f"  leaderboard:   {Path(board).resolve() if board is not None else '(not updated)'}")
     pages = [schema.runs_page_path(e) for e in dict.fromkeys(experiments)]
     if is_http(uri):

@@ -139,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             result = run_benchmark(args.predictor, dataset, kind, options)
         except SplitNotApplicable as exc:
+            if args.split != "all":  # the one split asked for cannot run: bad input, not a result
+                raise PertbenchError(f"split {kind} does not apply to dataset {dataset.name}: {exc}") from exc
             print(f"split {kind} does not apply to dataset {dataset.name}: {exc} (not run)")
             continue
         parents.append(result.parent_run_id)

@@ -1,4 +1,4 @@
-"""Figures: a per-prediction composite (Δ scatter, top-K overlap, cell embedding) and a per-run summary heat map.
+"""Figures: a per-prediction composite (Δ scatter, top genes, top-K overlap, cell embedding) and a per-run summary heat map.
 
 Figures are built as `matplotlib.figure.Figure` objects rendered by the Agg canvas, never through pyplot, so no
 global figure state accumulates in loops; the `_build_*` functions return the figure for inspection.
@@ -7,6 +7,7 @@ global figure state accumulates in loops; the `_build_*` functions return the fi
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ UMAP_MIN_CELLS = 30
 """Below this many cells in total the cell panel uses PCA instead of UMAP."""
 MAX_CELLS_PER_GROUP = 500
 """Each group (control, real, predicted) is subsampled to this many cells for the embedding panel."""
+LABELLED_GENES = 10
+"""Top true genes named on the Δ scatter (all top-K are named in the heat map beside it)."""
 GROUP_COLORS = {"control": "#9e9e9e", "real perturbed": "#1f77b4", "predicted": "#ff7f0e"}
 
 
@@ -35,25 +38,28 @@ def composite_figure(
     embedding: str = "umap",
     seed: int = 0,
     top_k: int = 25,
+    genes: Sequence[str] | None = None,
 ) -> Path:
-    """Write the three-panel composite PNG for one prediction and return its path."""
-    fig = _build_composite(data, scores, reference_scores, title, embedding=embedding, seed=seed, top_k=top_k)
-    return _save(fig, path)
+    """Write the composite PNG for one prediction and return its path (`genes`: names for the top genes)."""
+    fig = _build_composite(
+        data, scores, reference_scores, title, embedding=embedding, seed=seed, top_k=top_k, genes=genes
+    )
+    return save_png(fig, path)
 
 
 def summary_figure(
     table: pd.DataFrame, title: str, path, directions: dict[str, bool | None] | None = None
 ) -> Path:
     """Write the split x metric heat map PNG and return its path."""
-    return _save(_build_summary(table, title, directions), path)
+    return save_png(_build_summary(table, title, directions), path)
 
 
-def _save(fig: Figure, path) -> Path:
+def save_png(fig: Figure, path, dpi: int = DPI) -> Path:
     """Render a figure to PNG (creating parent directories) and drop it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=dpi, format="png")
     fig.clear()
     return path
 
@@ -69,31 +75,58 @@ def _build_composite(
     embedding: str = "umap",
     seed: int = 0,
     top_k: int = 25,
+    genes: Sequence[str] | None = None,
 ) -> Figure:
-    """The composite figure: Δ scatter, J(K) bars against the reference, and the cell embedding."""
-    fig = Figure(figsize=(15, 4.8), layout="constrained")
-    ax_delta, ax_jacc, ax_cells = fig.subplots(1, 3)
-    _delta_panel(ax_delta, data, scores, top_k)
+    """The composite figure: Δ scatter (top genes named), a heat map of the top genes' Δ true against predicted,
+    J(K) bars against the reference, and the cell embedding."""
+    fig = Figure(figsize=(19, 5.2), layout="constrained")
+    ax_delta, ax_genes, ax_jacc, ax_cells = fig.subplots(1, 4, width_ratios=[1, 0.45, 1, 1])
+    names = (
+        [str(g) for g in genes] if genes is not None else [f"gene {i}" for i in range(data.delta_true.size)]
+    )
+    _delta_panel(ax_delta, data, scores, top_k, names)
+    _top_genes_panel(ax_genes, data, top_k, names)
     _jaccard_panel(ax_jacc, scores, reference_scores)
     _cells_panel(ax_cells, data, embedding, seed)
     fig.suptitle(title)
     return fig
 
 
-def _delta_panel(ax: Axes, data: EvalData, scores: dict, top_k: int) -> None:
-    """Scatter Δ_pred against Δ_true over all genes, top-K true genes highlighted, with the y = x line."""
+def _delta_panel(ax: Axes, data: EvalData, scores: dict, top_k: int, names: Sequence[str]) -> None:
+    """Scatter Δ_pred against Δ_true over all genes, top-K true genes highlighted (the first LABELLED_GENES
+    named), with the y = x line."""
     dt, dp = data.delta_true, data.delta_pred
     r = scores.get("r", pearson(dt, dp))
     ax.scatter(dt, dp, s=4, c="#b0b0b0", alpha=0.6, linewidths=0, label="all genes", rasterized=True)
     top = top_k_genes(dt, min(top_k, dt.size))
     if top is not None:
         ax.scatter(dt[top], dp[top], s=14, c="#d62728", linewidths=0, label=f"top {len(top)} true genes")
+        for g in top[:LABELLED_GENES]:
+            ax.annotate(names[g], (dt[g], dp[g]), xytext=(3, 3), textcoords="offset points", fontsize=7)
     lo, hi = _span(np.concatenate([dt, dp]))
     ax.plot([lo, hi], [lo, hi], ls="--", c="k", lw=0.8, label="y = x")
     ax.set_xlabel("Δ true (real − control mean)")
     ax.set_ylabel("Δ predicted (pred − control mean)")
     ax.set_title(f"Mean shift per gene: r = {_fmt(r)}")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
+
+
+def _top_genes_panel(ax: Axes, data: EvalData, top_k: int, names: Sequence[str]) -> None:
+    """Heat map of the top-K true genes' Δ (rows, by |Δ true|), true beside predicted, on one symmetric diverging
+    scale (PuOr, colour-blind safe)."""
+    top = top_k_genes(data.delta_true, min(top_k, data.delta_true.size))
+    if top is None:
+        ax.set_axis_off()
+        ax.set_title("Top genes: Δ true is flat")
+        return
+    values = np.column_stack([data.delta_true[top], data.delta_pred[top]])
+    bound = float(np.max(np.abs(values))) or 1.0
+    image = ax.imshow(values, cmap="PuOr_r", vmin=-bound, vmax=bound, aspect="auto")
+    ax.set_xticks([0, 1], ["true", "predicted"])
+    ax.set_yticks(range(len(top)), [names[g] for g in top], fontsize=7)
+    ax.set_title(f"Top {len(top)} genes: Δ")
+    bar = ax.figure.colorbar(image, ax=ax, fraction=0.08)
+    bar.set_label("Δ (vs control mean)")
 
 
 def _span(values: np.ndarray) -> tuple[float, float]:
