@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "benchmark"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "benchmark"
 MAX_LINES = 500
-MLFLOW_ALLOWED = ("tracking/", "cli.py", "cli/")
-"""Where MLflow may be imported: the tracking layer, and the CLI (which prints the store's URI and UI hints)."""
+MLFLOW_ALLOWED = ("benchmark/tracking/",)
+"""Where MLflow may be imported: the tracking layer only (the CLI and the Python API read runs through it)."""
 OVERSIZED = {
     "scoring/metrics.py": 700,  # the metric registry and the metric functions, still to be split by kind
     "data/splits.py": 575,  # the split kinds and the split record, still to be split apart
@@ -43,10 +44,13 @@ def mlflow_imports(source: str) -> list[int]:
 
 
 def test_only_the_tracking_layer_imports_mlflow():
+    sources = sorted(
+        [*PACKAGE.rglob("*.py"), *(ROOT / "pertbench").rglob("*.py"), *(ROOT / "predictors").rglob("*.py")]
+    )
     offenders = [
-        f"{_relative(path)}:{line}"
-        for path in _modules()
-        if not _relative(path).startswith(MLFLOW_ALLOWED)
+        f"{path.relative_to(ROOT).as_posix()}:{line}"
+        for path in sources
+        if not path.relative_to(ROOT).as_posix().startswith(MLFLOW_ALLOWED)
         for line in mlflow_imports(path.read_text(encoding="utf-8"))
     ]
     assert offenders == [], "import mlflow through benchmark.tracking instead: " + ", ".join(offenders)
