@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="check the file and list its parent runs only")
 
     sub.add_parser("list", help="show predictors, datasets, split kinds and metrics")
+    from benchmark.envs.command import add_parser as add_env_parser
+
+    add_env_parser(sub)
 
     synth = sub.add_parser("make-synthetic", help="write a large synthetic count .h5ad, chunk by chunk")
     synth.add_argument("--cells", type=int, required=True, help="total cells (controls included)")
@@ -775,6 +778,8 @@ def _main(argv: list[str] | None) -> int:
             "list": cmd_list,
             "make-synthetic": cmd_make_synthetic,
         }
+        if args.command == "env":  # no MLflow store involved
+            return args.env_handler(args)
         if args.command in ("list", "make-synthetic"):  # no MLflow store involved
             return handlers[args.command](args)
         from benchmark.tracking import store as tracking
