@@ -255,3 +255,15 @@ def test_conflicting_environment_end_to_end(example_env, monkeypatch):
     ).stdout.split()  # fmt: skip
     assert versions[0].startswith("1.26") and versions[1].startswith("0.10")
     check_predictor(ExampleMeanShift, name="example_mean_shift")
+
+
+@pytest.mark.integration
+def test_biolord_conformance_on_a_tiny_budget():
+    """The real peer through the protocol's checks, where `bench env build biolord` has been run (~2 GB)."""
+    from benchmark.conformance import check_predictor
+    from predictors.peers.biolord import Biolord
+
+    if load_spec("biolord").status() != "built":
+        pytest.skip("the biolord environment is not built (bench env build biolord)")
+    small = {"max_epochs": 2, "check_val_every_n_epoch": 1, "decoder_width": 32, "attribute_nn_width": 16}
+    check_predictor(Biolord, params=small, name="biolord")

@@ -93,7 +93,7 @@ def remove_env(spec: EnvSpec, root: Path | None = None) -> str:
 
 def describe(spec: EnvSpec, root: Path | None = None) -> str:
     """One line of `bench env list`: name, state, Python, where, and what it is for."""
-    return f"{spec.name:<16} {spec.status(root):<8} python {spec.python:<5} {spec.location(root)}  {spec.description}"
+    return f"{spec.name:<20} {spec.status(root):<8} python {spec.python:<5} {spec.location(root)}  {spec.description}"
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m benchmark.envs.build NAME`
