@@ -124,9 +124,10 @@ class ForeignPredictor(Predictor):
         env, call = self.env_, f"{os.getpid()}-{next(_calls)}"
         control_path, out = self.workdir_ / f"control-{call}.h5ad", self.workdir_ / f"pred-{call}.h5ad"
         _cells(control, self.task_).write_h5ad(control_path)
-        args = ["--control", str(control_path), "--perturbation", perturbation, "--out", str(out)]
+        args = [f"--control={control_path}", f"--perturbation={perturbation}", f"--out={out}"]
         if context is not None:
-            args += ["--context", context]
+            args.append(f"--context={context}")  # one argument each: a label may start with '-'
+
         try:
             log = _run_worker(env, "predict", self.workdir_, args, float(self.timeout))
             return self._read_prediction(out, control, perturbation, context, log)

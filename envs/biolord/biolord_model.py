@@ -41,9 +41,7 @@ def fit(train, task: dict, params: dict, seed: int):
     _quiet()
     import biolord
     import scvi
-    import torch
 
-    torch.set_num_threads(int(params.get("threads") or os.cpu_count() or 1))
     scvi.settings.seed = seed
     adata = train.copy()
     categories = {key: sorted(adata.obs[key].astype(str).unique()) for key in ATTRIBUTES}
