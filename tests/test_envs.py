@@ -267,3 +267,45 @@ def test_biolord_conformance_on_a_tiny_budget():
         pytest.skip("the biolord environment is not built (bench env build biolord)")
     small = {"max_epochs": 2, "check_val_every_n_epoch": 1, "decoder_width": 32, "attribute_nn_width": 16}
     check_predictor(Biolord, params=small, name="biolord")
+
+
+def test_missing_python_version_is_one_line(tmp_path, monkeypatch):
+    from benchmark.envs.build import find_python
+
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PertbenchError, match=r"no Python 3\.99 found .* pyenv install 3\.99"):
+        find_python("3.99")
+
+
+@pytest.mark.integration
+def test_build_marks_built_then_stale_and_remove_deletes(tmp_path):
+    """A spec with no requirements: a venv and an empty pip install, the marker, stale on a spec edit, removal."""
+    from benchmark.envs.build import build_env, remove_env
+
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "env.toml").write_text('name = "empty"\npython = "3.11"\nmodule = "m"\n')
+    (folder / "requirements.txt").write_text("# nothing\n")
+    spec, root = load_spec(folder), tmp_path / "envs"
+    line = build_env(spec, root)
+    assert "built environment 'empty'" in line and "\n" not in line and spec.status(root) == "built"
+    assert "already built" in build_env(spec, root)
+    (folder / "requirements.txt").write_text("# changed\n")
+    assert load_spec(folder).status(root) == "stale"
+    assert "removed" in remove_env(spec, root) and spec.status(root) == "missing"
+
+
+def test_failed_build_is_one_line_naming_the_log(tmp_path, monkeypatch):
+    from benchmark.envs import build
+
+    folder = tmp_path / "spec"
+    folder.mkdir()
+    (folder / "env.toml").write_text('name = "broken"\npython = "3.11"\nmodule = "m"\n')
+    (folder / "requirements.txt").write_text("")
+    monkeypatch.setattr(build, "find_python", lambda version: Path("/bin/false"))
+    with pytest.raises(
+        PertbenchError, match=r"building environment 'broken' failed .*\(exit 1\); see .*broken\.build\.log"
+    ):
+        build.build_env(load_spec(folder), tmp_path / "envs")
+    assert not (tmp_path / "envs" / "broken").exists()
