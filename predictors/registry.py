@@ -34,6 +34,7 @@ class PredictorSpec:
     requires: str | None = None  # a module that only the optional extra `extra` installs
     extra: str = ""
     chosen: str | None = None  # whose entry of CHOSEN_DEFAULTS gives the defaults (under `params`)
+    env: str | None = None  # the environment (envs/<env>/) its worker runs in: `bench env build <env>`
 
 
 BUILTINS: dict[str, PredictorSpec] = {
@@ -76,6 +77,9 @@ BUILTINS: dict[str, PredictorSpec] = {
         requires="pertpy",
         extra="scgen",
     ),
+    "biolord": PredictorSpec(
+        "predictors.peers.biolord:Biolord", {}, "biolord (own env): disentangled attributes", env="biolord"
+    ),
 }
 
 
@@ -115,6 +119,10 @@ def check_installed(name: str) -> None:
     """A one-line PertbenchError, saying how to install it, when a registered predictor's optional extra is
     missing. Looks the module up without importing it (pertpy takes tens of seconds to import)."""
     spec = available_predictors().get(name)
+    if spec is not None and spec.env is not None:
+        from benchmark.envs.spec import load_spec
+
+        load_spec(spec.env).require_built()
     if spec is None or spec.requires is None:
         return
     try:

@@ -13,7 +13,7 @@ import benchmark.cli
 from benchmark.cli import app, args, build_parser, run, score, tune
 from benchmark.cli.args import _Parser
 
-EXPECTED = ("run", "tune", "score", "leaderboard", "sweep", "list", "make-synthetic")
+EXPECTED = ("run", "tune", "score", "leaderboard", "sweep", "list", "env", "make-synthetic")
 DATA_FLAGS = ("--dataset", "--data", "--perturbation-key", "--control", "--context-key", "--expression")
 CLI_DIR = Path(benchmark.cli.__file__).parent
 

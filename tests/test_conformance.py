@@ -36,7 +36,7 @@ def _builtin(name: str):
 
 def _registry_cases():
     for name in BUILTINS:
-        neural = name.startswith(("cvae", "scgen"))
+        neural = name.startswith(("cvae", "scgen", "biolord"))
         marks = [pytest.mark.slow] if neural and name not in FAST_NEURAL else []
         yield pytest.param(name, marks=marks, id=name)
 

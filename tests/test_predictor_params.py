@@ -18,6 +18,7 @@ from predictors.baselines import LinearCV
 from predictors.cvae import CVAEPredictor
 from predictors.gaming import InflatedVariance
 from predictors.linear import Linear
+from predictors.peers.biolord import Biolord
 from predictors.registry import BUILTINS, load_class, make_predictor
 from predictors.scgen import ScGen
 
@@ -76,6 +77,47 @@ BAD: dict[type, dict[str, list]] = {
         "early_stopping_patience": INTS_GE_1,
         "random_state": [-1, 2**40, 0.5, "0", True, None],
     },
+    Biolord: {
+        **{
+            name: INTS_GE_1
+            for name in (
+                "n_latent",
+                "decoder_width",
+                "decoder_depth",
+                "attribute_nn_width",
+                "attribute_nn_depth",
+                "n_latent_attribute_categorical",
+                "step_size_lr",
+                "max_epochs",
+                "early_stopping_patience",
+                "check_val_every_n_epoch",
+            )  # fmt: skip
+        },
+        "n_epochs_warmup": INTS_GE_0,
+        "batch_size": [1, *INTS_GE_1],
+        **{
+            name: NONNEG_FLOATS
+            for name in (
+                "reconstruction_penalty",
+                "unknown_attribute_penalty",
+                "unknown_attribute_noise_param",
+                "latent_wd",
+                "decoder_wd",
+                "attribute_nn_wd",
+            )  # fmt: skip
+        },
+        **{
+            name: [0.0, *NONNEG_FLOATS]
+            for name in ("latent_lr", "decoder_lr", "attribute_nn_lr", "scheduler_final_lr")
+        },
+        "attribute_dropout_rate": [-0.1, 1.0, NAN, "0.2", None],
+        **{
+            name: BOOLS for name in ("use_batch_norm", "use_layer_norm", "cosine_scheduler", "early_stopping")
+        },
+        "gene_likelihood": ["gaussian", 1, None],
+        "random_state": [-1, 2**40, 0.5, "0", True, None],
+        "timeout": [0.0, -1.0, NAN, INF, "60", True, None],
+    },
 }
 """Values every predictor must reject, per constructor parameter (each is checked for being listed below)."""
 
@@ -107,6 +149,7 @@ GOOD: dict[type, dict[str, object]] = {
         "early_stopping": np.bool_(False),
         "random_state": 5,
     },
+    Biolord: {"n_latent": np.int64(8), "decoder_lr": 1, "use_batch_norm": np.bool_(True), "timeout": 60},
 }
 """Accepted non-default values (ints for floats, numpy scalars, None where allowed)."""
 

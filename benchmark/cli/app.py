@@ -12,13 +12,13 @@ import warnings
 from collections.abc import Callable
 from types import ModuleType
 
-from benchmark.cli import leaderboard, run, score, sweep, synthetic, tune
+from benchmark.cli import env, leaderboard, run, score, sweep, synthetic, tune
 from benchmark.cli import list as list_
 from benchmark.cli.args import _Parser
 from benchmark.core.allocator import keep_freed_memory
 from benchmark.core.errors import PertbenchError
 
-COMMANDS: tuple[ModuleType, ...] = (run, tune, score, leaderboard, sweep, list_, synthetic)
+COMMANDS: tuple[ModuleType, ...] = (run, tune, score, leaderboard, sweep, list_, env, synthetic)
 """The command modules in `bench --help` order; each has NAME, add_parser(subparsers) and cmd_<name>(args)."""
 
 

@@ -1,0 +1,1 @@
+"""Published models that run in their own pinned environments (benchmark.envs), one wrapper per model."""
