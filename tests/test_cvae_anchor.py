@@ -167,3 +167,19 @@ def test_bad_anchoring_values_are_one_line_errors() -> None:
         CVAEPredictor(spread="wide")
     with pytest.raises(ValueError, match="inner_folds must be an integer >= 1"):
         CVAEPredictor(inner_folds=0)
+
+
+def test_numpy_blas_runs_at_the_fits_thread_count(small_synthetic: AnnData, monkeypatch) -> None:
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    fit = Linear.fit
+
+    def spy(self, train, task):
+        seen.append({lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"})
+        return fit(self, train, task)
+
+    monkeypatch.setattr(Linear, "fit", spy)
+    model = CVAEPredictor(**{**TINY, "max_steps": 2}, mean_response="baseline", spread="model", n_threads=1)
+    model.fit(small_synthetic, TASK)
+    assert seen and all(threads == {1} for threads in seen)
