@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from benchmark.core.errors import NotApplicable
@@ -57,39 +58,52 @@ class Fold:
 
 def inner_folds(train: AnnData, task: Task, n_folds: int, seed: int) -> list[Fold]:
     """Up to n_folds folds shaped like the splits: leave-one-training-context-out with several contexts, else
-    leave-one-training-combination-out, else one fold of a random fifth of every perturbed group."""
+    leave-one-training-combination-out, else one fold of a random fifth of every perturbed group. O(cells)."""
     perts = task.perturbations(train)
     contexts = task.contexts(train).astype(str)
-    control = perts == task.control_label
     rng = np.random.default_rng(seed)
-    with_controls = {t for t in np.unique(contexts[control]) if (contexts[control] == t).sum() >= _MIN_CELLS}
-    groups = sorted({(t, p) for t, p in zip(contexts[~control], perts[~control], strict=True)})
-    sizes = {g: int(((contexts == g[0]) & (perts == g[1])).sum()) for g in groups}
-    scorable = [g for g in groups if g[0] in with_controls and sizes[g] >= _MIN_CELLS]
-    folds: list[Fold] = []
+    rows = pd.Series(np.arange(train.n_obs)).groupby([contexts, perts]).indices  # (t, p) -> rows
+    with_controls = {t for (t, p), r in rows.items() if p == task.control_label and len(r) >= _MIN_CELLS}
+    groups = sorted(g for g in rows if g[1] != task.control_label)
+    scorable = [g for g in groups if g[0] in with_controls and len(rows[g]) >= _MIN_CELLS]
+    contexts_of: dict[str, set[str]] = {}
+    for t, p in groups:
+        contexts_of.setdefault(p, set()).add(t)
+    candidates: list[tuple[str, list[tuple[str, str]]]] = []
     if len(with_controls) >= 2:
-        for t in sorted(with_controls):
-            mine = [(c, p) for c, p in scorable if c == t and any(o != t and q == p for o, q in groups)]
-            if mine:
-                held = np.flatnonzero((contexts == t) & np.isin(perts, [p for _, p in mine]))
-                folds.append(Fold(f"context {t}", held, mine))
-    if not folds:
-        labels = sorted({p for _, p in groups})
-        for label in labels:
-            genes = task.genes_of(label)
-            others = {g for q in labels if q != label for g in task.genes_of(q)}
-            mine = [g for g in scorable if g[1] == label]
-            if len(genes) > 1 and set(genes) <= others and mine:
-                folds.append(Fold(f"combination {label}", np.flatnonzero(perts == label), mine))
-    if not folds and scorable:
-        held = []
+        by_context: dict[str, list[tuple[str, str]]] = {}
         for t, p in scorable:
-            idx = np.flatnonzero((contexts == t) & (perts == p))
-            held.append(rng.choice(idx, size=max(2, int(round(_RANDOM_FRACTION * len(idx)))), replace=False))
+            if len(contexts_of[p]) > 1:
+                by_context.setdefault(t, []).append((t, p))
+        candidates = [(f"context {t}", mine) for t, mine in sorted(by_context.items())]
+    if not candidates:
+        labels = sorted(contexts_of)
+        genes_elsewhere: dict[str, int] = {}
+        for label in labels:
+            for g in set(task.genes_of(label)):
+                genes_elsewhere[g] = genes_elsewhere.get(g, 0) + 1
+        for label in labels:
+            genes = set(task.genes_of(label))
+            mine = [g for g in scorable if g[1] == label]
+            if len(genes) > 1 and all(genes_elsewhere[g] > 1 for g in genes) and mine:
+                candidates.append((f"combination {label}", mine))
+    if len(candidates) > n_folds:
+        keep = np.sort(rng.choice(len(candidates), size=n_folds, replace=False))
+        candidates = [candidates[i] for i in keep]
+    folds = []
+    for name, mine in candidates:
+        if name.startswith("combination"):  # every context's cells of the label
+            label = mine[0][1]
+            held = np.concatenate([rows[(t, label)] for t in sorted(contexts_of[label])])
+        else:
+            held = np.concatenate([rows[g] for g in mine])
+        folds.append(Fold(name, np.sort(held), mine))
+    if not folds and scorable:
+        held = [
+            rng.choice(rows[g], size=max(2, int(round(_RANDOM_FRACTION * len(rows[g])))), replace=False)
+            for g in scorable
+        ]
         folds.append(Fold("random fifth", np.sort(np.concatenate(held)), scorable))
-    if len(folds) > n_folds:
-        keep = np.sort(rng.choice(len(folds), size=n_folds, replace=False))
-        folds = [folds[i] for i in keep]
     return folds
 
 
