@@ -839,7 +839,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: pathlib.Path) -> None:
-        """Write the fitted state: weights (torch state_dict) and a JSON of vocabularies, task, params, history."""
+        """Write the fitted state: weights (torch state_dict), a JSON of vocabularies, task, params, history, and
+        the anchoring (the fitted baseline, weights, spreads, inner table) as a pickle."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {
@@ -876,6 +877,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         module = self._build_module()
         module.load_state_dict(torch.load(directory / _WEIGHTS_FILE, map_location="cpu", weights_only=True))
         self.module_ = module.to(self.device_).eval()
-        for key, value in pickle.loads((directory / _ANCHOR_FILE).read_bytes()).items():
-            setattr(self, key, value)
+        anchor_file = directory / _ANCHOR_FILE
+        anchor = pickle.loads(anchor_file.read_bytes()) if anchor_file.is_file() else {}
+        self.anchor_, self.inner_scores_ = anchor.get("anchor_"), anchor.get("inner_scores_", {})
         return self
