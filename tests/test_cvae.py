@@ -31,8 +31,18 @@ from predictors.registry import make_predictor
 
 COUNTS_TASK = Task("condition", "control", "cell_type", expression="counts")
 LOGNORM_TASK = Task("condition", "control", "cell_type", expression="lognorm")
-SMALL = dict(n_latent=8, n_hidden=64, batch_size=128, lr=3e-3, max_epochs=150, patience=8, kl_warmup_steps=50)
-"""A small, fast network for 100-gene synthetic data."""
+SMALL = dict(
+    n_latent=8,
+    n_hidden=64,
+    batch_size=128,
+    lr=3e-3,
+    max_epochs=150,
+    patience=8,
+    kl_warmup_steps=50,
+    mean_response="cvae",
+    spread="model",
+)
+"""A small, fast network for 100-gene synthetic data, alone (no baseline anchoring: tests/test_cvae_anchor.py)."""
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

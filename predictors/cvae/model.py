@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import pathlib
+import pickle
 import sys
 import time
 import zlib
@@ -18,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from threadpoolctl import threadpool_limits
 
 from benchmark.core import progress as bars
 from benchmark.core.errors import NotApplicable
@@ -25,9 +27,11 @@ from benchmark.core.protocol import Predictor, predicted_anndata
 from benchmark.core.pseudobulk import group_sums, split_controls
 from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from predictors.baselines import pca_basis
+from predictors.cvae import anchor as anchoring
 from predictors.cvae import generate as generation
 from predictors.cvae.data import dense_rows
 from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
+from predictors.linear import Linear
 from predictors.params import (
     ValidatedParams,
     check_bool,
@@ -39,6 +43,7 @@ from predictors.params import (
 
 _STATE_FILE = "cvae_state.json"
 _WEIGHTS_FILE = "cvae_weights.pt"
+_ANCHOR_FILE = "cvae_anchor.pkl"
 _NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
 _SMALL_STEP_FLOPS = 2e8
 """Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
@@ -220,6 +225,13 @@ class CVAEPredictor(ValidatedParams, Predictor):
     On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
     kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
 
+    mean_response and spread anchor each predicted group (predictors.cvae.anchor): the CVAE supplies the cells'
+    deviations from their group mean, the group's mean shift is w x the linear baseline's + (1 - w) x the CVAE's
+    ("cvae": w = 0, "baseline": w = 1, "auto": w in {0, .25, .5, .75, 1} chosen on inner folds of the training
+    cells, at most inner_folds of them), and spread "perturbed" rescales the deviations per gene to the perturbed
+    cells' spread ("auto": chosen on the same folds). mean_response="cvae" with spread="model" is the network
+    alone. After fit: mean_weight_, spread_ and the inner table inner_scores_ (also in selection_).
+
     The registered names (cvae_modeA/B, cvae_mlp_modeA/B) take the defaults that benchmark.selection.choose_defaults chose
     on validation splits of the visible datasets' training cells (predictors/cvae/defaults.json, `make
     cvae-defaults`); this constructor's defaults are that search's starting point (its candidate 0).
@@ -243,6 +255,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
         "kl_warmup_steps": ("categorical", [0, 100, 300, 1000]),
         "max_steps": ("int", 500, 3_000, True),
         "decoder": ("categorical", ["response", "mlp"]),
+        "mean_response": ("categorical", ["auto", "cvae", "baseline"]),
+        "spread": ("categorical", ["auto", "model", "perturbed"]),
     }
 
     def __init__(
@@ -269,6 +283,9 @@ class CVAEPredictor(ValidatedParams, Predictor):
         val_fraction: float = 0.1,
         patience: int = 10,
         generate: Literal["auto", "counterfactual", "sample", "mean"] = "auto",
+        mean_response: Literal["auto", "cvae", "baseline"] = "auto",
+        spread: Literal["auto", "model", "perturbed"] = "auto",
+        inner_folds: int = 2,
         random_state: int = 0,
         device: str = "auto",
         n_threads: int | None = None,
@@ -296,6 +313,9 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.val_fraction = val_fraction
         self.patience = patience
         self.generate = generate
+        self.mean_response = mean_response
+        self.spread = spread
+        self.inner_folds = inner_folds
         self.random_state = random_state
         self.device = device
         self.n_threads = n_threads
@@ -330,6 +350,9 @@ class CVAEPredictor(ValidatedParams, Predictor):
             raise ValueError(
                 "generate='counterfactual' needs mode='B' (mode A has no real cell to start from)"
             )
+        check_choice("mean_response", self.mean_response, anchoring.MEAN_RESPONSES)
+        check_choice("spread", self.spread, anchoring.SPREADS)
+        check_int("inner_folds", self.inner_folds, 1)
         check_int("random_state", self.random_state, 0, 2**32 - 1)
         check_device("device", self.device)
         check_optional_int("n_threads", self.n_threads, 1)
@@ -415,8 +438,89 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     # ---------------------------------------------------------------- training
 
+    def _blas_threads(self) -> int:
+        """numpy's BLAS threads during fit and predict: `n_threads`, else _CPU_THREADS; fixed, never the load."""
+        return self.n_threads if self.n_threads is not None else _CPU_THREADS
+
     def fit(self, train: AnnData, task: Task) -> CVAEPredictor:
-        """Train on all given cells, holding out val_fraction of them for early stopping on the validation loss."""
+        """Train on all given cells (val_fraction held out for early stopping), then anchor the mean and spread.
+
+        Unless mean_response is "cvae" and spread "model", the baseline (predictors.linear) is fitted on the same
+        cells, and an "auto" choice runs the inner validation of predictors.cvae.anchor: per inner fold one more
+        CVAE and baseline fit on the fold's training cells, so an "auto" fit costs about 1 + inner_folds CVAE fits.
+        """
+        with threadpool_limits(limits=self._blas_threads(), user_api="blas"):
+            self._fit_cvae(train, task)
+            self._fit_anchor(train, task)
+        return self
+
+    def _fit_anchor(self, train: AnnData, task: Task) -> None:
+        """The baseline, the inner tables and the chosen weight and spread rule of each generation mode (one fit
+        serves both modes, so each is chosen for each; see predictors.cvae.anchor)."""
+        self.anchor_: anchoring.Anchor | None = None
+        self.inner_scores_: dict[str, Any] = {}
+        if self.mean_response == "cvae" and self.spread == "model":
+            return
+        started = time.perf_counter()
+        modes = ("B",) if self.generate == "counterfactual" else ("A", "B")
+        r_rows: dict[str, list] = {m: [] for m in modes}
+        spread_rows: dict[str, list] = {m: [] for m in modes}
+        folds = []
+        if "auto" in (self.mean_response, self.spread):
+            inner_params = {**self.get_params(), "mean_response": "cvae", "spread": "model", "verbose": False}
+            for fold in anchoring.inner_folds(train, task, self.inner_folds, self.random_state):
+                inner, held = anchoring.split_fold(train, fold)
+                cvae = type(self)(**inner_params).fit(inner, task)
+                baseline = Linear().fit(inner, task)
+                for mode in modes:
+                    rows, spreads = anchoring.evaluate_fold(cvae, baseline, inner, held, task, fold, mode)
+                    r_rows[mode] += rows
+                    spread_rows[mode] += spreads
+                folds.append(fold.name)
+        choices = {
+            m: anchoring.choose(self.mean_response, self.spread, r_rows[m], spread_rows[m]) for m in modes
+        }
+        weights = {m: w for m, (w, _) in choices.items()}
+        spreads = {m: s for m, (_, s) in choices.items()}
+        baseline = Linear().fit(train, task) if max(weights.values()) > 0 else None
+        ratios = anchoring.log_spread_ratios(train, task) if "perturbed" in spreads.values() else {}
+        self.anchor_ = anchoring.Anchor(baseline, weights, spreads, ratios)
+        seconds = time.perf_counter() - started
+        self.inner_scores_ = {m: anchoring.summarize(r_rows[m], spread_rows[m], folds) for m in modes}
+        self.inner_scores_["seconds"] = seconds
+        self.train_stats_.update(mean_weight=weights, spread=spreads, inner_seconds=seconds)
+
+    @property
+    def mean_weight_(self) -> float:
+        """The baseline's weight in the mean shift of this predictor's mode (0: the network's own mean)."""
+        anchor = self._fitted_anchor()
+        return 0.0 if anchor is None else anchor.weights[self.mode]
+
+    @property
+    def spread_(self) -> str:
+        """The spread rule in effect for this predictor's mode: "model" or "perturbed"."""
+        anchor = self._fitted_anchor()
+        return "model" if anchor is None else anchor.spreads[self.mode]
+
+    def _fitted_anchor(self) -> anchoring.Anchor | None:
+        if not hasattr(self, "inner_scores_"):
+            raise AttributeError("not fitted")
+        return self.anchor_
+
+    @property
+    def selection_(self) -> dict[str, Any]:
+        """How the mean response and spread were chosen (logged by the runner with the fit)."""
+        return {
+            "mean_response": self.mean_response,
+            "mean_weight": self.mean_weight_,
+            "spread_param": self.spread,
+            "spread": self.spread_,
+            "inner_scores": self.inner_scores_.get(self.mode, {}),
+            "inner_seconds": self.inner_scores_.get("seconds", 0.0),
+        }
+
+    def _fit_cvae(self, train: AnnData, task: Task) -> None:
+        """Train the network on all given cells, holding out val_fraction of them for early stopping."""
         self.task_ = task
         self.likelihood_ = self._resolve_likelihood(task)
         self.device_ = self._torch_device()
@@ -460,7 +564,6 @@ class CVAEPredictor(ValidatedParams, Predictor):
         with _torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.random_state + 2)
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
-        return self
 
     def _fit_lognorm(self, x, train: AnnData, rows: np.ndarray, task: Task):
         """The fit cells' log-normalized values, from the rows already read (x) where possible: `train` may be a
@@ -673,13 +776,40 @@ class CVAEPredictor(ValidatedParams, Predictor):
         return genes, self._decline(genes, set(self.perturbation_genes_), context, set(self.contexts_))
 
     def predict(self, control: AnnData, perturbation: str, context: str | None) -> AnnData:
-        """Generate one cell per control cell under `perturbation` (mode A: from the prior; B: from the controls)."""
+        """One cell per control cell under `perturbation` (mode A: from the prior; B: from the controls), its
+        group's mean shift and spread anchored as fitted (see predictors.cvae.anchor)."""
+        with threadpool_limits(limits=self._blas_threads(), user_api="blas"):
+            cells = self.generate_cells(control, perturbation, context)
+            anchor = getattr(self, "anchor_", None)
+            if anchor is not None:
+                cells = anchor.compose(
+                    cells,
+                    control,
+                    self.task_,
+                    perturbation,
+                    context,
+                    lambda: self.generate_cells(control, perturbation, context, "sample"),
+                    self.mode,
+                )
+        return predicted_anndata(cells, control, perturbation, context)
+
+    def generate_cells(
+        self,
+        control: AnnData,
+        perturbation: str,
+        context: str | None,
+        rule: str | None = None,
+        mode: str | None = None,
+    ) -> np.ndarray:
+        """The network's own cells (log-normalized, no anchoring) in `mode` (default: the predictor's) under
+        `rule` (default: `generate` resolved for that mode)."""
+        mode = self.mode if mode is None else mode
         if not hasattr(self, "module_"):
             raise RuntimeError("CVAEPredictor is not fitted")
         genes, ctx = self._check_applicable(perturbation, context)
         if [str(v) for v in control.var_names] != self.var_names_:
             raise ValueError("control cells do not have the training genes in the training order")
-        rule = generation.resolve_rule(self.mode, self.generate)
+        rule = generation.resolve_rule(mode, self.generate) if rule is None else rule
         x = control.X if self.likelihood_ == "nb" else self.task_.lognorm(control)
         if sp.issparse(x):
             x = sp.csr_matrix(x)
@@ -697,19 +827,20 @@ class CVAEPredictor(ValidatedParams, Predictor):
         with torch.no_grad(), _torch_threads(self._n_threads()):
             out = generation.generate(
                 self.module_,
-                self.mode,
+                mode,
                 rule,
                 generation.Controls(x, lib, profile),
                 self._covariates(genes, ctx, 1),
                 self._covariates([], ctx, 1),
                 gen,
             )
-        return predicted_anndata(out, control, perturbation, context)
+        return out
 
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: pathlib.Path) -> None:
-        """Write the fitted state: weights (torch state_dict) and a JSON of vocabularies, task, params, history."""
+        """Write the fitted state: weights (torch state_dict), a JSON of vocabularies, task, params, history, and
+        the anchoring (the fitted baseline, weights, spreads, inner table) as a pickle."""
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {
@@ -726,6 +857,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
         (directory / _STATE_FILE).write_text(json.dumps(state))
         weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
         torch.save(weights, directory / _WEIGHTS_FILE)
+        anchor = {k: getattr(self, k) for k in ("anchor_", "inner_scores_")}
+        (directory / _ANCHOR_FILE).write_bytes(pickle.dumps(anchor))
 
     def load_fitted(self, directory: pathlib.Path) -> CVAEPredictor:
         """Load a saved fitted state into self; self keeps its own mode, generate, verbose and device."""
@@ -744,4 +877,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         module = self._build_module()
         module.load_state_dict(torch.load(directory / _WEIGHTS_FILE, map_location="cpu", weights_only=True))
         self.module_ = module.to(self.device_).eval()
+        anchor_file = directory / _ANCHOR_FILE
+        anchor = pickle.loads(anchor_file.read_bytes()) if anchor_file.is_file() else {}
+        self.anchor_, self.inner_scores_ = anchor.get("anchor_"), anchor.get("inner_scores_", {})
         return self
