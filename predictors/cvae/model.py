@@ -217,13 +217,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
     max_steps bounds training by optimizer steps (mini-batches), the last epoch cut short if need be, so the
     training loop's cost is at most max_steps steps whatever the number of cells (early stopping may end it
     sooner); the setup (moments, pseudobulks) is linear in the cells and a validation pass is capped at
-    _MAX_VAL_CELLS cells. The default, 1,500, was chosen on cost, not on any score, so that one split of a
-    50k-cell, 2,000-gene counts dataset fits in 2 minutes on this project's 2-core CPU even at one thread: there
-    a 50k-cell fit at 2,000 steps took 150 s of CPU at one thread (benchmarks/test_bench_cvae.py, under load),
-    about 72 ms per step (2.4 GFLOP of dense matmul per mini-batch with 4 contexts x 100 perturbations, plus
-    the NB likelihood's elementwise work) and a few seconds of setup, so 1,500 steps cost about 110 s.
-    On the visible datasets early stopping ended every fit we logged at 275-540 steps (two splits each of
-    kang2018_counts, mcfaline23 and norman19; 366 on kang2018's CD4T split), so there it does not bind.
+    _MAX_VAL_CELLS cells. The default, 1,500, was chosen on cost, not on any score (docs/results.md gives the
+    measured cost per step).
 
     mean_response and spread anchor each predicted group (predictors.cvae.anchor): the CVAE supplies the cells'
     deviations from their group mean, the group's mean shift is w x the linear baseline's + (1 - w) x the CVAE's
@@ -285,7 +280,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         generate: Literal["auto", "counterfactual", "sample", "mean"] = "auto",
         mean_response: Literal["auto", "cvae", "baseline"] = "auto",
         spread: Literal["auto", "model", "perturbed"] = "auto",
-        inner_folds: int = 2,
+        inner_folds: int = 1,
         random_state: int = 0,
         device: str = "auto",
         n_threads: int | None = None,
