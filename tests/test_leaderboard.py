@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -105,9 +107,10 @@ def test_leaderboard_from_store(tiny, tmp_path, monkeypatch):
     rows = {line.split("|")[1].strip(): line for line in raw_table.splitlines() if line.startswith("| ")}
     assert {"mean_shift (partial)", "no_change", "*mean_oracle*", "*noise ceiling*"} <= set(rows)
     assert "NaN" in rows["no_change"]  # r of a constant prediction is undefined, shown as such
-    assert (
-        "**" not in rows["mean_shift (partial)"] and "**" in rows["no_change"]
-    )  # a quick look is never best
+    # a quick look is never best, and the one complete row is best at nothing: no bold, no verdict, no comparison
+    assert "**" not in rows["mean_shift (partial)"] and "**" not in rows["no_change"]
+    assert "Verdict" not in text and "comparison" not in text
+    assert re.search(r"(?m)^Generated \d{4}-\d{2}-\d{2} by pertbench \S+ at commit [0-9a-f]{12}", text)
     assert (
         "bench run --predictor mean_shift --data test --perturbation-key condition --control control "
         "--context-key cell_type --expression counts --split holdout_context --seeds 0,1 --max-splits 2"
@@ -150,7 +153,8 @@ def test_a_max_splits_run_leaves_the_full_run_rows_unchanged(tmp_path, monkeypat
         "*noise ceiling*",
     }
     assert int(rows["mean_shift"][2]) == 12 and int(rows["no_change (partial)"][2]) == 1
-    assert "**" in "".join(rows["mean_shift"]) and "**" not in "".join(rows["no_change (partial)"])
+    # the one complete row is best at nothing (a partial row is never ranked): no bold anywhere
+    assert "**" not in "".join(rows["mean_shift"]) and "**" not in "".join(rows["no_change (partial)"])
     assert "`bench run --predictor mean_shift --dataset synthetic --split holdout_context --seed 0`" in after
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from benchmark.reports.board_data import Board
 from benchmark.reports.board_stats import best_row, mean_ci, normalized, normalized_oracle
 from benchmark.reports.markdown import code_span, md_text
+from benchmark.reports.verdict import verdict_lines
 from benchmark.scoring.ceiling import clip_for_display
 from benchmark.scoring.metrics import METRICS
 from benchmark.tracking import schema
@@ -51,6 +52,7 @@ def _metric_table(
     header = "| predictor | n | " + " | ".join(metrics) + " |"
     lines = [header, "|" + "---|" * (len(metrics) + 2)]
     ranked = {p: f for p, f in frames.items() if p not in unranked}
+    mark_best = mark_best and len(ranked) > 1  # one row is best at nothing
     best = {m: b for m in metrics if mark_best and (b := best_row(ranked, m)) is not None}
     for name, frame in frames.items():
         cells = []
@@ -86,12 +88,20 @@ def _direction(higher: bool | None) -> str:
     return "↑" if higher else "↓" if higher is False else "→0"
 
 
-def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[str]]) -> str:
-    """The leaderboard markdown."""
+def render(
+    boards: list[Board],
+    figure_links: dict[tuple[str, str, str], list[str]],
+    stamp: str = "",
+    comparisons: dict[tuple[str, str], str] | None = None,
+) -> str:
+    """The leaderboard markdown (`stamp`: a line saying when and from which code it was generated;
+    `comparisons`: each board's comparison figure link)."""
+    comparisons = comparisons or {}
     out = [
         "# pertbench leaderboard",
         "",
         OWNER_MARK,
+        *([md_text(stamp)] if stamp else []),
         "Each cell: mean over splits (each split first averaged over its seeds) ± half-width of a 95% Student-t",
         "interval across splits; n = number of splits. **Bold** = best mean in the column (none when the top",
         "values tie); ≈ = its lead over the runner-up is within noise (paired 95% t-interval of the per-split",
@@ -111,6 +121,14 @@ def render(boards: list[Board], figure_links: dict[tuple[str, str, str], list[st
     ]
     for board in sorted(boards, key=lambda b: (b.dataset, b.split_kind)):
         out += [f"## {md_text(board.dataset)} · {md_text(board.split_kind)}", ""]
+        ranked = {p: f for p, f in board.scores.items() if p not in board.partial}
+        if len(ranked) > 1:
+            out += ["Verdict (paired 95% intervals over splits; > ahead, ≈ within noise):", ""]
+            out += [f"- {md_text(line)}" for line in verdict_lines(ranked, schema.headline_metrics())]
+            out.append("")
+        link = comparisons.get((board.dataset, board.split_kind))
+        if link:
+            out += [f"![comparison of the predictors on {md_text(board.dataset)}]({link})", ""]
         na = {p: f" (+{n} n/a)" for p, n in board.not_applicable.items() if n}  # splits it declined
         out += _metric_table(board.scores, na, mark_best=True, unranked=board.partial)
         out += _reference_rows(board, list(METRICS))

@@ -22,8 +22,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from benchmark.reports.board_data import Board
+from benchmark.reports.board_stats import mean_ci, normalized
 from benchmark.reports.figures import save_png
-from benchmark.reports.leaderboard import Board, mean_ci, normalized
 from benchmark.scoring.ceiling import clip_for_display
 from benchmark.scoring.metrics import METRICS
 from benchmark.tracking import schema

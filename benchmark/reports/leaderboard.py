@@ -113,6 +113,44 @@ def _copy_figures(
     return links
 
 
+def board_stamp() -> str:
+    """When and from which code a board was generated: the date (UTC), pertbench's version and the git commit."""
+    import time
+
+    import benchmark
+
+    commit = tracking.git_commit()
+    return f"Generated {time.strftime('%Y-%m-%d', time.gmtime())} by pertbench {benchmark.__version__}" + (
+        f" at commit {commit[:12]}." if commit else "."
+    )
+
+
+def _comparison_figures(
+    boards: list[Board], figures_dir: Path, relative_to: Path
+) -> dict[tuple[str, str], str]:
+    """Each board's comparison figure (benchmark.reports.compare_figure) where it ranks two or more predictors;
+    returns markdown links."""
+    import tempfile
+
+    from benchmark.reports.compare_figure import comparison_figure
+
+    links = {}
+    for board in boards:
+        if len([p for p in board.scores if p not in board.partial]) < 2:
+            continue
+        target = figures_dir / comparison_name(board)
+        with tempfile.TemporaryDirectory() as tmp:
+            drawn = comparison_figure(board, Path(tmp) / "comparison.png")
+            _save_small_png(drawn, target)
+        links[(board.dataset, board.split_kind)] = os.path.relpath(target, relative_to).replace(os.sep, "/")
+    return links
+
+
+def comparison_name(board: Board) -> str:
+    """The file name of a board's comparison figure."""
+    return figure_name(f"{board.dataset}__{board.split_kind}", "comparison")
+
+
 def _save_small_png(source: Path, target: Path) -> None:
     """Copy a figure as a 256-colour palette PNG (a third of the size, so committed figures stay small), written
     atomically."""
@@ -191,7 +229,7 @@ def _foreign_figures(boards: list[Board], figures_dir: Path) -> list[str]:
         for board in boards
         for predictor in board.parents
         for kind in ("summary", "composite")
-    ]
+    ] + [comparison_name(board) for board in boards]
     return [name for name in planned if name not in owned and (figures_dir / name).exists()]
 
 
@@ -231,9 +269,14 @@ def write_leaderboard(
         if readme is not None:
             update_readme(readme, boards)
         links: dict = {}
+        comparisons: dict = {}
         if figures:
             links = _copy_figures(boards, figures_dir, relative_to=path.parent)
-        atomic_write(path, render(boards, links))
+            comparisons = _comparison_figures(boards, figures_dir, relative_to=path.parent)
+        atomic_write(path, render(boards, links, board_stamp(), comparisons))
         if figures and figures_dir.is_dir():
-            _update_manifest(figures_dir, path.name, [Path(v).name for vs in links.values() for v in vs])
+            written = [Path(v).name for vs in links.values() for v in vs] + [
+                Path(v).name for v in comparisons.values()
+            ]
+            _update_manifest(figures_dir, path.name, written)
     return path

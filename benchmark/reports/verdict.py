@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from benchmark.reports.leaderboard import lead_within_noise, rank_predictors
+from benchmark.reports.board_stats import lead_within_noise, rank_predictors
 from benchmark.scoring.metrics import METRICS
 
 AHEAD, TIED = ">", "≈"
