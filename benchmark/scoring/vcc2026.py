@@ -80,28 +80,36 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
 
+def _sums(x, axis: int) -> np.ndarray:
+    return np.asarray(x.sum(axis=axis), dtype=np.float64).ravel()
+
+
 def bulk(x) -> np.ndarray:
     """log1p(BULK_TARGET_SUM * P / sum(P)) of the group's count sums P (zeros for an empty group)."""
-    p = _dense(x).sum(axis=0)
+    p = _sums(sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64), 0)
     total = p.sum()
     return np.log1p(p * (BULK_TARGET_SUM / total)) if total > 0 else np.zeros_like(p)
 
 
-def jackknife(x) -> float:
+def jackknife(x, chunk: int = 512) -> float:
     """The jackknife estimate of the bulk's sampling variance, summed over genes: (n-1)/n Σ_g Σ_i (V_ig - V̄_g)²
-    over leave-one-cell-out bulks V_i (0 for a group of fewer than 2 cells)."""
-    x = _dense(x)
+    over leave-one-cell-out bulks V_i (0 for a group of fewer than 2 cells); `chunk` cells densified at a time."""
+    x = sp.csr_matrix(x, dtype=np.float64) if sp.issparse(x) else np.asarray(x, dtype=np.float64)
     n = x.shape[0]
-    p = x.sum(axis=0)
+    p = _sums(x, 0)
     total = float(p.sum())
     if n < 2 or total <= 0:
         return 0.0
-    rest = total - x.sum(axis=1)
-    safe = np.where(rest > 0, rest, 1.0)[:, None]
-    v = np.where((rest > 0)[:, None], np.log1p(BULK_TARGET_SUM * (p[None, :] - x) / safe), 0.0)
-    v -= np.log1p(BULK_TARGET_SUM * p / total)[None, :]
-    q = np.einsum("ij,ij->j", v, v) - v.sum(axis=0) ** 2 / n
-    return max((n - 1) / n * float(q.sum()), 0.0)
+    full = np.log1p(BULK_TARGET_SUM * p / total)
+    s1, s2 = np.zeros_like(p), np.zeros_like(p)
+    for start in range(0, n, chunk):
+        block = _dense(x[start : start + chunk])
+        rest = total - block.sum(axis=1)
+        safe = np.where(rest > 0, rest, 1.0)[:, None]
+        v = np.where((rest > 0)[:, None], np.log1p(BULK_TARGET_SUM * (p[None, :] - block) / safe), 0.0) - full
+        s1 += v.sum(axis=0)
+        s2 += np.einsum("ij,ij->j", v, v)
+    return max((n - 1) / n * float((s2 - s1**2 / n).sum()), 0.0)
 
 
 def _pds(pred_eff: np.ndarray, real_eff: np.ndarray, own: list[int | None]) -> np.ndarray:
