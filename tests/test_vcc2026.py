@@ -116,6 +116,79 @@ def test_split_halves_are_disjoint_and_seeded():
     assert v.anchor_seeds(2) == [int(s) for s in np.random.SeedSequence(0).generate_state(2)]
 
 
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def _score_args(data: Path, predictions: Path, expression: str) -> list[str]:
+    return [
+        "score", "--predictions", str(predictions), "--name", "half", "--data", str(data),
+        "--perturbation-key", "condition", "--control", "control", "--context-key", "cell_type",
+        "--expression", expression, "--split", "random", "--profile", "vcc2026", "--no-figures", "--no-leaderboard",
+    ]  # fmt: skip
+
+
+def _counts_split(directory: Path, expression: str = "counts") -> tuple[Path, Path]:
+    """A small counts dataset and a predictions file of half of each held-out target's own cells (lognorm)."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from benchmark.core.task import Task, lognormalize
+    from benchmark.data.splits import make_splits
+
+    a = make_synthetic(n_genes=80, n_contexts=2, n_perturbations=3, cells_per_group=60, seed=2)
+    a.uns = {}
+    if expression == "lognorm":
+        a.X = lognormalize(a.X)
+    task = Task("condition", "control", "cell_type", expression=expression)
+    (split,) = make_splits(a, task, "random", seed=0)
+    parts, obs = [], []
+    for t in split.targets:
+        rows = a.obs_names.get_indexer(list(t.test_cells))[::2]
+        x = a[rows].X
+        parts.append(x if expression == "lognorm" else lognormalize(x))
+        obs += [(t.perturbation, t.context)] * rows.size
+    pred = ad.AnnData(
+        sp.vstack(parts).tocsr(),
+        obs=pd.DataFrame(obs, columns=["perturbation", "context"], index=[f"p{i}" for i in range(len(obs))]),
+        var=pd.DataFrame(index=a.var_names),
+    )
+    paths = directory / "data.h5ad", directory / "pred.h5ad"
+    a.write_h5ad(paths[0])
+    pred.write_h5ad(paths[1])
+    return paths
+
+
+def test_score_profile_needs_counts(workdir, capsys):
+    from benchmark.cli import main
+
+    data, pred = _counts_split(workdir, expression="lognorm")
+    code = main(_score_args(data, pred, "lognorm"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("bench: error:") and "needs raw counts" in err[-1], err
+
+
+def test_score_profile_prints_and_logs_the_vcc2026_table(workdir, capsys):
+    import mlflow
+
+    from benchmark.cli import main
+
+    data, pred = _counts_split(workdir)
+    assert main(_score_args(data, pred, "counts")) == 0
+    out = capsys.readouterr().out
+    assert "Virtual Cell Challenge 2026 score" in out and "pds_cosine" in out
+    runs = mlflow.MlflowClient().search_runs(
+        [e.experiment_id for e in mlflow.search_experiments()], max_results=50
+    )
+    logged = set().union(*(r.data.metrics for r in runs))
+    assert {f"vcc2026/{m}" for m in v.MEMBERS} <= logged
+    assert "vcc2026/score" in logged and f"vcc2026/{v.PDS}_rescaled" in logged
+
+
 def _export(directory: Path) -> tuple[Path, Path]:
     """A small counts split: one context, 6 targets named after genes (one after no gene), real and predicted
     cells disjoint halves of the same synthetic draw, two targets' predictions swapped."""
