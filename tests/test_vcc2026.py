@@ -232,13 +232,16 @@ def _cell_eval2_python() -> str | None:
 
 
 @pytest.mark.integration
-def test_parity_with_cell_eval2(tmp_path):
+@pytest.mark.parametrize("backend", sorted(de.DE_BACKENDS))
+def test_parity_with_cell_eval2(tmp_path, backend):
     python = _cell_eval2_python()
     if python is None:
         pytest.skip("no cell-eval2 venv: set PERTBENCH_CELL_EVAL2 to its python (see docs/vcc2026.md)")
+    if backend == "pdex" and subprocess.run([python, "-c", "import pdex"], capture_output=True).returncode:
+        pytest.skip("pdex is not installed in the cell-eval2 venv")
     real_path, pred_path = _export(tmp_path)
     run = subprocess.run(
-        [python, str(CELL_EVAL2_SCRIPT), str(real_path), str(pred_path), str(tmp_path)],
+        [python, str(CELL_EVAL2_SCRIPT), str(real_path), str(pred_path), str(tmp_path), backend],
         capture_output=True,
         text=True,
         timeout=900,
@@ -249,7 +252,8 @@ def test_parity_with_cell_eval2(tmp_path):
     real, _ = _panel_of(real_path)
     _, pred = _panel_of(pred_path)
     _, baseline = _panel_of(tmp_path / "baseline.h5ad")
-    ours = v.score(real, pred, baseline)
+    ours = v.score(real, pred, baseline, de_backend=backend)
+    assert theirs["de_backend"] == backend
     for key, mine in (
         ("aggregate", ours.members),
         ("baseline", ours.baseline),

@@ -1,6 +1,7 @@
 """cell-eval2's own vcc2026 numbers on an exported split, as JSON: run by tests/test_vcc2026.py in cell-eval2's venv.
 
-Usage: python vcc2026_cell_eval2.py REAL.h5ad PRED.h5ad OUTDIR. Writes OUTDIR/cell_eval2.json (per-target rows
+Usage: python vcc2026_cell_eval2.py REAL.h5ad PRED.h5ad OUTDIR [DE_BACKEND]. The DE backend defaults to scanpy,
+the one cell-eval2 runs on a CPU machine without pdex (named, so that installing pdex does not change it). Writes OUTDIR/cell_eval2.json (per-target rows
 and aggregates of the prediction and of cell-eval2's baseline, the replicate anchor, the rescaled members and
 their average) and OUTDIR/baseline.h5ad (the baseline's predicted cells, which pertbench scores in turn).
 """
@@ -38,9 +39,10 @@ def _agg(tidy) -> dict:
     return dict(zip(frame["metric"].to_list(), map(_finite, frame["mean"].to_list()), strict=True))
 
 
-def main(real_path: str, pred_path: str, outdir: str) -> None:
+def main(real_path: str, pred_path: str, outdir: str, backend: str = "scanpy") -> None:
     out = Path(outdir)
     cfg = EvalConfig.from_preset("vcc2026")
+    cfg = replace(cfg, de=replace(cfg.de, backend=backend))
     real, pred = ad.read_h5ad(real_path), ad.read_h5ad(pred_path)
     tidy = ce.compute_metrics(pred, real, config=cfg)
     base = ce.build_generic_baseline(real, config=cfg, save_pred=str(out / "baseline.h5ad"))
@@ -67,9 +69,10 @@ def main(real_path: str, pred_path: str, outdir: str) -> None:
         "rescaled": rescaled,
         "score": sum(rescaled.values()) / len(rescaled),
         "version": ce.__version__,
+        "de_backend": backend,
     }
     (out / "cell_eval2.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

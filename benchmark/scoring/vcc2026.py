@@ -190,16 +190,19 @@ def expression_members(
     return rows, {EXPR: float(capped.sum() / dist.sum())}
 
 
-def member_values(real: Panel, pred: Mapping[str, object], pred_control=None) -> tuple[dict, dict]:
+def member_values(
+    real: Panel, pred: Mapping[str, object], pred_control=None, de_backend: str = "scanpy"
+) -> tuple[dict, dict]:
     """(aggregate value of each member, per-target rows of each member) for predicted counts `pred` of every
-    target of the panel; `pred_control`: the prediction's own control pool, when effects are taken against it."""
+    target of the panel; `pred_control`: the prediction's own control pool, when effects are taken against it;
+    `de_backend`: whose rank-sum p-values the DE tables use (`vcc2026_de.DE_BACKENDS`)."""
     missing = sorted(set(real.groups) - set(pred))
     if missing:
         raise ValueError(f"the prediction has no cells for target(s) {', '.join(missing[:5])}")
     rows, agg = expression_members(real, pred, pred_control)
-    real_de = de.de_table({t: real.groups[t] for t in real.labels}, real.control)
+    real_de = de.de_table({t: real.groups[t] for t in real.labels}, real.control, de_backend)
     ref = real.control if pred_control is None else pred_control
-    pred_de = de.de_table({t: pred[t] for t in real.labels}, ref)
+    pred_de = de.de_table({t: pred[t] for t in real.labels}, ref, de_backend)
     own = {t: real.own.get(t) for t in real.labels}
     rows.update(de.de_members(real_de, pred_de, real.labels, own, real.genes))
     for name in MEMBERS:
@@ -249,20 +252,22 @@ def anchor_seeds(n_splits: int = ANCHOR_SPLITS, base_seed: int = ANCHOR_BASE_SEE
     return [int(s) for s in np.random.SeedSequence(base_seed).generate_state(n_splits)]
 
 
-def replicate_anchor(panel: Panel, n_splits: int = ANCHOR_SPLITS) -> dict[str, float]:
+def replicate_anchor(
+    panel: Panel, n_splits: int = ANCHOR_SPLITS, de_backend: str = "scanpy"
+) -> dict[str, float]:
     """Each member's replicate value: the mean over split halves of the second half scored as a prediction of
     the first, against its own half of the control; fold-change NMAE instead averages, over the same halves,
     mean |lfc_a - lfc_b| / mean |lfc_full| over the genes significant in the whole real data."""
-    full = de.de_table({t: panel.groups[t] for t in panel.labels}, panel.control)
+    full = de.de_table({t: panel.groups[t] for t in panel.labels}, panel.control, de_backend)
     values: dict[str, list[float]] = {m: [] for m in MEMBERS}
     for seed in anchor_seeds(n_splits):
         half_a, half_b = split_halves(panel, seed)
-        agg, _ = member_values(half_a, half_b.groups, half_b.control)
+        agg, _ = member_values(half_a, half_b.groups, half_b.control, de_backend)
         for m in MEMBERS:
             if m != NMAE:
                 values[m].append(agg[m])
-        de_a = de.de_table(half_a.groups, half_a.control)
-        de_b = de.de_table(half_b.groups, half_b.control)
+        de_a = de.de_table(half_a.groups, half_a.control, de_backend)
+        de_b = de.de_table(half_b.groups, half_b.control, de_backend)
         nmae = [de.half_nmae(full, de_a, de_b, t, panel.own.get(t)) for t in panel.labels]
         kept = [v for v in nmae if not math.isnan(v)]
         values[NMAE].append(float(np.mean(kept)) if kept else float("nan"))
@@ -270,13 +275,18 @@ def replicate_anchor(panel: Panel, n_splits: int = ANCHOR_SPLITS) -> dict[str, f
 
 
 def score(
-    real: Panel, pred: Mapping[str, object], baseline: Mapping[str, object], anchor=None
+    real: Panel,
+    pred: Mapping[str, object],
+    baseline: Mapping[str, object],
+    anchor=None,
+    de_backend: str = "scanpy",
 ) -> Vcc2026Score:
     """The vcc2026 score of predicted counts `pred` per target, with `baseline` (predicted counts per target of
-    the comparator) as the 0 end and the replicate anchor of the real cells (or given `anchor` values) as 1."""
-    members, per_target = member_values(real, pred)
-    base, _ = member_values(real, baseline)
-    anchor = dict(anchor) if anchor is not None else replicate_anchor(real)
+    the comparator) as the 0 end and the replicate anchor of the real cells (or given `anchor` values) as 1;
+    `de_backend`: whose rank-sum p-values the DE members use (`vcc2026_de.DE_BACKENDS`)."""
+    members, per_target = member_values(real, pred, de_backend=de_backend)
+    base, _ = member_values(real, baseline, de_backend=de_backend)
+    anchor = dict(anchor) if anchor is not None else replicate_anchor(real, de_backend=de_backend)
     rescaled = {m: rescale(m, members[m], base[m], anchor[m]) for m in MEMBERS}
     vals = list(rescaled.values())
     total = float(np.mean(vals)) if all(map(math.isfinite, vals)) else float("nan")

@@ -3,7 +3,8 @@
 A side's DE table tests each target's cells against one control pool, per gene: log2 fold change of the mean
 CPM, log2((mean_target + 1e-9) / (mean_control + 1e-9)); a two-sided Wilcoxon rank-sum test of log1p(CPM) with
 tie correction and no continuity correction (scanpy's `rank_genes_groups(method="wilcoxon", tie_correct=True)`,
-which cell-eval2 runs on a machine without a GPU); only genes whose mean CPM in the control pool exceeds 5 are
+which cell-eval2 runs on a machine with neither a GPU nor pdex; with pdex installed it runs pdex, whose p-values
+carry the continuity correction: `DE_BACKENDS`); only genes whose mean CPM in the control pool exceeds 5 are
 kept, and Benjamini-Hochberg is applied per target over the kept genes.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import ndtr
 
-from benchmark.scoring.ranksum import ControlRanks, _cells_by_genes, _sample_stats, bh_qvalues
+from benchmark.scoring.ranksum import ControlRanks, _cells_by_genes, _sample_stats, bh_qvalues, mwu_pvalues
 
 DE_TARGET_SUM = 1e6
 """Per-cell normalization of the DE side (counts per million)."""
@@ -30,6 +31,8 @@ REACH_PURITY_FLOOR = 0.9
 """Direction reach counts the deepest prefix of the predicted ranking whose sign purity reaches this."""
 MIN_GATE_SIZE = 10
 """Fold-change NMAE omits a target with fewer real-significant genes than this."""
+DE_BACKENDS = {"scanpy": False, "pdex": True}
+"""cell-eval2's CPU DE engines and whether their rank-sum p-values carry the continuity correction."""
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,18 @@ def cpm(x) -> np.ndarray:
     return x * scale[:, None]
 
 
-def wilcoxon_pvalues(x: np.ndarray, control: ControlRanks) -> np.ndarray:
-    """Two-sided rank-sum p-values of x against the control, normal approximation with tie correction and
-    without continuity correction (scanpy's convention; a gene constant over both samples gets p = 1)."""
+def wilcoxon_pvalues(x: np.ndarray, control: ControlRanks, continuity: bool = False) -> np.ndarray:
+    """Two-sided rank-sum p-values of x against the control, normal approximation with tie correction, without
+    continuity correction (scanpy's convention) or with it (pdex's); a gene constant over both samples gets 1."""
     u1, ties, varying = _sample_stats(
         _cells_by_genes(x), control.sorted, control.zero_lo, control.zero_hi, control.ties
     )
     m, k = float(x.shape[0]), float(control.c.shape[0])
+    if continuity:
+        p = np.ones(x.shape[1])
+        if varying.any():
+            p[varying] = mwu_pvalues(u1[varying], m, k, ties[varying])
+        return p
     n = m + k
     var = m * k / 12.0 * ((n + 1) - ties / (n * (n - 1)))
     p = np.ones(x.shape[1])
@@ -72,8 +80,11 @@ def wilcoxon_pvalues(x: np.ndarray, control: ControlRanks) -> np.ndarray:
     return p
 
 
-def de_table(groups: Mapping[str, object], control) -> DETable:
-    """The DE table of each group's counts (cells x genes) against the control pool's counts."""
+def de_table(groups: Mapping[str, object], control, backend: str = "scanpy") -> DETable:
+    """The DE table of each group's counts (cells x genes) against the control pool's counts, with the p-value
+    convention of cell-eval2's CPU `backend` ("scanpy" or "pdex")."""
+    if backend not in DE_BACKENDS:
+        raise ValueError(f"unknown DE backend {backend!r}; known: {', '.join(DE_BACKENDS)}")
     ctrl = cpm(control)
     ctrl_mean = ctrl.mean(axis=0)
     kept = ctrl_mean > MIN_CONTROL_CPM
@@ -84,7 +95,7 @@ def de_table(groups: Mapping[str, object], control) -> DETable:
     for i, label in enumerate(labels):
         x = cpm(groups[label])
         lfc[i] = np.log2((x.mean(axis=0) + EPSILON) / (ctrl_mean + EPSILON))
-        p = wilcoxon_pvalues(np.log1p(x), ranks)
+        p = wilcoxon_pvalues(np.log1p(x), ranks, DE_BACKENDS[backend])
         pvalue[i, kept] = p[kept]
         if kept.any():
             padj[i, kept] = bh_qvalues(p[kept])
