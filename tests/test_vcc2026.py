@@ -163,6 +163,29 @@ def _counts_split(directory: Path, expression: str = "counts") -> tuple[Path, Pa
     return paths
 
 
+def test_the_baseline_reads_only_training_cells(monkeypatch):
+    from benchmark.core.task import Task
+    from benchmark.data.datasets import Dataset
+    from benchmark.data.splits import make_splits
+    from benchmark.execution import vcc2026 as run
+
+    a = make_synthetic(n_genes=30, n_contexts=2, n_perturbations=3, cells_per_group=60, seed=4)
+    dataset = Dataset(
+        "s", a, Task("condition", "control", "cell_type", expression="counts"), "", "", "random"
+    )
+    (split,) = make_splits(a, dataset.task, "random", seed=0)
+    held_out = {c for t in split.targets for c in t.test_cells}
+    rows = run.baseline_rows(dataset, split, "C0")
+    names = set(a.obs_names[rows])
+    assert names and not names & held_out and names <= set(split.train_cells)
+    assert set(a.obs["cell_type"].iloc[rows]) == {"C0"} and "control" not in set(
+        a.obs["condition"].iloc[rows]
+    )
+    monkeypatch.setattr(run, "BASELINE_MAX_CELLS", 10)
+    assert np.array_equal(run.baseline_rows(dataset, split, "C0"), run.baseline_rows(dataset, split, "C0"))
+    assert run.baseline_rows(dataset, split, "C0").size == 10
+
+
 def test_score_profile_needs_counts(workdir, capsys):
     from benchmark.cli import main
 

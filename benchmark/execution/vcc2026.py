@@ -50,8 +50,9 @@ def _rows(dataset: Dataset, ids) -> np.ndarray:
     return dataset.adata.obs_names.get_indexer(list(ids))
 
 
-def _baseline_cells(dataset: Dataset, split: Split, context: str):
-    """The split's training perturbed cells of `context` (of every context when it has none), subsampled."""
+def baseline_rows(dataset: Dataset, split: Split, context: str) -> np.ndarray:
+    """Rows of the baseline's cells: the split's training perturbed cells of `context` (of every context when it
+    has none), subsampled to BASELINE_MAX_CELLS with the split's seed."""
     adata, task = dataset.adata, dataset.task
     train = _rows(dataset, split.train_cells)
     perturbed = train[~task.is_control(adata[train])]
@@ -61,7 +62,7 @@ def _baseline_cells(dataset: Dataset, split: Split, context: str):
         raise PertbenchError(f"split {split.name} has no training perturbed cells for the vcc2026 baseline")
     if pool.size > BASELINE_MAX_CELLS:
         pool = np.sort(np.random.default_rng(split.seed).choice(pool, BASELINE_MAX_CELLS, replace=False))
-    return adata[pool].X
+    return pool
 
 
 def split_panels(dataset: Dataset, split: Split, groups: dict) -> dict[str, tuple[vcc.Panel, dict, object]]:
@@ -81,7 +82,11 @@ def split_panels(dataset: Dataset, split: Split, groups: dict) -> dict[str, tupl
             if len(parts) != 1:  # a combination perturbs no single gene
                 own[t.perturbation] = None
         pred = {t.perturbation: predicted_counts(groups[(t.perturbation, t.context)].X) for t in targets}
-        out[context] = (vcc.Panel(control, real, genes, own), pred, _baseline_cells(dataset, split, context))
+        out[context] = (
+            vcc.Panel(control, real, genes, own),
+            pred,
+            dataset.adata[baseline_rows(dataset, split, context)].X,
+        )
     return out
 
 
