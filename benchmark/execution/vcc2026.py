@@ -1,6 +1,6 @@
 """`bench score --profile vcc2026`: the Virtual Cell Challenge 2026 score of a predictions file, per split and context.
 
-Each (split, context) is one panel: the context's control cells given with the split, the held-out targets' real
+Each (split, context) is one panel: the control cells the split gives the context's targets (their union), the held-out targets' real
 counts and their predicted cells. The baseline (0) is a generic response: the split's training perturbed cells of
 the context (of every context when the context has none), the same cells for every target. The anchor (1) is the
 split-half replicate of the targets' own real cells. Nothing else of the test data is read.
@@ -74,7 +74,8 @@ def split_panels(dataset: Dataset, split: Split, groups: dict) -> dict[str, tupl
     genes = dataset.adata.var_names.to_numpy()
     out = {}
     for context, targets in by_context.items():
-        control = dataset.adata[_rows(dataset, targets[0].control_cells)].X
+        controls = np.unique(np.concatenate([_rows(dataset, t.control_cells) for t in targets]))
+        control = dataset.adata[controls].X  # one pool per panel: every control cell given to its targets
         real = {t.perturbation: dataset.adata[_rows(dataset, t.test_cells)].X for t in targets}
         own = {p: g for p, g in vcc.own_genes(real, genes).items()}
         for t in targets:
