@@ -254,8 +254,8 @@ def test_readme_results_block_is_regenerated_between_markers(tmp_path):
 
 
 def _fake_parent(run_id: str, params: dict[str, str]):
-    """A finished parent run as MLflow returns it (only what the leaderboard reads)."""
-    from types import SimpleNamespace
+    """A finished parent run as the store reads it back (only what the leaderboard reads)."""
+    from benchmark.tracking.runs import RunRecord
 
     tags = {
         schema.TAG_PREDICTOR: "cvae_modeB",
@@ -263,10 +263,8 @@ def _fake_parent(run_id: str, params: dict[str, str]):
         schema.TAG_SPLIT_KIND: "holdout_context",
         schema.TAG_PARTIAL: schema.FALSE,
     }
-    return SimpleNamespace(
-        data=SimpleNamespace(tags=tags, params={"hp.n_latent": "per split", **params}),
-        info=SimpleNamespace(run_id=run_id, start_time=1),
-    )
+    params = {"hp.n_latent": "per split", **params}
+    return RunRecord(run_id, "1", "parent", "FINISHED", 1, 2, "", tags=tags, params=params)
 
 
 def test_two_tuned_configs_get_their_own_rows():

@@ -25,6 +25,7 @@ from benchmark.reports.leaderboard import (
 )
 from benchmark.reports.markdown import code_span, md_text
 from benchmark.scoring.metrics import METRICS
+from benchmark.tracking import runs
 from benchmark.tracking import store as tracking
 
 HOSTILE = "evil | <script>alert(1)</script> | x\n# injected [click](javascript:alert(1)) `tick` *b* <img src=x onerror=y>"
@@ -216,7 +217,7 @@ def test_a_param_longer_than_mlflow_allows_is_kept_whole(tmp_path, monkeypatch):
     assert len(args) > tracking.MAX_PARAM_CHARS
     with tracking.parent_run("long") as run:
         tracking.log_params(run.info.run_id, {schema.PARAM_CLI: args, "short": "x"})
-    parent = tracking.MlflowClient().get_run(run.info.run_id)
+    parent = runs.get_run(run.info.run_id)
     assert tracking.param_value(parent, schema.PARAM_CLI) == args
     assert tracking.param_value(parent, "short") == "x"
     assert reproduce_command(parent, None) == f"bench run {args}"

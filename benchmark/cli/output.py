@@ -44,8 +44,7 @@ def print_locations(
     """Where the run went: the MLflow store, the figures and predictions (artifacts of the parent and split runs),
     the leaderboard, and the command that opens the MLflow UI on the experiment's runs."""
 
-    import mlflow
-
+    from benchmark.tracking import runs as tracked
     from benchmark.tracking import schema
     from benchmark.tracking import store as tracking
 
@@ -54,11 +53,11 @@ def print_locations(
     print(f"  MLflow store:  {uri}")
     experiments = []
     for parent_id in parent_ids:
-        parent = mlflow.get_run(parent_id)
-        experiments.append(parent.info.experiment_id)
-        artifacts = _local(parent.info.artifact_uri)
+        parent = tracked.get_run(parent_id)
+        experiments.append(parent.experiment_id)
+        artifacts = _local(parent.artifact_uri)
         runs = artifacts.rsplit("/", 2)[0] if artifacts.endswith("/artifacts") else f"{artifacts}/.."
-        tags = parent.data.tags
+        tags = parent.tags
         n = sum(int(tags.get(t, 0)) for t in (schema.TAG_N_SCORED, schema.TAG_N_NOT_APPLICABLE))
         print(f"  parent run:    {tags.get(schema.TAG_RUN_NAME, '')} ({parent_id})")
         print(
@@ -73,16 +72,15 @@ def print_locations(
             print("  figures:       (none: --no-figures)")
         if not predictions and predictions is not None:
             print("  predictions:   (not saved; add --save-predictions)")
-        children = mlflow.search_runs(
-            experiment_ids=[parent.info.experiment_id],
-            filter_string=schema.children_filter(parent_id),
+        children = tracked.search(
+            [parent.experiment_id],
+            schema.children_filter(parent_id),
             order_by=["attributes.start_time ASC"],
             max_results=SHOWN_SPLIT_RUNS + 1,
-            output_format="list",
         )
         for child in children[:SHOWN_SPLIT_RUNS]:
-            where = _local(child.info.artifact_uri)
-            print(f"  {child.data.tags.get(schema.TAG_RUN_NAME, child.info.run_id)}:")
+            where = _local(child.artifact_uri)
+            print(f"  {child.name or child.run_id}:")
             if figures:
                 print(f"      figure:      {where}/{schema.FIGURES_DIR}/{schema.COMPOSITE_FIGURE}")
             if predictions:

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -27,7 +26,7 @@ from benchmark.scoring.evaluate import (
 )
 from benchmark.scoring.metrics import METRICS
 from benchmark.selection.tuning import CHOOSE_DEFAULTS_PROTOCOL, config_digest
-from benchmark.tracking import schema
+from benchmark.tracking import runs, schema
 from benchmark.tracking import store as tracking
 from predictors.registry import CHOSEN_DEFAULTS, available_predictors, leave_out_choice, make_predictor
 
@@ -250,11 +249,12 @@ def log_summary(
     """Mean metrics on the parent run (`mean_<metric>`, and the headline metrics under their plain names, so the
     MLflow UI shows them in the columns of the split runs), and the summary figure of metrics across splits."""
     scored = [r for r in results if r.status == schema.STATUS_OK]
-    mlflow.set_tags(
+    runs.set_tags(
         {
             schema.TAG_N_SCORED: str(len(scored)),
             schema.TAG_N_NOT_APPLICABLE: str(len(results) - len(scored)),
-        }
+        },
+        parent_id,
     )
     if not scored:
         return
@@ -275,4 +275,4 @@ def log_summary(
                 Path(tmp) / schema.SUMMARY_FIGURE,
                 directions={k: m.higher_is_better for k, m in METRICS.items()},
             )
-            mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
+            runs.log_artifact(path, schema.FIGURES_DIR, run_id=parent_id)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from anndata import AnnData
 
 from benchmark.core import progress as bars
@@ -45,7 +44,7 @@ from benchmark.scoring.evaluate import (
     TargetResult,
 )
 from benchmark.selection.tuning import dump_toml, split_params
-from benchmark.tracking import schema
+from benchmark.tracking import runs, schema
 from benchmark.tracking import store as tracking
 from predictors.registry import make_predictor
 
@@ -75,7 +74,7 @@ def run_benchmark(
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / schema.CONFIG_ARTIFACT
                 path.write_text(dump_toml(options.config), encoding="utf-8")
-                mlflow.log_artifact(str(path))
+                runs.log_artifact(path, run_id=parent_id)
         done = 0
         for seed, splits in splits_by_seed.items():
             for split in splits:
@@ -119,8 +118,7 @@ def parent_frame(
     profiles = group_profiles(dataset.adata, dataset.task)  # real Δ of every group, for `others`
     with tracking.parent_run(run_name) as parent:
         parent_id = parent.info.run_id
-        mlflow.set_tags(tags)
-        tracking.log_params(parent_id, params)
+        runs.log_batch(parent_id, params=params, tags=tags)
         tracking.log_dataset(dataset.name, dataset.checksum, dataset.source)
         with bars.bar(n_splits, "splits", "splits") as bar:
             yield ParentFrame(parent_id, positions, profiles, bar)

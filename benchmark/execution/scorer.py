@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 from anndata import AnnData
 
@@ -39,7 +38,7 @@ from benchmark.scoring.evaluate import (
 )
 from benchmark.scoring.metrics import EvalData
 from benchmark.scoring.references import ReferenceShifts, reference_predictions
-from benchmark.tracking import schema
+from benchmark.tracking import runs, schema
 from benchmark.tracking import store as tracking
 
 PredictFn = Callable[[AnnData], AnnData]
@@ -230,22 +229,15 @@ class SplitScorer:
             result.add_scores(scoring.scores.result())
         if not self._split_logged:
             self._log_split()  # once per split, on the parent run
-        with mlflow.start_run(
-            run_name=f"{self.name} · {split.name} · seed {seed}",
-            nested=True,
-            parent_run_id=self.parent_run_id,
-        ) as child:
-            run_id = child.info.run_id
-            mlflow.set_tags(
-                {
-                    **run_tags(self.name, self.dataset, split.kind, level=schema.LEVEL_SPLIT),
-                    schema.TAG_SPLIT: split.name,
-                    schema.TAG_SEED: str(seed),
-                    schema.TAG_CONTEXT: target.context,
-                    schema.TAG_PERTURBATION: target.perturbation,
-                    **(job.tags or {}),
-                }
-            )
+        with runs.child_run(f"{self.name} · {split.name} · seed {seed}", self.parent_run_id) as run_id:
+            tags = {
+                **run_tags(self.name, self.dataset, split.kind, level=schema.LEVEL_SPLIT),
+                schema.TAG_SPLIT: split.name,
+                schema.TAG_SEED: str(seed),
+                schema.TAG_CONTEXT: target.context,
+                schema.TAG_PERTURBATION: target.perturbation,
+                **(job.tags or {}),
+            }
             tracking.log_dataset(self.dataset.name, self.dataset.checksum, self.dataset.source)
             others = scoring.others
             logged = {
@@ -262,27 +254,27 @@ class SplitScorer:
                 logged[schema.PARAM_SELECTION] = _json(job.selection, compact=True)[
                     : schema.SELECTION_PARAM_CHARS
                 ]
-            tracking.log_params(run_id, logged)
+            runs.log_batch(run_id, params=logged, tags=tags)  # what the run is, before its artifacts
             if not self._split_logged:  # no parent run: the split goes with its first target instead
                 self._log_split()
             if job.selection is not None:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / schema.SELECTION_ARTIFACT
                     path.write_text(_json(job.selection))
-                    mlflow.log_artifact(str(path))
+                    runs.log_artifact(path)
             if job.history:
-                tracking.log_history(run_id, job.history)
+                runs.log_history(run_id, job.history)
             if scoring.cells is not None:
                 self._log_artifacts(scoring)
             result.run_id = run_id
             result.seconds = (job.fit_seconds or 0.0) + result.seconds
-            mlflow.set_tag(schema.TAG_STATUS, result.status)
+            status = {schema.TAG_STATUS: result.status}
             if result.status == schema.STATUS_NOT_APPLICABLE:
-                mlflow.set_tag(schema.TAG_REASON, result.reason[:5000])
+                status[schema.TAG_REASON] = result.reason[:5000]
+                runs.set_tags(status, run_id)
                 self.progress(f"    {target.context}/{target.perturbation}: not applicable ({result.reason})")
             else:
-                if result.reference_name:
-                    tracking.log_params(run_id, {schema.PARAM_REFERENCE: result.reference_name})
+                reference = {schema.PARAM_REFERENCE: result.reference_name} if result.reference_name else {}
                 flat = {
                     **result.metrics,
                     **schema.prefixed(schema.CEILING_PREFIX, result.ceiling),
@@ -292,7 +284,7 @@ class SplitScorer:
                 }
                 if job.fit_seconds is not None:
                     flat[schema.FIT_SECONDS] = job.fit_seconds
-                tracking.log_metrics(run_id, flat)
+                runs.log_batch(run_id, params=reference, metrics=flat, tags=status)  # its scores at once
                 self.progress(
                     f"    {target.context}/{target.perturbation}: "
                     + ", ".join(f"{k}={result.metrics[k]:.3f}" for k in schema.headline_metrics())
@@ -302,12 +294,11 @@ class SplitScorer:
 
     def _log_split(self) -> None:
         """Log the split (integer positions, schema.SPLITS_DIR) to its parent run, once per SplitScorer."""
-        active = mlflow.active_run()
-        parent = self.parent_run_id or (active.info.run_id if active is not None else None)
+        parent = self.parent_run_id or runs.active_run_id()
         if parent is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = self.split.save(Path(tmp) / f"{self.split.digest()}.npz", self.dataset.adata.obs_names)
-                mlflow.MlflowClient().log_artifact(parent, str(path), artifact_path=schema.SPLITS_DIR)
+                runs.log_artifact(path, schema.SPLITS_DIR, run_id=parent)
         self._split_logged = True
 
     def _log_artifacts(self, scoring: _Scoring) -> None:
@@ -334,7 +325,7 @@ class SplitScorer:
                     embedding=options.embedding,
                     seed=seed,
                 )
-                mlflow.log_artifact(str(path), artifact_path=schema.FIGURES_DIR)
+                runs.log_artifact(path, schema.FIGURES_DIR)
             if options.save_predictions:
                 control = cells.control
                 saved = saved_prediction(
@@ -344,12 +335,12 @@ class SplitScorer:
                     Path(tmp) / f"predictions_{safe_name(split.name)}_{safe_name(target.context)}.h5ad"
                 )
                 saved.write_h5ad(pred_file)
-                mlflow.log_artifact(str(pred_file), artifact_path=schema.PREDICTIONS_DIR)
+                runs.log_artifact(pred_file, schema.PREDICTIONS_DIR)
                 test = take(adata, cells.test_positions)
                 pair = cell_eval_pair(control, cells.control_x, test, cells.real, saved, target)
                 for file, part in zip((export.REAL_FILE, export.PRED_FILE), pair, strict=True):
                     part.write_h5ad(Path(tmp) / file)
-                    mlflow.log_artifact(str(Path(tmp) / file), artifact_path=schema.CELL_EVAL_DIR)
+                    runs.log_artifact(Path(tmp) / file, schema.CELL_EVAL_DIR)
 
 
 FIGURES_PER_SPLIT = 25

@@ -159,28 +159,27 @@ def plan_groups(
 
 def open_parent(plan: GroupPlan) -> None:
     """Find the group's parent run by its sweep key (resume) or create it, as `bench run` would log it."""
-    from mlflow.tracking import MlflowClient
-    from mlflow.tracking.context import registry as context_registry
-
+    from benchmark.tracking import runs as store_runs
     from benchmark.tracking import schema
     from benchmark.tracking import store as tracking
 
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(f"{schema.EXPERIMENT_PREFIX}/{plan.dataset.name}")
-    runs = client.search_runs(
-        [experiment.experiment_id],
+    experiment = store_runs.experiment_id(f"{schema.EXPERIMENT_PREFIX}/{plan.dataset.name}")
+    assert experiment is not None, "the sweep creates each dataset's experiment before opening parents"
+    runs = store_runs.search(
+        [experiment],
         filter_string=f"tags.`{schema.TAG_SWEEP_KEY}` = '{plan.key}'",
         order_by=["attributes.start_time DESC"],
+        max_results=1000,
     )
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    finished = [r for r in runs if r.status == "FINISHED"]
     if finished:
-        plan.parent_id, plan.finished = finished[0].info.run_id, True
+        plan.parent_id, plan.finished = finished[0].run_id, True
         return
     for run in runs:
-        tags = run.data.tags
+        tags = run.tags
         pid = tags.get(schema.TAG_PID, "")
         if (
-            run.info.status == "RUNNING"
+            run.status == "RUNNING"
             and tags.get(schema.TAG_HOST) == tracking.process_tags()[schema.TAG_HOST]
             and pid.isdigit()
             and int(pid) != os.getpid()
@@ -190,38 +189,30 @@ def open_parent(plan: GroupPlan) -> None:
                 f"another sweep (pid {pid}) is running {plan.group.label()}; wait for it or stop it first"
             )
     if runs:  # an interrupted sweep's parent: reopen it under this process
-        plan.parent_id = runs[0].info.run_id
-        client.update_run(plan.parent_id, status="RUNNING")
-        for key, value in tracking.process_tags().items():
-            client.set_tag(plan.parent_id, key, value)
+        plan.parent_id = runs[0].run_id
+        store_runs.set_status(plan.parent_id, "RUNNING")
+        store_runs.set_tags(tracking.process_tags(), plan.parent_id)
         return
-    tags = context_registry.resolve_tags(
-        {**plan.record.tags, **tracking.process_tags(), schema.TAG_SWEEP_KEY: plan.key}
-    )
-    run = client.create_run(
-        experiment.experiment_id, run_name=plan.record.tags[schema.TAG_RUN_NAME], tags=tags
-    )
-    plan.parent_id = run.info.run_id
-    tracking.log_params(plan.parent_id, plan.record.params)
+    tags = {**plan.record.tags, **tracking.process_tags(), schema.TAG_SWEEP_KEY: plan.key}
+    plan.parent_id = store_runs.create_run(experiment, plan.record.tags[schema.TAG_RUN_NAME], tags)
+    store_runs.log_params(plan.parent_id, plan.record.params)
 
 
 def finish_parent(plan: GroupPlan, outcomes: dict[str, TaskOutcome]) -> str:
     """End the group's parent: FINISHED with `bench run`'s summary when every task ended well, else FAILED."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     from benchmark.execution.provenance import log_summary
+    from benchmark.tracking import runs
     from benchmark.tracking import store as tracking
 
     if plan.finished:
         return "FINISHED"
     ended = [outcomes.get(t.key) for t in plan.tasks]
     if any(o is None or o.status == FAILED for o in ended):
-        MlflowClient().set_terminated(plan.parent_id, "FAILED")
+        runs.terminate(plan.parent_id, "FAILED")
         return "FAILED"
     results = [r for o in ended for r in o.results]  # type: ignore[union-attr]
     tracking.experiment_for(plan.dataset.name)
-    with mlflow.start_run(run_id=plan.parent_id):
+    with runs.resumed_run(plan.parent_id):  # ends it FINISHED
         log_summary(
             plan.parent_id, plan.record.display_name, plan.dataset, plan.split_kind, results, plan.options
         )
@@ -231,18 +222,16 @@ def finish_parent(plan: GroupPlan, outcomes: dict[str, TaskOutcome]) -> str:
 def _kill_open(plans: list[GroupPlan]) -> None:
     """Mark the parents this sweep left open, and their child runs still running or ended FAILED by the
     interruption, KILLED (an interrupted sweep: what the message says is what the store holds)."""
-    from mlflow.tracking import MlflowClient
-
+    from benchmark.tracking import runs
     from benchmark.tracking import store as tracking
 
-    client = MlflowClient()
     since = tracking.interrupted_since()
     for plan in plans:
         if plan.parent_id and not plan.finished:
             with contextlib.suppress(Exception):
-                if client.get_run(plan.parent_id).info.status == "RUNNING":
+                if runs.get_run(plan.parent_id).status == "RUNNING":
                     tracking.kill_children(plan.parent_id, since)
-                    client.set_terminated(plan.parent_id, "KILLED")
+                    runs.terminate(plan.parent_id, "KILLED")
 
 
 def run_sweep(
@@ -256,8 +245,6 @@ def run_sweep(
     progress_stream: TextIO = sys.stderr,
 ) -> SweepResult:
     """Run every task of the sweep on the executor, then end the parents and regenerate the leaderboard once."""
-    import mlflow
-
     from benchmark.execution.executors import make_executor
     from benchmark.execution.model_cache import default_cache_dir
     from benchmark.reports.leaderboard import check_board_path, default_board_path, write_leaderboard
@@ -325,7 +312,6 @@ def run_sweep(
     finally:
         executor.close()
     tracking.use_store(store)
-    mlflow.set_tracking_uri(store)
     board = None
     if leaderboard and plans:
         board = write_leaderboard(

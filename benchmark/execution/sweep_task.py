@@ -15,11 +15,14 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.execution.options import RunOptions
 from benchmark.execution.sweep import DatasetSpec
 from benchmark.scoring.evaluate import TargetResult
+
+if TYPE_CHECKING:
+    from benchmark.tracking.runs import RunRecord
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 """A task's outcome: it ran; its runs were already in the store (resumed); it raised or its worker died."""
@@ -146,10 +149,9 @@ def run_task(task: SplitTask) -> TaskOutcome:
 
 
 def _run(task: SplitTask) -> tuple[str, list[TargetResult]]:
-    from mlflow.tracking import MlflowClient
-
     from benchmark.core.errors import PertbenchError
     from benchmark.execution.runner import run_split
+    from benchmark.tracking import runs
     from benchmark.tracking import store as tracking
 
     tracking.use_store(task.tracking_uri)
@@ -160,14 +162,13 @@ def _run(task: SplitTask) -> tuple[str, list[TargetResult]]:
             f"split {task.index} of seed {task.seed} is {split.name!r} here, {task.split_name!r} in the sweep: "
             "the worker's data or code differ from the sweep's"
         )
-    client = MlflowClient()
-    earlier = own_runs(client, task)
+    earlier = own_runs(task)
     finished = finished_by_target(earlier)
     wanted = [(t.context, t.perturbation) for t in split.targets]
     if all(key in finished for key in wanted):
         return SKIPPED, [results_of(finished[key], task) for key in wanted]
     for run in earlier:  # an earlier attempt's runs, finished or not: this attempt redoes the whole split
-        client.delete_run(run.info.run_id)
+        runs.delete(run.run_id)
     options = RunOptions(**{**task.options.__dict__, "seeds": (task.seed,)})
     results = run_split(
         task.predictor,
@@ -182,37 +183,38 @@ def _run(task: SplitTask) -> tuple[str, list[TargetResult]]:
     return DONE, results
 
 
-def own_runs(client, task: SplitTask) -> list:
+def own_runs(task: SplitTask) -> list[RunRecord]:
     """The task's child runs in the store (not deleted): the parent's children with its split and seed."""
+    from benchmark.tracking import runs as store_runs
     from benchmark.tracking import schema
 
-    experiment = client.get_run(task.parent_run_id).info.experiment_id
+    experiment = store_runs.get_run(task.parent_run_id).experiment_id
     text = f"{schema.children_filter(task.parent_run_id)} and tags.`{schema.TAG_SEED}` = '{task.seed}'"
     if "'" not in task.split_name:
         text += f" and tags.`{schema.TAG_SPLIT}` = '{task.split_name}'"
-    runs = client.search_runs([experiment], filter_string=text, max_results=50000)
-    return [r for r in runs if r.data.tags.get(schema.TAG_SPLIT) == task.split_name]
+    runs = store_runs.search([experiment], filter_string=text, max_results=50000)
+    return [r for r in runs if r.tags.get(schema.TAG_SPLIT) == task.split_name]
 
 
-def finished_by_target(runs: list) -> dict[tuple[str, str], Any]:
+def finished_by_target(runs: list[RunRecord]) -> dict[tuple[str, str], RunRecord]:
     """The FINISHED runs by (context, perturbation), the earliest where there are several."""
     from benchmark.tracking import schema
 
-    found: dict[tuple[str, str], Any] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
-        tags = run.data.tags
+    found: dict[tuple[str, str], RunRecord] = {}
+    for run in sorted(runs, key=lambda r: r.start_time):
+        tags = run.tags
         key = (tags.get(schema.TAG_CONTEXT, ""), tags.get(schema.TAG_PERTURBATION, ""))
-        if run.info.status == "FINISHED" and key not in found:
+        if run.status == "FINISHED" and key not in found:
             found[key] = run
     return found
 
 
-def results_of(run, task: SplitTask) -> TargetResult:
+def results_of(run: RunRecord, task: SplitTask) -> TargetResult:
     """A finished child run read back as the TargetResult that logged it (status and headline metrics)."""
     from benchmark.scoring.metrics import METRICS
     from benchmark.tracking import schema
 
-    tags, metrics = run.data.tags, run.data.metrics
+    tags, metrics = run.tags, run.metrics
     return TargetResult(
         task.split_name,
         task.seed,
@@ -221,5 +223,5 @@ def results_of(run, task: SplitTask) -> TargetResult:
         tags.get(schema.TAG_STATUS, schema.STATUS_OK),
         reason=tags.get(schema.TAG_REASON, ""),
         metrics={k: v for k, v in metrics.items() if k in METRICS},
-        run_id=run.info.run_id,
+        run_id=run.run_id,
     )
