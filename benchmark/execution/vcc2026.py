@@ -20,7 +20,7 @@ from benchmark.data.datasets import Dataset
 from benchmark.data.splits import Split, make_splits
 from benchmark.execution.options import RunResult
 from benchmark.scoring import vcc2026 as vcc
-from benchmark.tracking import store
+from benchmark.tracking import runs
 
 PROFILES = ("default", "vcc2026")
 BASELINE_MAX_CELLS = 2000
@@ -112,7 +112,7 @@ def score_vcc2026(
                 row[m] = scored.members[m]
                 row[f"{m}_rescaled"] = scored.rescaled[m]
             rows.append(row)
-            store.log_metrics(
+            runs.log_metrics(
                 result.parent_run_id,
                 {f"{METRIC_PREFIX}{k}": float(v) for k, v in row.items() if isinstance(v, float)},
                 step=step,
@@ -121,7 +121,7 @@ def score_vcc2026(
                 run_id = run_ids.get((split.name, t, context))
                 if run_id:
                     own = {m: scored.per_target[m][t] for m in vcc.MEMBERS if m in scored.per_target}
-                    store.log_metrics(
+                    runs.log_metrics(
                         run_id, {f"{METRIC_PREFIX}{m}": v for m, v in own.items() if not math.isinf(v)}
                     )
     return pd.DataFrame(rows)
