@@ -228,6 +228,10 @@ def rescale(name: str, value: float, baseline: float, anchor: float) -> float:
     return min(max(s, low), high)
 
 
+_CONTROL = "non-targeting"
+"""The control's label when halves are drawn: cell-eval2's, so the groups are permuted in its order."""
+
+
 def split_halves(panel: Panel, seed: int) -> tuple[Panel, Panel]:
     """Two disjoint halves of every group's cells (control included), drawn as cell-eval2 draws them: groups
     in sorted label order, one permutation each from one generator; an odd group drops its last cell."""
@@ -241,10 +245,6 @@ def split_halves(panel: Panel, seed: int) -> tuple[Panel, Panel]:
         a[label], b[label] = x[np.sort(perm[:h])], x[np.sort(perm[h : 2 * h])]
     ctrl_a, ctrl_b = a.pop(_CONTROL), b.pop(_CONTROL)
     return Panel(ctrl_a, a, panel.genes, panel.own), Panel(ctrl_b, b, panel.genes, panel.own)
-
-
-_CONTROL = "non-targeting"
-"""The control's label when halves are drawn: cell-eval2's, so the groups are permuted in its order."""
 
 
 def anchor_seeds(n_splits: int = ANCHOR_SPLITS, base_seed: int = ANCHOR_BASE_SEED) -> list[int]:
