@@ -42,6 +42,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="obs column of the file's contexts (default context, else the dataset's context column)",
     )
+    score.add_argument(
+        "--profile",
+        choices=("default", "vcc2026"),
+        default="default",
+        help="default: pertbench's scores; vcc2026: also the Virtual Cell Challenge 2026 score (cell-eval2's "
+        "vcc2026 profile, needs raw counts for the real cells; see docs/vcc2026.md)",
+    )
     add_figure_arguments(score)
     score.add_argument("--tracking-uri", default=None, help="MLflow store (as for `bench run`)")
     score.add_argument(
@@ -62,6 +69,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise PertbenchError("--name must not be empty")
     check_destinations(args)
     dataset = load_data(args)
+    if args.profile == "vcc2026":
+        from benchmark.execution.vcc2026 import check_applies
+
+        check_applies(dataset)
     kind = args.split or dataset.default_split
     if kind not in SPLIT_KINDS:
         raise PertbenchError(f"unknown split kind {kind!r}; known kinds: {', '.join(SPLIT_KINDS)}")
@@ -73,6 +84,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     options = RunOptions(seeds=(args.seed,), figures=not args.no_figures, embedding=args.embedding)
     result = score_predictions(predictions, args.name, dataset, kind, args.seed, options)
     print_table(result)
+    if args.profile == "vcc2026":
+        from benchmark.execution.vcc2026 import print_vcc2026, score_vcc2026
+
+        print_vcc2026(score_vcc2026(dataset, kind, args.seed, predictions.groups, result))
     board = update_board(args)
     print_locations(args.tracking_uri, [result.parent_run_id], board, not args.no_figures, predictions=None)
     return 0
