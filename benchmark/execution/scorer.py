@@ -324,6 +324,7 @@ class SplitScorer:
                     Path(tmp) / schema.COMPOSITE_FIGURE,
                     embedding=options.embedding,
                     seed=seed,
+                    genes=self.dataset.adata.var_names,
                 )
                 runs.log_artifact(path, schema.FIGURES_DIR)
             if options.save_predictions:
