@@ -114,3 +114,19 @@ def test_summary_colours_are_oriented_so_better_is_higher():
 def test_summary_figure_writes_png(tmp_path):
     path = summary_figure(_table(), "summary", tmp_path / "new" / "summary.png")
     assert path.exists() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_summary_with_references_adds_their_rows_and_colours_by_normalized_score():
+    """Reference rows under the splits; each cell coloured by (value − reference) / (ceiling − reference)."""
+    table = pd.DataFrame({"r": [0.5, 0.7], "energy_distance": [2.0, 1.0]}, index=["s0", "s1"])
+    refs = {
+        "reference": pd.DataFrame({"r": [0.4, 0.4], "energy_distance": [3.0, 3.0]}, index=table.index),
+        "ceiling": pd.DataFrame({"r": [0.9, 0.9], "energy_distance": [0.0, 0.0]}, index=table.index),
+    }
+    fig = _build_summary(table, "t", references=refs)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["s0", "s1", "mean of splits", "reference (mean)", "noise ceiling (mean)"]
+    shade = np.asarray(ax.images[0].get_array())  # (normalized + 1) / 2
+    np.testing.assert_allclose(shade[:, 0], (np.array([0.2, 0.6, 0.4, 0.0, 1.0]) + 1) / 2)
+    np.testing.assert_allclose(shade[:, 1], (np.array([1 / 3, 2 / 3, 0.5, 0.0, 1.0]) + 1) / 2)

@@ -274,5 +274,10 @@ def log_summary(
                 f"{dataset.name} · {split_kind} · {name} · seeds {','.join(map(str, options.seeds))}",
                 Path(tmp) / schema.SUMMARY_FIGURE,
                 directions={k: m.higher_is_better for k, m in METRICS.items()},
+                references={
+                    name: pd.DataFrame([getattr(r, name) for r in scored], index=table.index)
+                    for name in ("reference", "oracle", "ceiling")
+                    if all(getattr(r, name) for r in scored)
+                },
             )
             runs.log_artifact(path, schema.FIGURES_DIR, run_id=parent_id)

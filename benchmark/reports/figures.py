@@ -48,10 +48,14 @@ def composite_figure(
 
 
 def summary_figure(
-    table: pd.DataFrame, title: str, path, directions: dict[str, bool | None] | None = None
+    table: pd.DataFrame,
+    title: str,
+    path,
+    directions: dict[str, bool | None] | None = None,
+    references: dict[str, pd.DataFrame] | None = None,
 ) -> Path:
-    """Write the split x metric heat map PNG and return its path."""
-    return save_png(_build_summary(table, title, directions), path)
+    """Write the split x metric heat map PNG and return its path (`references`: see `_build_summary`)."""
+    return save_png(_build_summary(table, title, directions, references), path)
 
 
 def save_png(fig: Figure, path, dpi: int = DPI) -> Path:
@@ -221,16 +225,97 @@ def _pca_project(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def _build_summary(
-    table: pd.DataFrame, title: str, directions: dict[str, bool | None] | None = None
+    table: pd.DataFrame,
+    title: str,
+    directions: dict[str, bool | None] | None = None,
+    references: dict[str, pd.DataFrame] | None = None,
 ) -> Figure:
-    """Heat map of metric values (rows = splits, columns = metrics), coloured per column so better = yellow."""
-    values = table.to_numpy(dtype=np.float64)
+    """Heat map of metric values (rows = splits, columns = metrics).
+
+    With `references` (the same splits' scores of the reference baseline and the noise ceiling, as
+    {"reference": frame, "ceiling": frame[, "oracle": frame]}), rows for their means are added under a mean row
+    and every cell is coloured by its normalized score: 0 = the reference's mean, 1 = the ceiling's, clipped to
+    [-1, 1]. Without, colours are scaled per column so better = yellow."""
     dirs = [_direction(col, directions) for col in table.columns]
+    if references and {"reference", "ceiling"} <= set(references):
+        return _build_normalized_summary(table, title, dirs, references)
+    values = table.to_numpy(dtype=np.float64)
     colours = np.column_stack([_goodness_scaled(values[:, j], d) for j, d in enumerate(dirs)])
+    return _heat_map(table, values, colours, dirs, title, "per-column scale", (0.0, 1.0), ("worst", "best"))
+
+
+SUMMARY_ROWS = {
+    "reference": "reference (mean)",
+    "oracle": "mean oracle (mean)",
+    "ceiling": "noise ceiling (mean)",
+}
+"""The rows `_build_summary` adds under the splits, in order, with their labels."""
+
+
+def _build_normalized_summary(
+    table: pd.DataFrame, title: str, dirs: list[bool | None], references: dict[str, pd.DataFrame]
+) -> Figure:
+    """The summary with mean, reference, oracle and ceiling rows, coloured by normalized score."""
+    from benchmark.scoring.ceiling import clip_for_display, normalized_score
+
+    def means(frame: pd.DataFrame) -> pd.Series:
+        return frame.reindex(columns=table.columns).mean(axis=0, skipna=True)
+
+    ref, ceil = means(references["reference"]), means(references["ceiling"])
+    rows = [table, pd.DataFrame([table.mean(axis=0, skipna=True)], index=["mean of splits"])]
+    rows += [
+        pd.DataFrame([means(references[k])], index=[label])
+        for k, label in SUMMARY_ROWS.items()
+        if k in references
+    ]
+    shown = pd.concat(rows)
+    values = shown.to_numpy(dtype=np.float64)
+    colours = np.array(
+        [
+            [
+                clip_for_display(normalized_score(v, ref.iloc[j], ceil.iloc[j], dirs[j]))
+                for j, v in enumerate(row)
+            ]
+            for row in values
+        ],
+        dtype=np.float64,
+    )
+    return _heat_map(
+        shown,
+        values,
+        (colours + 1.0) / 2.0,
+        dirs,
+        title,
+        "normalized score",
+        (0.0, 1.0),
+        ("-1", "0 = reference", "1 = ceiling"),
+        ticks=(0.0, 0.5, 1.0),
+        separator=len(table) - 0.5,
+    )
+
+
+def _heat_map(
+    shown: pd.DataFrame,
+    values: np.ndarray,
+    colours: np.ndarray,
+    dirs: list[bool | None],
+    title: str,
+    scale_label: str,
+    limits: tuple[float, float],
+    tick_labels: tuple[str, ...],
+    ticks: tuple[float, ...] = (0.0, 1.0),
+    separator: float | None = None,
+) -> Figure:
+    """The annotated heat map shared by both summary styles (colours in [0, 1])."""
+    table = shown
     n_rows, n_cols = values.shape
     fig = Figure(figsize=(max(4.0, 1.25 * n_cols + 2.5), max(2.5, 0.45 * n_rows + 1.8)), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(np.ma.masked_invalid(colours), cmap=_cmap(), vmin=0, vmax=1, aspect="auto")
+    image = ax.imshow(
+        np.ma.masked_invalid(colours), cmap=_cmap(), vmin=limits[0], vmax=limits[1], aspect="auto"
+    )
+    if separator is not None:  # the splits above, their mean and the reference rows below
+        ax.axhline(separator, color="w", lw=2)
     for i in range(n_rows):
         for j in range(n_cols):
             shade = colours[i, j]
@@ -247,9 +332,9 @@ def _build_summary(
     ax.set_yticks(range(n_rows), [str(i) for i in table.index])
     ax.set_xlabel("metric (↑ higher better, ↓ lower better, →0 best at 0)")
     ax.set_ylabel(str(table.index.name or "split"))
-    bar = fig.colorbar(image, ax=ax, fraction=0.04, ticks=[0, 1])
-    bar.ax.set_yticklabels(["worst", "best"])
-    bar.set_label("per-column scale")
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, ticks=list(ticks))
+    bar.ax.set_yticklabels(list(tick_labels))
+    bar.set_label(scale_label)
     fig.suptitle(title)
     return fig
 
