@@ -14,7 +14,7 @@ ifneq ($(wildcard $(SHARED_DATA)),)
 export PERTBENCH_DATA_DIR ?= $(SHARED_DATA)
 endif
 
-.PHONY: setup run test lint docs bench bench-scale leaderboard cvae-defaults
+.PHONY: setup run test test-peers peers lint docs bench bench-scale leaderboard cvae-defaults
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest -m 'not integration'
 	$(BIN)/python -m pytest -m integration
+
+# The published models in their own pinned environments (envs/): build them, then run their tests (minutes each).
+PEERS ?= biolord
+peers: setup
+	for env in $(PEERS); do $(BIN)/bench env build $$env || exit 1; done
+
+test-peers: peers
+	$(BIN)/python -m pytest -m peers
 
 lint: setup
 	$(BIN)/ruff check .

@@ -258,6 +258,7 @@ def test_conflicting_environment_end_to_end(example_env, monkeypatch):
 
 
 @pytest.mark.integration
+@pytest.mark.peers
 def test_biolord_conformance_on_a_tiny_budget():
     """The real peer through the protocol's checks, where `bench env build biolord` has been run (~2 GB)."""
     from benchmark.conformance import check_predictor
