@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
-import math
 import pathlib
 import pickle
-import sys
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +18,6 @@ import torch
 from anndata import AnnData
 from threadpoolctl import threadpool_limits
 
-from benchmark.core import progress as bars
 from benchmark.core.errors import NotApplicable
 from benchmark.core.protocol import Predictor, predicted_anndata
 from benchmark.core.pseudobulk import group_sums, split_controls
@@ -29,8 +25,9 @@ from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from predictors.baselines import pca_basis
 from predictors.cvae import anchor as anchoring
 from predictors.cvae import generate as generation
-from predictors.cvae.data import dense_rows
+from predictors.cvae.data import condition_ids, gene_moments, tensors
 from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
+from predictors.cvae.train import TrainConfig, TrainData, Trainer
 from predictors.linear import Linear
 from predictors.params import (
     ValidatedParams,
@@ -54,8 +51,6 @@ _MAX_VAL_CELLS = 2048
 """At most this many cells are held out for validation (val_fraction of the cells below 20,480): a validation
 pass costs at most 8 forward mini-batches of 256 per epoch, not a growing tenth of the data, and the cells beyond
 it train. Epochs are compared on the same cells with the same noise (a paired comparison)."""
-_MIN_REL_IMPROVEMENT = 1e-3
-"""A validation loss counts as better only if it improves on the best by this fraction of |best|."""
 
 
 @contextlib.contextmanager
@@ -68,94 +63,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _gene_moments(x) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation (float32), computed without densifying sparse input."""
-    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
-    sq = (
-        x.multiply(x).mean(axis=0)
-        if sp.issparse(x)
-        else np.square(np.asarray(x, dtype=np.float64)).mean(axis=0)
-    )
-    var = np.maximum(np.asarray(sq, dtype=np.float64).ravel() - mean**2, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-
-@dataclass
-class _TrainData:
-    """What training reads per mini-batch: expression (sparse stays sparse), covariates and MMD group ids."""
-
-    x: Any
-    covariates: tuple[np.ndarray, np.ndarray | None]
-    context_id: np.ndarray
-    condition_id: np.ndarray
-    profiles: torch.Tensor | None = None  # context control profiles, rows in context_id order (None: unread)
-
-
-def _condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
-    """Integer code per perturbation label, 0 for control."""
-    labels = [control_label] + sorted(set(perts) - {control_label})
-    index = {label: i for i, label in enumerate(labels)}
-    return np.array([index[p] for p in perts], dtype=np.int64)
-
-
-class _EarlyStopping:
-    """Tracks the best validation loss over the epochs that count (those ending after the KL warm-up); stops
-    after `patience` counted epochs without improving."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best, self.best_epoch, self.best_state, self.stale, self.stopped = math.inf, -1, None, 0, False
-
-    def update(self, epoch: int, loss: float, module: torch.nn.Module, counts: bool = True) -> bool:
-        """Record one epoch (ignored unless it counts); True when training should stop."""
-        if not counts:
-            return False
-        scale = abs(self.best) if math.isfinite(self.best) else abs(loss)
-        if loss < self.best - _MIN_REL_IMPROVEMENT * scale:
-            self.best, self.best_epoch, self.stale = loss, epoch, 0
-            self.best_state = copy.deepcopy(module.state_dict())
-        else:
-            self.stale += 1
-        self.stopped = self.stale > self.patience
-        return self.stopped
-
-    def restore_best(self, module: torch.nn.Module, last_epoch: int) -> int:
-        """Load the best weights into module (if any epoch counted); returns the epoch they come from."""
-        if self.best_state is None:
-            return last_epoch
-        module.load_state_dict(self.best_state)
-        return self.best_epoch
-
-
-class _Progress:
-    """Training progress on stderr: a bar over epochs on an interactive terminal (benchmark.core.progress's style);
-    when verbose, also a line every few epochs and a summary."""
-
-    def __init__(self, verbose: bool, max_epochs: int, every: int = 5) -> None:
-        self.verbose, self.every = verbose, every
-        self.bar = bars.bar(max_epochs, "cvae", "epochs")
-
-    def epoch(self, rec: dict[str, float], done: bool) -> None:
-        self.bar.set_postfix_str(f"val {rec['val_loss']:.2f}", refresh=False)
-        self.bar.update(1)
-        if self.verbose and (rec["epoch"] % self.every == 0 or done):
-            bars.write(
-                f"[cvae] epoch {rec['epoch']:4d}  train {rec['train_loss']:11.2f}  val {rec['val_loss']:11.2f}  "
-                f"recon {rec['recon']:11.2f}  kl {rec['kl']:7.2f}  mmd {rec['mmd']:.4f}  beta {rec['beta']:.2f}"
-            )
-
-    def close(self, stats: dict[str, Any]) -> None:
-        self.bar.close()
-        if not self.verbose:
-            return
-        print(
-            f"[cvae] {stats['epochs']} epochs, {stats['steps']} of {stats['step_budget']} steps "
-            f"(best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
-            f"{stats['train_seconds']:.1f} s, {stats['flops_per_second'] / 1e9:.1f} GFLOP/s",
-            file=sys.stderr,
-        )
 
 
 def _label_seed(random_state: int, *labels: str | None) -> int:
@@ -383,11 +290,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         if self.use_context:
             ctx = np.zeros((n, len(self.contexts_)), dtype=np.float32)
             ctx[:, self.contexts_.index(context)] = 1.0
-        return self._tensors(pert, ctx)
-
-    def _tensors(self, pert: np.ndarray, ctx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pert_t = torch.from_numpy(np.ascontiguousarray(pert)).to(self.device_)
-        return pert_t, None if ctx is None else torch.from_numpy(np.ascontiguousarray(ctx)).to(self.device_)
+        return tensors(pert, ctx, self.device_)
 
     def _covariate_matrices(
         self, perts: np.ndarray, contexts: np.ndarray
@@ -525,11 +428,11 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.perturbation_genes_ = sorted({g for label in np.unique(perts) for g in task.genes_of(label)})
         self.contexts_ = sorted(set(contexts))
         x = train.X if self.likelihood_ == "nb" else task.lognorm(train)
-        data = _TrainData(
+        data = TrainData(
             x=sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x),
             covariates=self._covariate_matrices(perts, contexts),
             context_id=np.unique(contexts, return_inverse=True)[1],
-            condition_id=_condition_ids(perts, task.control_label),
+            condition_id=condition_ids(perts, task.control_label),
         )
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(train.n_obs)
@@ -538,7 +441,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
             torch.manual_seed(self.random_state)
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
-        mean, std = _gene_moments(data.x[fit_idx])
+        mean, std = gene_moments(data.x[fit_idx])
         start = None
         if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
             fit_lognorm = self._fit_lognorm(data.x, train, fit_idx, task)
@@ -637,114 +540,23 @@ class CVAEPredictor(ValidatedParams, Predictor):
                 anchors[i] = scores.mean()
         return axes.astype(np.float32), slopes, anchors
 
-    def _step_beta(self, step: int) -> float:
-        """Linear KL warm-up from beta / warmup to beta over the first kl_warmup_steps optimizer steps (counted in
-        steps, not epochs, so that it ends at the same point of the step budget whatever the number of cells)."""
-        if self.kl_warmup_steps <= 0:
-            return float(self.beta)
-        return float(self.beta) * min(1.0, (step + 1) / self.kl_warmup_steps)
-
-    def _loss(self, data: _TrainData, idx: np.ndarray, beta: float, gen: torch.Generator):
-        """The module's loss terms on the cells idx (densified here, one mini-batch at a time)."""
-        pert, ctx = data.covariates
-        groups = tuple(
-            torch.from_numpy(a[idx]).to(self.device_) for a in (data.context_id, data.condition_id)
-        )
-        return self.module_(
-            dense_rows(data.x, idx, self.device_),
-            *self._tensors(pert[idx], None if ctx is None else ctx[idx]),
-            beta,
-            None if data.profiles is None else (data.profiles, groups[0]),
-            gen,
-            groups=groups,
-            mmd_weight=float(self.mmd_weight),
-        )
-
-    def _batches(self, idx: np.ndarray) -> list[np.ndarray]:
-        return np.array_split(idx, max(1, math.ceil(len(idx) / self.batch_size)))
-
-    def _evaluate(self, data: _TrainData, idx: np.ndarray) -> float:
-        """Validation loss: the training objective at the full beta, with fixed noise so epochs are comparable."""
-        self.module_.eval()
-        gen = torch.Generator(device=self.device_).manual_seed(self.random_state + 1)
-        with torch.no_grad():
-            total = sum(
-                float(self._loss(data, b, float(self.beta), gen).loss) * len(b) for b in self._batches(idx)
-            )
-        return total / len(idx)
-
-    def _train_epoch(self, data: _TrainData, batches: list[np.ndarray], step: int, opt, gen) -> np.ndarray:
-        """One pass over the given mini-batches (an epoch, or its start when the step budget ends inside it), the
-        first being optimizer step `step`; returns the cell-averaged (loss, recon, kl, mmd)."""
-        self.module_.train()
-        sums = np.zeros(4)
-        for i, batch in enumerate(batches):
-            parts = self._loss(data, batch, self._step_beta(step + i), gen)
-            opt.zero_grad(set_to_none=True)
-            parts.loss.backward()
-            opt.step()
-            sums += len(batch) * np.array(
-                [float(t.detach()) for t in (parts.loss, parts.recon, parts.kl, parts.mmd)]
-            )
-        return sums / sum(len(b) for b in batches)
-
     def _step_budget(self, n_train: int) -> int:
-        """Optimizer steps allowed: max_epochs whole epochs of n_train cells, capped at max_steps."""
-        steps = self.max_epochs * max(1, math.ceil(n_train / self.batch_size))
-        return steps if self.max_steps is None else min(steps, self.max_steps)
+        """Optimizer steps allowed for n_train training cells (see TrainConfig.step_budget)."""
+        return TrainConfig.of(self.get_params()).step_budget(n_train)
 
     def _train(
-        self, data: _TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
+        self, data: TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
     ) -> None:
-        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best.
-
-        Stops after max_steps optimizer steps at the latest, inside an epoch if need be (that last epoch is
-        validated and recorded like the others)."""
-        module = self.module_
-        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        gen = torch.Generator(device=self.device_).manual_seed(self.random_state)
-        self.history_: list[dict[str, float]] = []
-        stopper = _EarlyStopping(self.patience)
-        start = time.perf_counter()
-        budget = steps_left = self._step_budget(len(train_idx))
-        per_epoch = max(1, math.ceil(len(train_idx) / self.batch_size))
-        progress = _Progress(self.verbose, math.ceil(budget / per_epoch))
-        cells = 0
-        for epoch in range(self.max_epochs):
-            if steps_left <= 0:
-                break
-            batches = self._batches(rng.permutation(train_idx))[:steps_left]
-            step = budget - steps_left
-            steps_left -= len(batches)
-            cells += sum(len(b) for b in batches)
-            beta = self._step_beta(step + len(batches) - 1)  # at the epoch's last step
-            train_loss, recon, kl, mmd = self._train_epoch(data, batches, step, opt, gen)
-            val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
-            record = {"epoch": epoch, "train_loss": float(train_loss), "val_loss": val_loss}
-            record.update(recon=float(recon), kl=float(kl), beta=beta, mmd=float(mmd))
-            self.history_.append(record)
-            stop = stopper.update(epoch, val_loss, module, counts=budget - steps_left >= self.kl_warmup_steps)
-            progress.epoch(record, done=stop)
-            if stop:
-                break
-        self.best_epoch_ = stopper.restore_best(module, last_epoch=len(self.history_) - 1)
-        module.eval()
-        wall = time.perf_counter() - start
-        flops = float(module.train_flops_per_cell(len(self.contexts_))) * cells
-        self.train_stats_ = {
-            "epochs": len(self.history_),
-            "step_budget": budget,
-            "steps": budget - steps_left,
-            "budget_spent": self.max_steps is not None and budget - steps_left >= self.max_steps,
-            "best_epoch": self.best_epoch_,
-            "stopped_early": stopper.stopped,
-            "train_cells": len(train_idx),
-            "val_cells": len(val_idx),
-            "train_seconds": wall,
-            "train_flops": flops,
-            "flops_per_second": flops / max(wall, 1e-9),
-        }
-        progress.close(self.train_stats_)
+        """Train module_ (predictors.cvae.train) and keep its history, best epoch and statistics."""
+        config = TrainConfig.of(self.get_params())
+        trainer = Trainer(self.module_, data, config, self.device_, len(self.contexts_)).run(
+            train_idx, val_idx, rng
+        )
+        self.history_, self.best_epoch_, self.train_stats_ = (
+            trainer.history,
+            trainer.best_epoch,
+            trainer.stats,
+        )
 
     # ---------------------------------------------------------------- prediction
 
