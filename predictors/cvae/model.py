@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import pathlib
-import pickle
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +22,7 @@ from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from predictors.baselines import pca_basis
 from predictors.cvae import anchor as anchoring
 from predictors.cvae import generate as generation
+from predictors.cvae import persist
 from predictors.cvae.data import condition_ids, gene_moments, tensors
 from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
 from predictors.cvae.train import TrainConfig, TrainData, Trainer
@@ -38,9 +36,6 @@ from predictors.params import (
     check_optional_int,
 )
 
-_STATE_FILE = "cvae_state.json"
-_WEIGHTS_FILE = "cvae_weights.pt"
-_ANCHOR_FILE = "cvae_anchor.pkl"
 _NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
 _SMALL_STEP_FLOPS = 2e8
 """Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
@@ -646,45 +641,9 @@ class CVAEPredictor(ValidatedParams, Predictor):
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: pathlib.Path) -> None:
-        """Write the fitted state: weights (torch state_dict), a JSON of vocabularies, task, params, history, and
-        the anchoring (the fitted baseline, weights, spreads, inner table) as a pickle."""
-        directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {
-            "fit_params": self.fit_params(),
-            "task": asdict(self.task_),
-            "likelihood": self.likelihood_,
-            "var_names": self.var_names_,
-            "perturbation_genes": self.perturbation_genes_,
-            "contexts": self.contexts_,
-            "history": self.history_,
-            "best_epoch": self.best_epoch_,
-            "train_stats": self.train_stats_,
-        }
-        (directory / _STATE_FILE).write_text(json.dumps(state))
-        weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
-        torch.save(weights, directory / _WEIGHTS_FILE)
-        anchor = {k: getattr(self, k) for k in ("anchor_", "inner_scores_")}
-        (directory / _ANCHOR_FILE).write_bytes(pickle.dumps(anchor))
+        """Write the fitted state: weights, vocabularies, task, params, history and anchoring (see persist)."""
+        persist.save(self, directory)
 
     def load_fitted(self, directory: pathlib.Path) -> CVAEPredictor:
         """Load a saved fitted state into self; self keeps its own mode, generate, verbose and device."""
-        directory = pathlib.Path(directory)
-        state = json.loads((directory / _STATE_FILE).read_text())
-        self.set_params(**state["fit_params"])
-        self.task_ = Task(**state["task"])
-        self.likelihood_ = state["likelihood"]
-        self.var_names_ = state["var_names"]
-        self.perturbation_genes_ = state["perturbation_genes"]
-        self.contexts_ = state["contexts"]
-        self.history_ = state["history"]
-        self.best_epoch_ = state["best_epoch"]
-        self.train_stats_ = state["train_stats"]
-        self.device_ = self._torch_device()
-        module = self._build_module()
-        module.load_state_dict(torch.load(directory / _WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        self.module_ = module.to(self.device_).eval()
-        anchor_file = directory / _ANCHOR_FILE
-        anchor = pickle.loads(anchor_file.read_bytes()) if anchor_file.is_file() else {}
-        self.anchor_, self.inner_scores_ = anchor.get("anchor_"), anchor.get("inner_scores_", {})
-        return self
+        return persist.load_fitted(self, directory)
