@@ -17,12 +17,11 @@ from threadpoolctl import threadpool_limits
 
 from benchmark.core.errors import NotApplicable
 from benchmark.core.protocol import Predictor, predicted_anndata
-from benchmark.core.pseudobulk import group_sums, split_controls
-from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
-from predictors.baselines import pca_basis
+from benchmark.core.task import Task
 from predictors.cvae import anchor as anchoring
 from predictors.cvae import generate as generation
 from predictors.cvae import persist
+from predictors.cvae import start as starting
 from predictors.cvae.data import condition_ids, gene_moments, tensors
 from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
 from predictors.cvae.train import TrainConfig, TrainData, Trainer
@@ -110,7 +109,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
     profile m(z, context) plus a per-perturbation response with a gain on m and a read-out of the context's
     control profile along `rank` fixed principal axes of the training contexts' control profiles, which predict
     takes from the given control cells (see ResponseDecoder; readout_penalty is the ridge penalty of its
-    pseudobulk start, see _readout_start); "mlp" = the classic CVAE decoder with the condition injected into
+    pseudobulk start, see predictors.cvae.start); "mlp" = the classic CVAE decoder with the condition injected into
     every hidden layer. mmd_weight weighs an MMD penalty between the control
     and perturbed cells' z within each context: without it z encodes the condition (a linear probe separated
     them with 95-100% accuracy on kang2018) and decoding a control cell under the perturbation recovered only
@@ -439,9 +438,12 @@ class CVAEPredictor(ValidatedParams, Predictor):
         mean, std = gene_moments(data.x[fit_idx])
         start = None
         if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
-            fit_lognorm = self._fit_lognorm(data.x, train, fit_idx, task)
-            table, shifts, readout = self._pseudobulk_start(
-                data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
+            lognorm = starting.fit_lognorm(data.x, train, fit_idx, task, self.likelihood_)
+            starter = starting.PseudobulkStarter(
+                self.likelihood_, self.perturbation_genes_, self.contexts_, self.rank, self.readout_penalty
+            )
+            table, shifts, readout = starter.pseudobulk(
+                data.x[fit_idx], lognorm, perts[fit_idx], contexts[fit_idx], task
             )
             start = PseudobulkStart(
                 torch.from_numpy(shifts),
@@ -457,83 +459,6 @@ class CVAEPredictor(ValidatedParams, Predictor):
         with _torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.random_state + 2)
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
-
-    def _fit_lognorm(self, x, train: AnnData, rows: np.ndarray, task: Task):
-        """The fit cells' log-normalized values, from the rows already read (x) where possible: `train` may be a
-        view of a backed file, which cannot be indexed again."""
-        if self.likelihood_ == "gaussian":
-            return x[rows]
-        if LOGNORM_LAYER in train.layers:
-            return task.lognorm(train)[rows]
-        return lognormalize(x[rows])
-
-    def _decoder_scale(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        """Pseudobulk profiles (one row per group) on the decoder's output scale: mean log-normalized values, or
-        (NB) log expression fractions, with a +0.5 count so that a gene absent from a group stays finite."""
-        if self.likelihood_ == "nb":
-            return np.log((sums + 0.5) / np.maximum(sums.sum(axis=1, keepdims=True), 1.0))
-        return sums / sizes[:, None]
-
-    def _pseudobulk_start(self, x, lognorm, perts: np.ndarray, contexts: np.ndarray, task: Task):
-        """The context control profiles the response reads (contexts_ order), each single perturbation gene's
-        mean shift its offset starts at (perturbation_genes_ order) and the read-out's axes and starting
-        loadings (see _readout_start).
-
-        Shifts are on the decoder's output scale (from x, the training data); a context's profile is the mean
-        log-normalized profile of its control cells (from lognorm, the same cells log-normalized; for Gaussian
-        data x itself), on either likelihood: log pseudobulk fractions of counts would let the genes with few
-        counts, whose logs are mostly noise, dominate the profiles' principal axes. A shift is taken against the
-        controls of the same context and averaged with equal weight over the gene's contexts (the mean_shift
-        baseline's estimate; pooling cells across contexts would add the contexts' own differences to it); zero
-        for a gene seen only in combinations. A context without training controls reads the mean profile of all
-        training cells.
-        """
-        groups, sums, sizes = group_sums(x, contexts, perts)
-        _, shifts = split_controls(dict(zip(groups, self._decoder_scale(sums, sizes), strict=True)), task)
-        if lognorm is not x:  # same cells, same groups in the same order
-            sums = group_sums(lognorm, contexts, perts)[1]
-        controls, _ = split_controls(dict(zip(groups, sums / sizes[:, None], strict=True)), task)
-        overall = sums.sum(axis=0) / sizes.sum()
-        table = np.array([controls.get(c, overall) for c in self.contexts_], dtype=np.float32)
-        starts = np.zeros((len(self.perturbation_genes_), x.shape[1]), dtype=np.float32)
-        for i, gene in enumerate(self.perturbation_genes_):
-            per_context = [shift for (_, label), shift in shifts.items() if label == gene]
-            if per_context:
-                starts[i] = np.mean(per_context, axis=0)
-        return table, starts, self._readout_start(controls, shifts)
-
-    def _readout_start(self, controls: dict[str, np.ndarray], shifts: dict) -> tuple[np.ndarray, ...] | None:
-        """(axes, slopes, anchors), the PseudobulkStart's readout; None with fewer than 2 context profiles.
-
-        axes: the top `rank` principal axes (unit rows) of the training contexts' control profiles, the fixed
-        directions the response reads a context's profile along. slopes, anchors: for each single perturbation
-        gene seen in at least 3 contexts, the ridge slope of its shifts on those contexts' scores along axes[0]
-        and the scores' mean; zero (and the loading starts at zero) otherwise. The ridge penalty is
-        readout_penalty x (contexts seen) x the variance of the scores of every context with controls, the
-        contexts to predict included: a slope is trusted only as far as the contexts it was fitted on span the
-        axis. (A penalty relative to the fitted contexts' own spread extrapolated a slope fitted on three
-        contexts with nearly equal scores to a far outlier.)
-        """
-        if self.rank < 1 or len(controls) < 2:
-            return None
-        axes = pca_basis(np.array(list(controls.values())), self.rank)[1]
-        if len(axes) == 0:  # identical control profiles: nothing to read
-            return None
-        axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
-        slopes = np.zeros((len(self.perturbation_genes_), axes.shape[1]), dtype=np.float32)
-        anchors = np.zeros(len(self.perturbation_genes_), dtype=np.float32)
-        spread = float(np.var([c @ axes[0] for c in controls.values()]))  # every context's, targets included
-        for i, gene in enumerate(self.perturbation_genes_):
-            seen = [(controls[t], d) for (t, label), d in shifts.items() if label == gene]
-            if len(seen) < 3:
-                continue
-            scores = np.array([c @ axes[0] for c, _ in seen])
-            centred, d = scores - scores.mean(), np.array([d for _, d in seen])
-            penalty = self.readout_penalty * len(seen) * spread
-            if centred @ centred > 0:
-                slopes[i] = centred @ (d - d.mean(axis=0)) / (centred @ centred + penalty)
-                anchors[i] = scores.mean()
-        return axes.astype(np.float32), slopes, anchors
 
     def _step_budget(self, n_train: int) -> int:
         """Optimizer steps allowed for n_train training cells (see TrainConfig.step_budget)."""
