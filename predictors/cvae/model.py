@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import time
 import zlib
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -25,7 +24,6 @@ from predictors.cvae import start as starting
 from predictors.cvae.data import condition_ids, gene_moments, tensors
 from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
 from predictors.cvae.train import TrainConfig, TrainData, Trainer
-from predictors.linear import Linear
 from predictors.params import (
     ValidatedParams,
     check_bool,
@@ -353,34 +351,27 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.inner_scores_: dict[str, Any] = {}
         if self.mean_response == "cvae" and self.spread == "model":
             return
-        started = time.perf_counter()
+        inner_params = {**self.get_params(), "mean_response": "cvae", "spread": "model", "verbose": False}
+
+        def fit_inner(cells: AnnData) -> CVAEPredictor:  # a fresh network alone, per inner fold
+            return type(self)(**inner_params).fit(cells, task)
+
         modes = ("B",) if self.generate == "counterfactual" else ("A", "B")
-        r_rows: dict[str, list] = {m: [] for m in modes}
-        spread_rows: dict[str, list] = {m: [] for m in modes}
-        folds = []
-        if "auto" in (self.mean_response, self.spread):
-            inner_params = {**self.get_params(), "mean_response": "cvae", "spread": "model", "verbose": False}
-            for fold in anchoring.inner_folds(train, task, self.inner_folds, self.random_state):
-                inner, held = anchoring.split_fold(train, fold)
-                cvae = type(self)(**inner_params).fit(inner, task)
-                baseline = Linear().fit(inner, task)
-                for mode in modes:
-                    rows, spreads = anchoring.evaluate_fold(cvae, baseline, inner, held, task, fold, mode)
-                    r_rows[mode] += rows
-                    spread_rows[mode] += spreads
-                folds.append(fold.name)
-        choices = {
-            m: anchoring.choose(self.mean_response, self.spread, r_rows[m], spread_rows[m]) for m in modes
-        }
-        weights = {m: w for m, (w, _) in choices.items()}
-        spreads = {m: s for m, (_, s) in choices.items()}
-        baseline = Linear().fit(train, task) if max(weights.values()) > 0 else None
-        ratios = anchoring.log_spread_ratios(train, task) if "perturbed" in spreads.values() else {}
-        self.anchor_ = anchoring.Anchor(baseline, weights, spreads, ratios)
-        seconds = time.perf_counter() - started
-        self.inner_scores_ = {m: anchoring.summarize(r_rows[m], spread_rows[m], folds) for m in modes}
-        self.inner_scores_["seconds"] = seconds
-        self.train_stats_.update(mean_weight=weights, spread=spreads, inner_seconds=seconds)
+        self.anchor_, self.inner_scores_ = anchoring.fit(
+            fit_inner,
+            train,
+            task,
+            modes,
+            self.mean_response,
+            self.spread,
+            self.inner_folds,
+            self.random_state,
+        )
+        self.train_stats_.update(
+            mean_weight=self.anchor_.weights,
+            spread=self.anchor_.spreads,
+            inner_seconds=self.inner_scores_["seconds"],
+        )
 
     @property
     def mean_weight_(self) -> float:
