@@ -9,6 +9,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from benchmark.core.task import Task
+
 
 def dense_rows(x: Any, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     """Dense float32 tensor of the given rows: sparse input is densified one mini-batch at a time."""
@@ -42,3 +44,37 @@ def condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
     labels = [control_label] + sorted(set(perts) - {control_label})
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index[p] for p in perts], dtype=np.int64)
+
+
+def covariate_rows(
+    genes: list[str], context: str, n: int, perturbation_genes: list[str], contexts: list[str] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """n identical covariate rows: the perturbation multi-hot, and the context one-hot (None: contexts unused)."""
+    pert = np.zeros((n, len(perturbation_genes)), dtype=np.float32)
+    pert[:, [perturbation_genes.index(g) for g in genes]] = 1.0
+    ctx = None
+    if contexts is not None:
+        ctx = np.zeros((n, len(contexts)), dtype=np.float32)
+        ctx[:, contexts.index(context)] = 1.0
+    return pert, ctx
+
+
+def covariate_matrices(
+    perts: np.ndarray,
+    contexts: np.ndarray,
+    task: Task,
+    perturbation_genes: list[str],
+    context_list: list[str] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Covariates of every training cell: multi-hot perturbations, one-hot contexts (None: contexts unused)."""
+    pert_index = {g: i for i, g in enumerate(perturbation_genes)}
+    pert = np.zeros((len(perts), len(perturbation_genes)), dtype=np.float32)
+    for label in np.unique(perts):
+        cols = [pert_index[g] for g in task.genes_of(label)]
+        pert[np.ix_(np.flatnonzero(perts == label), cols)] = 1.0
+    if context_list is None:
+        return pert, None
+    ctx_index = {c: i for i, c in enumerate(context_list)}
+    ctx = np.zeros((len(perts), len(context_list)), dtype=np.float32)
+    ctx[np.arange(len(perts)), [ctx_index[c] for c in contexts]] = 1.0
+    return pert, ctx

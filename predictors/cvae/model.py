@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import zlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -21,8 +20,8 @@ from predictors.cvae import anchor as anchoring
 from predictors.cvae import generate as generation
 from predictors.cvae import persist
 from predictors.cvae import start as starting
-from predictors.cvae.data import condition_ids, gene_moments, tensors
-from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
+from predictors.cvae.data import condition_ids, covariate_matrices, covariate_rows, gene_moments, tensors
+from predictors.cvae.module import DECODERS, CVAEModule, Likelihood
 from predictors.cvae.train import TrainConfig, TrainData, Trainer
 from predictors.params import (
     ValidatedParams,
@@ -55,12 +54,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _label_seed(random_state: int, *labels: str | None) -> int:
-    """A stable per-target seed, so repeated predictions are identical and targets get distinct noise."""
-    key = "\x1f".join("" if label is None else label for label in labels)
-    return (int(random_state) * 1_000_003 + zlib.crc32(key.encode())) % (2**63 - 1)
 
 
 def check_device(name: str, value: object) -> None:
@@ -276,29 +269,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     def _covariates(self, genes: list[str], context: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n identical covariate rows: the perturbation multi-hot, and the context one-hot when used."""
-        pert = np.zeros((n, len(self.perturbation_genes_)), dtype=np.float32)
-        pert[:, [self.perturbation_genes_.index(g) for g in genes]] = 1.0
-        ctx = None
-        if self.use_context:
-            ctx = np.zeros((n, len(self.contexts_)), dtype=np.float32)
-            ctx[:, self.contexts_.index(context)] = 1.0
-        return tensors(pert, ctx, self.device_)
-
-    def _covariate_matrices(
-        self, perts: np.ndarray, contexts: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Covariates of every training cell: multi-hot perturbations, one-hot contexts (None if unused)."""
-        pert_index = {g: i for i, g in enumerate(self.perturbation_genes_)}
-        pert = np.zeros((len(perts), len(self.perturbation_genes_)), dtype=np.float32)
-        for label in np.unique(perts):
-            cols = [pert_index[g] for g in self.task_.genes_of(label)]
-            pert[np.ix_(np.flatnonzero(perts == label), cols)] = 1.0
-        if not self.use_context:
-            return pert, None
-        ctx_index = {c: i for i, c in enumerate(self.contexts_)}
-        ctx = np.zeros((len(perts), len(self.contexts_)), dtype=np.float32)
-        ctx[np.arange(len(perts)), [ctx_index[c] for c in contexts]] = 1.0
-        return pert, ctx
+        contexts = self.contexts_ if self.use_context else None
+        return tensors(*covariate_rows(genes, context, n, self.perturbation_genes_, contexts), self.device_)
 
     def _n_threads(self) -> int | None:
         """CPU threads of training and generation: `n_threads`, else one for small networks (see
@@ -415,7 +387,9 @@ class CVAEPredictor(ValidatedParams, Predictor):
         x = train.X if self.likelihood_ == "nb" else task.lognorm(train)
         data = TrainData(
             x=sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x),
-            covariates=self._covariate_matrices(perts, contexts),
+            covariates=covariate_matrices(
+                perts, contexts, task, self.perturbation_genes_, self.contexts_ if self.use_context else None
+            ),
             context_id=np.unique(contexts, return_inverse=True)[1],
             condition_id=condition_ids(perts, task.control_label),
         )
@@ -429,18 +403,11 @@ class CVAEPredictor(ValidatedParams, Predictor):
         mean, std = gene_moments(data.x[fit_idx])
         start = None
         if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
-            lognorm = starting.fit_lognorm(data.x, train, fit_idx, task, self.likelihood_)
             starter = starting.PseudobulkStarter(
                 self.likelihood_, self.perturbation_genes_, self.contexts_, self.rank, self.readout_penalty
             )
-            table, shifts, readout = starter.pseudobulk(
-                data.x[fit_idx], lognorm, perts[fit_idx], contexts[fit_idx], task
-            )
-            start = PseudobulkStart(
-                torch.from_numpy(shifts),
-                None if readout is None else tuple(torch.from_numpy(a) for a in readout),
-            )
-            data.profiles = torch.from_numpy(table).to(self.device_)
+            start, table = starter.start(data.x, train, fit_idx, perts[fit_idx], contexts[fit_idx], task)
+            data.profiles = table.to(self.device_)
         self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), start)
         self.module_.to(self.device_)
         self.n_threads_ = self._n_threads()  # recorded: the fit depends on it
@@ -459,10 +426,10 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self, data: TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
     ) -> None:
         """Train module_ (predictors.cvae.train) and keep its history, best epoch and statistics."""
-        config = TrainConfig.of(self.get_params())
-        trainer = Trainer(self.module_, data, config, self.device_, len(self.contexts_)).run(
-            train_idx, val_idx, rng
+        trainer = Trainer(
+            self.module_, data, TrainConfig.of(self.get_params()), self.device_, len(self.contexts_)
         )
+        trainer.run(train_idx, val_idx, rng)
         self.history_, self.best_epoch_, self.train_stats_ = (
             trainer.history,
             trainer.best_epoch,
@@ -528,26 +495,17 @@ class CVAEPredictor(ValidatedParams, Predictor):
         if [str(v) for v in control.var_names] != self.var_names_:
             raise ValueError("control cells do not have the training genes in the training order")
         rule = generation.resolve_rule(mode, self.generate) if rule is None else rule
-        x = control.X if self.likelihood_ == "nb" else self.task_.lognorm(control)
-        if sp.issparse(x):
-            x = sp.csr_matrix(x)
-        lib = None
-        if self.likelihood_ == "nb":
-            lib = np.asarray(control.X.sum(axis=1), dtype=np.float32).ravel()
-        profile = None
-        if self.module_.decoder.reads_profiles:  # the target context's control profile, from these cells
-            lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
-            mean = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / control.n_obs
-            profile = torch.from_numpy(mean.astype(np.float32)).to(self.device_)
+        reads_profiles = self.module_.decoder.reads_profiles
+        controls = generation.controls_of(control, self.task_, self.likelihood_, reads_profiles, self.device_)
         gen = torch.Generator(device=self.device_).manual_seed(
-            _label_seed(self.random_state, perturbation, context)
+            generation.label_seed(self.random_state, perturbation, context)
         )
         with torch.no_grad(), _torch_threads(self._n_threads()):
             out = generation.generate(
                 self.module_,
                 mode,
                 rule,
-                generation.Controls(x, lib, profile),
+                controls,
                 self._covariates(genes, ctx, 1),
                 self._covariates([], ctx, 1),
                 gen,

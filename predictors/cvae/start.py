@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from anndata import AnnData
 
 from benchmark.core.pseudobulk import group_sums, split_controls
 from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
 from predictors.baselines import pca_basis
-from predictors.cvae.module import Likelihood
+from predictors.cvae.module import Likelihood, PseudobulkStart
 
 
 def fit_lognorm(x: Any, train: AnnData, rows: np.ndarray, task: Task, likelihood: Likelihood) -> Any:
@@ -34,6 +35,19 @@ class PseudobulkStarter:
     contexts: list[str]
     rank: int
     readout_penalty: float
+
+    def start(
+        self, x: Any, train: AnnData, rows: np.ndarray, perts: np.ndarray, contexts: np.ndarray, task: Task
+    ) -> tuple[PseudobulkStart, torch.Tensor]:
+        """The module's start and the context profile table (see pseudobulk) from the fit cells `rows` of x (the
+        training data read once); perts and contexts are those rows' labels."""
+        lognorm = fit_lognorm(x, train, rows, task, self.likelihood)
+        table, shifts, readout = self.pseudobulk(x[rows], lognorm, perts, contexts, task)
+        start = PseudobulkStart(
+            torch.from_numpy(shifts),
+            None if readout is None else tuple(torch.from_numpy(a) for a in readout),
+        )
+        return start, torch.from_numpy(table)
 
     def decoder_scale(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Pseudobulk profiles (one row per group) on the decoder's output scale: mean log-normalized values, or
