@@ -1,10 +1,10 @@
-"""The CVAE predictor (the scvi-tools style "model"): data handling, training, generation, save/load."""
+"""The CVAE predictor (the scvi-tools style "model"): hyperparameters, the fit's orchestration and the generation
+hooks. The network and its loss are module.py, the training loop train.py, the pseudobulk start start.py, the
+anchoring anchor.py, generation generate.py and save/load persist.py."""
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +21,7 @@ from predictors.cvae import generate as generation
 from predictors.cvae import persist
 from predictors.cvae import start as starting
 from predictors.cvae.data import condition_ids, covariate_matrices, covariate_rows, gene_moments, tensors
+from predictors.cvae.device import check_device, torch_threads
 from predictors.cvae.module import DECODERS, CVAEModule, Likelihood
 from predictors.cvae.train import TrainConfig, TrainData, Trainer
 from predictors.params import (
@@ -42,34 +43,6 @@ _MAX_VAL_CELLS = 2048
 """At most this many cells are held out for validation (val_fraction of the cells below 20,480): a validation
 pass costs at most 8 forward mini-batches of 256 per epoch, not a growing tenth of the data, and the cells beyond
 it train. Epochs are compared on the same cells with the same noise (a paired comparison)."""
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None: leave it)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def check_device(name: str, value: object) -> None:
-    """'auto', 'cpu', or (when torch sees a CUDA device) 'cuda' / 'cuda:<index>' of an existing device."""
-    allowed = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        allowed += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if isinstance(value, str) and value in allowed:
-        return
-    if torch.cuda.is_available():
-        why = f"{torch.cuda.device_count()} CUDA device(s) visible"
-    else:
-        why = (
-            "no CUDA device is visible" if torch.backends.cuda.is_built() else "this torch build has no CUDA"
-        )
-    raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))} ({why}), got {value!r}")
 
 
 class CVAEPredictor(ValidatedParams, Predictor):
@@ -414,7 +387,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         # Dropout draws from torch's global generator: seed it for the fit alone, so a fit never depends on what
         # ran before it in the process (other splits, a model-cache hit that skipped a fit).
         cuda = [self.device_] if self.device_.type == "cuda" else []
-        with _torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
+        with torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.random_state + 2)
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
 
@@ -500,7 +473,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
         gen = torch.Generator(device=self.device_).manual_seed(
             generation.label_seed(self.random_state, perturbation, context)
         )
-        with torch.no_grad(), _torch_threads(self._n_threads()):
+        with torch.no_grad(), torch_threads(self._n_threads()):
             out = generation.generate(
                 self.module_,
                 mode,
