@@ -5,15 +5,18 @@ log-normalized (the harness's `lognormalize` for counts)."""
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from anndata import AnnData
 
-from benchmark.core.task import lognormalize
+from benchmark.core.task import Task, lognormalize
 from predictors.cvae.data import dense_rows
-from predictors.cvae.module import _EPS, CVAEModule
+from predictors.cvae.module import _EPS, CVAEModule, Likelihood
 
 Mode = Literal["A", "B"]
 Rule = Literal["counterfactual", "sample", "mean"]
@@ -39,6 +42,30 @@ class Controls:
     x: Any
     library: np.ndarray | None
     profile: torch.Tensor | None
+
+
+def controls_of(
+    control: AnnData, task: Task, likelihood: Likelihood, reads_profiles: bool, device: torch.device
+) -> Controls:
+    """The Controls of the given control cells (for a decoder that reads profiles, their profile on device)."""
+    x = control.X if likelihood == "nb" else task.lognorm(control)
+    if sp.issparse(x):
+        x = sp.csr_matrix(x)
+    lib = None
+    if likelihood == "nb":
+        lib = np.asarray(control.X.sum(axis=1), dtype=np.float32).ravel()
+    profile = None
+    if reads_profiles:  # the target context's control profile, from these cells
+        lognorm = x if likelihood == "gaussian" else task.lognorm(control)
+        mean = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / control.n_obs
+        profile = torch.from_numpy(mean.astype(np.float32)).to(device)
+    return Controls(x, lib, profile)
+
+
+def label_seed(random_state: int, *labels: str | None) -> int:
+    """A stable per-target seed, so repeated predictions are identical and targets get distinct noise."""
+    key = "\x1f".join("" if label is None else label for label in labels)
+    return (int(random_state) * 1_000_003 + zlib.crc32(key.encode())) % (2**63 - 1)
 
 
 def resolve_rule(mode: Mode, generate: str) -> Rule:

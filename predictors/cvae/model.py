@@ -1,18 +1,10 @@
-"""The CVAE predictor (the scvi-tools style "model"): data handling, training, generation, save/load."""
+"""The CVAE predictor (the scvi-tools style "model"): hyperparameters, the fit's orchestration and the generation
+hooks. The network and its loss are module.py, the training loop train.py, the pseudobulk start start.py, the
+anchoring anchor.py, generation generate.py and save/load persist.py."""
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import json
-import math
 import pathlib
-import pickle
-import sys
-import time
-import zlib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -21,17 +13,17 @@ import torch
 from anndata import AnnData
 from threadpoolctl import threadpool_limits
 
-from benchmark.core import progress as bars
 from benchmark.core.errors import NotApplicable
 from benchmark.core.protocol import Predictor, predicted_anndata
-from benchmark.core.pseudobulk import group_sums, split_controls
-from benchmark.core.task import LOGNORM_LAYER, Task, lognormalize
-from predictors.baselines import pca_basis
+from benchmark.core.task import Task
 from predictors.cvae import anchor as anchoring
 from predictors.cvae import generate as generation
-from predictors.cvae.data import dense_rows
-from predictors.cvae.module import DECODERS, CVAEModule, Likelihood, PseudobulkStart
-from predictors.linear import Linear
+from predictors.cvae import persist
+from predictors.cvae import start as starting
+from predictors.cvae.data import condition_ids, covariate_matrices, covariate_rows, gene_moments, tensors
+from predictors.cvae.device import check_device, torch_threads
+from predictors.cvae.module import DECODERS, CVAEModule, Likelihood
+from predictors.cvae.train import TrainConfig, TrainData, Trainer
 from predictors.params import (
     ValidatedParams,
     check_bool,
@@ -41,9 +33,6 @@ from predictors.params import (
     check_optional_int,
 )
 
-_STATE_FILE = "cvae_state.json"
-_WEIGHTS_FILE = "cvae_weights.pt"
-_ANCHOR_FILE = "cvae_anchor.pkl"
 _NON_FIT_PARAMS = ("mode", "generate", "verbose", "device")
 _SMALL_STEP_FLOPS = 2e8
 """Below this many FLOPs per training step one thread is faster: the overhead of a second one (and its
@@ -54,130 +43,6 @@ _MAX_VAL_CELLS = 2048
 """At most this many cells are held out for validation (val_fraction of the cells below 20,480): a validation
 pass costs at most 8 forward mini-batches of 256 per epoch, not a growing tenth of the data, and the cells beyond
 it train. Epochs are compared on the same cells with the same noise (a paired comparison)."""
-_MIN_REL_IMPROVEMENT = 1e-3
-"""A validation loss counts as better only if it improves on the best by this fraction of |best|."""
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (None: leave it)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _gene_moments(x) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation (float32), computed without densifying sparse input."""
-    mean = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
-    sq = (
-        x.multiply(x).mean(axis=0)
-        if sp.issparse(x)
-        else np.square(np.asarray(x, dtype=np.float64)).mean(axis=0)
-    )
-    var = np.maximum(np.asarray(sq, dtype=np.float64).ravel() - mean**2, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
-
-
-@dataclass
-class _TrainData:
-    """What training reads per mini-batch: expression (sparse stays sparse), covariates and MMD group ids."""
-
-    x: Any
-    covariates: tuple[np.ndarray, np.ndarray | None]
-    context_id: np.ndarray
-    condition_id: np.ndarray
-    profiles: torch.Tensor | None = None  # context control profiles, rows in context_id order (None: unread)
-
-
-def _condition_ids(perts: np.ndarray, control_label: str) -> np.ndarray:
-    """Integer code per perturbation label, 0 for control."""
-    labels = [control_label] + sorted(set(perts) - {control_label})
-    index = {label: i for i, label in enumerate(labels)}
-    return np.array([index[p] for p in perts], dtype=np.int64)
-
-
-class _EarlyStopping:
-    """Tracks the best validation loss over the epochs that count (those ending after the KL warm-up); stops
-    after `patience` counted epochs without improving."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best, self.best_epoch, self.best_state, self.stale, self.stopped = math.inf, -1, None, 0, False
-
-    def update(self, epoch: int, loss: float, module: torch.nn.Module, counts: bool = True) -> bool:
-        """Record one epoch (ignored unless it counts); True when training should stop."""
-        if not counts:
-            return False
-        scale = abs(self.best) if math.isfinite(self.best) else abs(loss)
-        if loss < self.best - _MIN_REL_IMPROVEMENT * scale:
-            self.best, self.best_epoch, self.stale = loss, epoch, 0
-            self.best_state = copy.deepcopy(module.state_dict())
-        else:
-            self.stale += 1
-        self.stopped = self.stale > self.patience
-        return self.stopped
-
-    def restore_best(self, module: torch.nn.Module, last_epoch: int) -> int:
-        """Load the best weights into module (if any epoch counted); returns the epoch they come from."""
-        if self.best_state is None:
-            return last_epoch
-        module.load_state_dict(self.best_state)
-        return self.best_epoch
-
-
-class _Progress:
-    """Training progress on stderr: a bar over epochs on an interactive terminal (benchmark.core.progress's style);
-    when verbose, also a line every few epochs and a summary."""
-
-    def __init__(self, verbose: bool, max_epochs: int, every: int = 5) -> None:
-        self.verbose, self.every = verbose, every
-        self.bar = bars.bar(max_epochs, "cvae", "epochs")
-
-    def epoch(self, rec: dict[str, float], done: bool) -> None:
-        self.bar.set_postfix_str(f"val {rec['val_loss']:.2f}", refresh=False)
-        self.bar.update(1)
-        if self.verbose and (rec["epoch"] % self.every == 0 or done):
-            bars.write(
-                f"[cvae] epoch {rec['epoch']:4d}  train {rec['train_loss']:11.2f}  val {rec['val_loss']:11.2f}  "
-                f"recon {rec['recon']:11.2f}  kl {rec['kl']:7.2f}  mmd {rec['mmd']:.4f}  beta {rec['beta']:.2f}"
-            )
-
-    def close(self, stats: dict[str, Any]) -> None:
-        self.bar.close()
-        if not self.verbose:
-            return
-        print(
-            f"[cvae] {stats['epochs']} epochs, {stats['steps']} of {stats['step_budget']} steps "
-            f"(best {stats['best_epoch']}, stopped early: {stats['stopped_early']}), "
-            f"{stats['train_seconds']:.1f} s, {stats['flops_per_second'] / 1e9:.1f} GFLOP/s",
-            file=sys.stderr,
-        )
-
-
-def _label_seed(random_state: int, *labels: str | None) -> int:
-    """A stable per-target seed, so repeated predictions are identical and targets get distinct noise."""
-    key = "\x1f".join("" if label is None else label for label in labels)
-    return (int(random_state) * 1_000_003 + zlib.crc32(key.encode())) % (2**63 - 1)
-
-
-def check_device(name: str, value: object) -> None:
-    """'auto', 'cpu', or (when torch sees a CUDA device) 'cuda' / 'cuda:<index>' of an existing device."""
-    allowed = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        allowed += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if isinstance(value, str) and value in allowed:
-        return
-    if torch.cuda.is_available():
-        why = f"{torch.cuda.device_count()} CUDA device(s) visible"
-    else:
-        why = (
-            "no CUDA device is visible" if torch.backends.cuda.is_built() else "this torch build has no CUDA"
-        )
-    raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))} ({why}), got {value!r}")
 
 
 class CVAEPredictor(ValidatedParams, Predictor):
@@ -208,7 +73,7 @@ class CVAEPredictor(ValidatedParams, Predictor):
     profile m(z, context) plus a per-perturbation response with a gain on m and a read-out of the context's
     control profile along `rank` fixed principal axes of the training contexts' control profiles, which predict
     takes from the given control cells (see ResponseDecoder; readout_penalty is the ridge penalty of its
-    pseudobulk start, see _readout_start); "mlp" = the classic CVAE decoder with the condition injected into
+    pseudobulk start, see predictors.cvae.start); "mlp" = the classic CVAE decoder with the condition injected into
     every hidden layer. mmd_weight weighs an MMD penalty between the control
     and perturbed cells' z within each context: without it z encodes the condition (a linear probe separated
     them with 95-100% accuracy on kang2018) and decoding a control cell under the perturbation recovered only
@@ -377,33 +242,8 @@ class CVAEPredictor(ValidatedParams, Predictor):
 
     def _covariates(self, genes: list[str], context: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n identical covariate rows: the perturbation multi-hot, and the context one-hot when used."""
-        pert = np.zeros((n, len(self.perturbation_genes_)), dtype=np.float32)
-        pert[:, [self.perturbation_genes_.index(g) for g in genes]] = 1.0
-        ctx = None
-        if self.use_context:
-            ctx = np.zeros((n, len(self.contexts_)), dtype=np.float32)
-            ctx[:, self.contexts_.index(context)] = 1.0
-        return self._tensors(pert, ctx)
-
-    def _tensors(self, pert: np.ndarray, ctx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        pert_t = torch.from_numpy(np.ascontiguousarray(pert)).to(self.device_)
-        return pert_t, None if ctx is None else torch.from_numpy(np.ascontiguousarray(ctx)).to(self.device_)
-
-    def _covariate_matrices(
-        self, perts: np.ndarray, contexts: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Covariates of every training cell: multi-hot perturbations, one-hot contexts (None if unused)."""
-        pert_index = {g: i for i, g in enumerate(self.perturbation_genes_)}
-        pert = np.zeros((len(perts), len(self.perturbation_genes_)), dtype=np.float32)
-        for label in np.unique(perts):
-            cols = [pert_index[g] for g in self.task_.genes_of(label)]
-            pert[np.ix_(np.flatnonzero(perts == label), cols)] = 1.0
-        if not self.use_context:
-            return pert, None
-        ctx_index = {c: i for i, c in enumerate(self.contexts_)}
-        ctx = np.zeros((len(perts), len(self.contexts_)), dtype=np.float32)
-        ctx[np.arange(len(perts)), [ctx_index[c] for c in contexts]] = 1.0
-        return pert, ctx
+        contexts = self.contexts_ if self.use_context else None
+        return tensors(*covariate_rows(genes, context, n, self.perturbation_genes_, contexts), self.device_)
 
     def _n_threads(self) -> int | None:
         """CPU threads of training and generation: `n_threads`, else one for small networks (see
@@ -456,34 +296,27 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.inner_scores_: dict[str, Any] = {}
         if self.mean_response == "cvae" and self.spread == "model":
             return
-        started = time.perf_counter()
+        inner_params = {**self.get_params(), "mean_response": "cvae", "spread": "model", "verbose": False}
+
+        def fit_inner(cells: AnnData) -> CVAEPredictor:  # a fresh network alone, per inner fold
+            return type(self)(**inner_params).fit(cells, task)
+
         modes = ("B",) if self.generate == "counterfactual" else ("A", "B")
-        r_rows: dict[str, list] = {m: [] for m in modes}
-        spread_rows: dict[str, list] = {m: [] for m in modes}
-        folds = []
-        if "auto" in (self.mean_response, self.spread):
-            inner_params = {**self.get_params(), "mean_response": "cvae", "spread": "model", "verbose": False}
-            for fold in anchoring.inner_folds(train, task, self.inner_folds, self.random_state):
-                inner, held = anchoring.split_fold(train, fold)
-                cvae = type(self)(**inner_params).fit(inner, task)
-                baseline = Linear().fit(inner, task)
-                for mode in modes:
-                    rows, spreads = anchoring.evaluate_fold(cvae, baseline, inner, held, task, fold, mode)
-                    r_rows[mode] += rows
-                    spread_rows[mode] += spreads
-                folds.append(fold.name)
-        choices = {
-            m: anchoring.choose(self.mean_response, self.spread, r_rows[m], spread_rows[m]) for m in modes
-        }
-        weights = {m: w for m, (w, _) in choices.items()}
-        spreads = {m: s for m, (_, s) in choices.items()}
-        baseline = Linear().fit(train, task) if max(weights.values()) > 0 else None
-        ratios = anchoring.log_spread_ratios(train, task) if "perturbed" in spreads.values() else {}
-        self.anchor_ = anchoring.Anchor(baseline, weights, spreads, ratios)
-        seconds = time.perf_counter() - started
-        self.inner_scores_ = {m: anchoring.summarize(r_rows[m], spread_rows[m], folds) for m in modes}
-        self.inner_scores_["seconds"] = seconds
-        self.train_stats_.update(mean_weight=weights, spread=spreads, inner_seconds=seconds)
+        self.anchor_, self.inner_scores_ = anchoring.fit(
+            fit_inner,
+            train,
+            task,
+            modes,
+            self.mean_response,
+            self.spread,
+            self.inner_folds,
+            self.random_state,
+        )
+        self.train_stats_.update(
+            mean_weight=self.anchor_.weights,
+            spread=self.anchor_.spreads,
+            inner_seconds=self.inner_scores_["seconds"],
+        )
 
     @property
     def mean_weight_(self) -> float:
@@ -525,11 +358,13 @@ class CVAEPredictor(ValidatedParams, Predictor):
         self.perturbation_genes_ = sorted({g for label in np.unique(perts) for g in task.genes_of(label)})
         self.contexts_ = sorted(set(contexts))
         x = train.X if self.likelihood_ == "nb" else task.lognorm(train)
-        data = _TrainData(
+        data = TrainData(
             x=sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x),
-            covariates=self._covariate_matrices(perts, contexts),
+            covariates=covariate_matrices(
+                perts, contexts, task, self.perturbation_genes_, self.contexts_ if self.use_context else None
+            ),
             context_id=np.unique(contexts, return_inverse=True)[1],
-            condition_id=_condition_ids(perts, task.control_label),
+            condition_id=condition_ids(perts, task.control_label),
         )
         rng = np.random.default_rng(self.random_state)
         order = rng.permutation(train.n_obs)
@@ -538,213 +373,41 @@ class CVAEPredictor(ValidatedParams, Predictor):
             torch.manual_seed(self.random_state)
             self.module_ = self._build_module()
         fit_idx = np.sort(order[n_val:])
-        mean, std = _gene_moments(data.x[fit_idx])
+        mean, std = gene_moments(data.x[fit_idx])
         start = None
         if self.module_.decoder.reads_profiles:  # the context profiles and the response start, from fit cells
-            fit_lognorm = self._fit_lognorm(data.x, train, fit_idx, task)
-            table, shifts, readout = self._pseudobulk_start(
-                data.x[fit_idx], fit_lognorm, perts[fit_idx], contexts[fit_idx], task
+            starter = starting.PseudobulkStarter(
+                self.likelihood_, self.perturbation_genes_, self.contexts_, self.rank, self.readout_penalty
             )
-            start = PseudobulkStart(
-                torch.from_numpy(shifts),
-                None if readout is None else tuple(torch.from_numpy(a) for a in readout),
-            )
-            data.profiles = torch.from_numpy(table).to(self.device_)
+            start, table = starter.start(data.x, train, fit_idx, perts[fit_idx], contexts[fit_idx], task)
+            data.profiles = table.to(self.device_)
         self.module_.init_from_data(torch.from_numpy(mean), torch.from_numpy(std), start)
         self.module_.to(self.device_)
         self.n_threads_ = self._n_threads()  # recorded: the fit depends on it
         # Dropout draws from torch's global generator: seed it for the fit alone, so a fit never depends on what
         # ran before it in the process (other splits, a model-cache hit that skipped a fit).
         cuda = [self.device_] if self.device_.type == "cuda" else []
-        with _torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
+        with torch_threads(self.n_threads_), torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.random_state + 2)
             self._train(data, order[n_val:], np.sort(order[:n_val]), rng)
 
-    def _fit_lognorm(self, x, train: AnnData, rows: np.ndarray, task: Task):
-        """The fit cells' log-normalized values, from the rows already read (x) where possible: `train` may be a
-        view of a backed file, which cannot be indexed again."""
-        if self.likelihood_ == "gaussian":
-            return x[rows]
-        if LOGNORM_LAYER in train.layers:
-            return task.lognorm(train)[rows]
-        return lognormalize(x[rows])
-
-    def _decoder_scale(self, sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        """Pseudobulk profiles (one row per group) on the decoder's output scale: mean log-normalized values, or
-        (NB) log expression fractions, with a +0.5 count so that a gene absent from a group stays finite."""
-        if self.likelihood_ == "nb":
-            return np.log((sums + 0.5) / np.maximum(sums.sum(axis=1, keepdims=True), 1.0))
-        return sums / sizes[:, None]
-
-    def _pseudobulk_start(self, x, lognorm, perts: np.ndarray, contexts: np.ndarray, task: Task):
-        """The context control profiles the response reads (contexts_ order), each single perturbation gene's
-        mean shift its offset starts at (perturbation_genes_ order) and the read-out's axes and starting
-        loadings (see _readout_start).
-
-        Shifts are on the decoder's output scale (from x, the training data); a context's profile is the mean
-        log-normalized profile of its control cells (from lognorm, the same cells log-normalized; for Gaussian
-        data x itself), on either likelihood: log pseudobulk fractions of counts would let the genes with few
-        counts, whose logs are mostly noise, dominate the profiles' principal axes. A shift is taken against the
-        controls of the same context and averaged with equal weight over the gene's contexts (the mean_shift
-        baseline's estimate; pooling cells across contexts would add the contexts' own differences to it); zero
-        for a gene seen only in combinations. A context without training controls reads the mean profile of all
-        training cells.
-        """
-        groups, sums, sizes = group_sums(x, contexts, perts)
-        _, shifts = split_controls(dict(zip(groups, self._decoder_scale(sums, sizes), strict=True)), task)
-        if lognorm is not x:  # same cells, same groups in the same order
-            sums = group_sums(lognorm, contexts, perts)[1]
-        controls, _ = split_controls(dict(zip(groups, sums / sizes[:, None], strict=True)), task)
-        overall = sums.sum(axis=0) / sizes.sum()
-        table = np.array([controls.get(c, overall) for c in self.contexts_], dtype=np.float32)
-        starts = np.zeros((len(self.perturbation_genes_), x.shape[1]), dtype=np.float32)
-        for i, gene in enumerate(self.perturbation_genes_):
-            per_context = [shift for (_, label), shift in shifts.items() if label == gene]
-            if per_context:
-                starts[i] = np.mean(per_context, axis=0)
-        return table, starts, self._readout_start(controls, shifts)
-
-    def _readout_start(self, controls: dict[str, np.ndarray], shifts: dict) -> tuple[np.ndarray, ...] | None:
-        """(axes, slopes, anchors), the PseudobulkStart's readout; None with fewer than 2 context profiles.
-
-        axes: the top `rank` principal axes (unit rows) of the training contexts' control profiles, the fixed
-        directions the response reads a context's profile along. slopes, anchors: for each single perturbation
-        gene seen in at least 3 contexts, the ridge slope of its shifts on those contexts' scores along axes[0]
-        and the scores' mean; zero (and the loading starts at zero) otherwise. The ridge penalty is
-        readout_penalty x (contexts seen) x the variance of the scores of every context with controls, the
-        contexts to predict included: a slope is trusted only as far as the contexts it was fitted on span the
-        axis. (A penalty relative to the fitted contexts' own spread extrapolated a slope fitted on three
-        contexts with nearly equal scores to a far outlier.)
-        """
-        if self.rank < 1 or len(controls) < 2:
-            return None
-        axes = pca_basis(np.array(list(controls.values())), self.rank)[1]
-        if len(axes) == 0:  # identical control profiles: nothing to read
-            return None
-        axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
-        slopes = np.zeros((len(self.perturbation_genes_), axes.shape[1]), dtype=np.float32)
-        anchors = np.zeros(len(self.perturbation_genes_), dtype=np.float32)
-        spread = float(np.var([c @ axes[0] for c in controls.values()]))  # every context's, targets included
-        for i, gene in enumerate(self.perturbation_genes_):
-            seen = [(controls[t], d) for (t, label), d in shifts.items() if label == gene]
-            if len(seen) < 3:
-                continue
-            scores = np.array([c @ axes[0] for c, _ in seen])
-            centred, d = scores - scores.mean(), np.array([d for _, d in seen])
-            penalty = self.readout_penalty * len(seen) * spread
-            if centred @ centred > 0:
-                slopes[i] = centred @ (d - d.mean(axis=0)) / (centred @ centred + penalty)
-                anchors[i] = scores.mean()
-        return axes.astype(np.float32), slopes, anchors
-
-    def _step_beta(self, step: int) -> float:
-        """Linear KL warm-up from beta / warmup to beta over the first kl_warmup_steps optimizer steps (counted in
-        steps, not epochs, so that it ends at the same point of the step budget whatever the number of cells)."""
-        if self.kl_warmup_steps <= 0:
-            return float(self.beta)
-        return float(self.beta) * min(1.0, (step + 1) / self.kl_warmup_steps)
-
-    def _loss(self, data: _TrainData, idx: np.ndarray, beta: float, gen: torch.Generator):
-        """The module's loss terms on the cells idx (densified here, one mini-batch at a time)."""
-        pert, ctx = data.covariates
-        groups = tuple(
-            torch.from_numpy(a[idx]).to(self.device_) for a in (data.context_id, data.condition_id)
-        )
-        return self.module_(
-            dense_rows(data.x, idx, self.device_),
-            *self._tensors(pert[idx], None if ctx is None else ctx[idx]),
-            beta,
-            None if data.profiles is None else (data.profiles, groups[0]),
-            gen,
-            groups=groups,
-            mmd_weight=float(self.mmd_weight),
-        )
-
-    def _batches(self, idx: np.ndarray) -> list[np.ndarray]:
-        return np.array_split(idx, max(1, math.ceil(len(idx) / self.batch_size)))
-
-    def _evaluate(self, data: _TrainData, idx: np.ndarray) -> float:
-        """Validation loss: the training objective at the full beta, with fixed noise so epochs are comparable."""
-        self.module_.eval()
-        gen = torch.Generator(device=self.device_).manual_seed(self.random_state + 1)
-        with torch.no_grad():
-            total = sum(
-                float(self._loss(data, b, float(self.beta), gen).loss) * len(b) for b in self._batches(idx)
-            )
-        return total / len(idx)
-
-    def _train_epoch(self, data: _TrainData, batches: list[np.ndarray], step: int, opt, gen) -> np.ndarray:
-        """One pass over the given mini-batches (an epoch, or its start when the step budget ends inside it), the
-        first being optimizer step `step`; returns the cell-averaged (loss, recon, kl, mmd)."""
-        self.module_.train()
-        sums = np.zeros(4)
-        for i, batch in enumerate(batches):
-            parts = self._loss(data, batch, self._step_beta(step + i), gen)
-            opt.zero_grad(set_to_none=True)
-            parts.loss.backward()
-            opt.step()
-            sums += len(batch) * np.array(
-                [float(t.detach()) for t in (parts.loss, parts.recon, parts.kl, parts.mmd)]
-            )
-        return sums / sum(len(b) for b in batches)
-
     def _step_budget(self, n_train: int) -> int:
-        """Optimizer steps allowed: max_epochs whole epochs of n_train cells, capped at max_steps."""
-        steps = self.max_epochs * max(1, math.ceil(n_train / self.batch_size))
-        return steps if self.max_steps is None else min(steps, self.max_steps)
+        """Optimizer steps allowed for n_train training cells (see TrainConfig.step_budget)."""
+        return TrainConfig.of(self.get_params()).step_budget(n_train)
 
     def _train(
-        self, data: _TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
+        self, data: TrainData, train_idx: np.ndarray, val_idx: np.ndarray, rng: np.random.Generator
     ) -> None:
-        """Mini-batch AdamW; early stopping on the validation loss once the KL warm-up is over; keeps the best.
-
-        Stops after max_steps optimizer steps at the latest, inside an epoch if need be (that last epoch is
-        validated and recorded like the others)."""
-        module = self.module_
-        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        gen = torch.Generator(device=self.device_).manual_seed(self.random_state)
-        self.history_: list[dict[str, float]] = []
-        stopper = _EarlyStopping(self.patience)
-        start = time.perf_counter()
-        budget = steps_left = self._step_budget(len(train_idx))
-        per_epoch = max(1, math.ceil(len(train_idx) / self.batch_size))
-        progress = _Progress(self.verbose, math.ceil(budget / per_epoch))
-        cells = 0
-        for epoch in range(self.max_epochs):
-            if steps_left <= 0:
-                break
-            batches = self._batches(rng.permutation(train_idx))[:steps_left]
-            step = budget - steps_left
-            steps_left -= len(batches)
-            cells += sum(len(b) for b in batches)
-            beta = self._step_beta(step + len(batches) - 1)  # at the epoch's last step
-            train_loss, recon, kl, mmd = self._train_epoch(data, batches, step, opt, gen)
-            val_loss = self._evaluate(data, val_idx) if len(val_idx) else float(train_loss)
-            record = {"epoch": epoch, "train_loss": float(train_loss), "val_loss": val_loss}
-            record.update(recon=float(recon), kl=float(kl), beta=beta, mmd=float(mmd))
-            self.history_.append(record)
-            stop = stopper.update(epoch, val_loss, module, counts=budget - steps_left >= self.kl_warmup_steps)
-            progress.epoch(record, done=stop)
-            if stop:
-                break
-        self.best_epoch_ = stopper.restore_best(module, last_epoch=len(self.history_) - 1)
-        module.eval()
-        wall = time.perf_counter() - start
-        flops = float(module.train_flops_per_cell(len(self.contexts_))) * cells
-        self.train_stats_ = {
-            "epochs": len(self.history_),
-            "step_budget": budget,
-            "steps": budget - steps_left,
-            "budget_spent": self.max_steps is not None and budget - steps_left >= self.max_steps,
-            "best_epoch": self.best_epoch_,
-            "stopped_early": stopper.stopped,
-            "train_cells": len(train_idx),
-            "val_cells": len(val_idx),
-            "train_seconds": wall,
-            "train_flops": flops,
-            "flops_per_second": flops / max(wall, 1e-9),
-        }
-        progress.close(self.train_stats_)
+        """Train module_ (predictors.cvae.train) and keep its history, best epoch and statistics."""
+        trainer = Trainer(
+            self.module_, data, TrainConfig.of(self.get_params()), self.device_, len(self.contexts_)
+        )
+        trainer.run(train_idx, val_idx, rng)
+        self.history_, self.best_epoch_, self.train_stats_ = (
+            trainer.history,
+            trainer.best_epoch,
+            trainer.stats,
+        )
 
     # ---------------------------------------------------------------- prediction
 
@@ -805,26 +468,17 @@ class CVAEPredictor(ValidatedParams, Predictor):
         if [str(v) for v in control.var_names] != self.var_names_:
             raise ValueError("control cells do not have the training genes in the training order")
         rule = generation.resolve_rule(mode, self.generate) if rule is None else rule
-        x = control.X if self.likelihood_ == "nb" else self.task_.lognorm(control)
-        if sp.issparse(x):
-            x = sp.csr_matrix(x)
-        lib = None
-        if self.likelihood_ == "nb":
-            lib = np.asarray(control.X.sum(axis=1), dtype=np.float32).ravel()
-        profile = None
-        if self.module_.decoder.reads_profiles:  # the target context's control profile, from these cells
-            lognorm = x if self.likelihood_ == "gaussian" else self.task_.lognorm(control)
-            mean = np.asarray(lognorm.sum(axis=0), dtype=np.float64).reshape(1, -1) / control.n_obs
-            profile = torch.from_numpy(mean.astype(np.float32)).to(self.device_)
+        reads_profiles = self.module_.decoder.reads_profiles
+        controls = generation.controls_of(control, self.task_, self.likelihood_, reads_profiles, self.device_)
         gen = torch.Generator(device=self.device_).manual_seed(
-            _label_seed(self.random_state, perturbation, context)
+            generation.label_seed(self.random_state, perturbation, context)
         )
-        with torch.no_grad(), _torch_threads(self._n_threads()):
+        with torch.no_grad(), torch_threads(self._n_threads()):
             out = generation.generate(
                 self.module_,
                 mode,
                 rule,
-                generation.Controls(x, lib, profile),
+                controls,
                 self._covariates(genes, ctx, 1),
                 self._covariates([], ctx, 1),
                 gen,
@@ -834,45 +488,9 @@ class CVAEPredictor(ValidatedParams, Predictor):
     # ---------------------------------------------------------------- persistence
 
     def save(self, directory: pathlib.Path) -> None:
-        """Write the fitted state: weights (torch state_dict), a JSON of vocabularies, task, params, history, and
-        the anchoring (the fitted baseline, weights, spreads, inner table) as a pickle."""
-        directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {
-            "fit_params": self.fit_params(),
-            "task": asdict(self.task_),
-            "likelihood": self.likelihood_,
-            "var_names": self.var_names_,
-            "perturbation_genes": self.perturbation_genes_,
-            "contexts": self.contexts_,
-            "history": self.history_,
-            "best_epoch": self.best_epoch_,
-            "train_stats": self.train_stats_,
-        }
-        (directory / _STATE_FILE).write_text(json.dumps(state))
-        weights = {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}
-        torch.save(weights, directory / _WEIGHTS_FILE)
-        anchor = {k: getattr(self, k) for k in ("anchor_", "inner_scores_")}
-        (directory / _ANCHOR_FILE).write_bytes(pickle.dumps(anchor))
+        """Write the fitted state: weights, vocabularies, task, params, history and anchoring (see persist)."""
+        persist.save(self, directory)
 
     def load_fitted(self, directory: pathlib.Path) -> CVAEPredictor:
         """Load a saved fitted state into self; self keeps its own mode, generate, verbose and device."""
-        directory = pathlib.Path(directory)
-        state = json.loads((directory / _STATE_FILE).read_text())
-        self.set_params(**state["fit_params"])
-        self.task_ = Task(**state["task"])
-        self.likelihood_ = state["likelihood"]
-        self.var_names_ = state["var_names"]
-        self.perturbation_genes_ = state["perturbation_genes"]
-        self.contexts_ = state["contexts"]
-        self.history_ = state["history"]
-        self.best_epoch_ = state["best_epoch"]
-        self.train_stats_ = state["train_stats"]
-        self.device_ = self._torch_device()
-        module = self._build_module()
-        module.load_state_dict(torch.load(directory / _WEIGHTS_FILE, map_location="cpu", weights_only=True))
-        self.module_ = module.to(self.device_).eval()
-        anchor_file = directory / _ANCHOR_FILE
-        anchor = pickle.loads(anchor_file.read_bytes()) if anchor_file.is_file() else {}
-        self.anchor_, self.inner_scores_ = anchor.get("anchor_"), anchor.get("inner_scores_", {})
-        return self
+        return persist.load_fitted(self, directory)
