@@ -38,7 +38,8 @@ def _registry_cases():
     for name in BUILTINS:
         neural = name.startswith(("cvae", "scgen"))
         marks = [pytest.mark.slow] if neural and name not in FAST_NEURAL else []
-        if BUILTINS[name].env:  # a peer in its own environment: checked on a tiny budget in tests/test_envs.py
+        # a peer in its own environment: checked on a tiny budget in tests/test_envs.py
+        if BUILTINS[name].env:
             continue
         yield pytest.param(name, marks=marks, id=name)
 
