@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import re
 import sys
 from pathlib import Path
 
@@ -270,3 +271,17 @@ def mlflow_runs(workdir) -> list:
     import mlflow
 
     return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_run_and_leaderboard_print_the_verdict_once_two_predictors_are_complete(workdir, capsys):
+    path = user_file(workdir / "u.h5ad")
+    assert main(["run", "--predictor", "mean_shift", *data_args(path), "--no-figures"]) == 0
+    assert "verdict on" not in capsys.readouterr().out  # one complete row: nothing to compare
+    assert main(["run", "--predictor", "no_change", *data_args(path), "--no-figures"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict on u · holdout_context (paired 95% intervals over splits):" in out
+    assert re.search(
+        r"(?m)^  energy_distance: (mean_shift|no_change) (≈|>) (mean_shift|no_change) \(95% paired\)$", out
+    )
+    assert main(["leaderboard", "--no-figures"]) == 0
+    assert "verdict on u · holdout_context" in capsys.readouterr().out

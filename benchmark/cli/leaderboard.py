@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmark.cli.output import check_board_path
+from benchmark.cli.output import check_board_path, print_verdicts
 
 NAME = "leaderboard"
 
@@ -56,6 +56,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         readme=args.readme,
         force=args.force,
+        report=print_verdicts,
     )
     print(f"leaderboard written: {path}")
     return 0

@@ -142,12 +142,31 @@ def check_destinations(args) -> None:
         check_board_path(args.leaderboard, "--leaderboard")
 
 
-def update_board(args) -> Path | None:
-    """Rewrite the leaderboard after scoring unless --no-leaderboard; the path written, else None."""
+def update_board(args, dataset: str | None = None) -> Path | None:
+    """Rewrite the leaderboard after scoring unless --no-leaderboard, and print the verdict lines of `dataset`;
+    the path written, else None."""
     from benchmark.reports.leaderboard import default_board_path, write_leaderboard
 
     if args.no_leaderboard:
         return None
-    board = write_leaderboard(args.leaderboard or default_board_path(args.tracking_uri), args.tracking_uri)
+    board = write_leaderboard(
+        args.leaderboard or default_board_path(args.tracking_uri),
+        args.tracking_uri,
+        report=lambda boards: print_verdicts(boards, dataset),
+    )
     print(f"leaderboard updated: {board}")
     return board
+
+
+def print_verdicts(boards, dataset: str | None = None) -> None:
+    """Each board's verdict lines (those of `dataset` only, when given) where two or more complete rows rank."""
+    from benchmark.reports.verdict import verdict_lines
+    from benchmark.tracking import schema
+
+    for board in boards:
+        ranked = {p: f for p, f in board.scores.items() if p not in board.partial}
+        if len(ranked) < 2 or (dataset is not None and board.dataset != dataset):
+            continue
+        print(f"verdict on {board.dataset} · {board.split_kind} (paired 95% intervals over splits):")
+        for line in verdict_lines(ranked, schema.headline_metrics()):
+            print(f"  {line}")

@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scored += sum(r.status == "ok" for r in result.results)
         declined += [f"{r.label}: {r.reason}" for r in result.results if r.reason]
         print_table(result)
-    board = update_board(args) if parents else None
+    board = update_board(args, dataset.name) if parents else None
     if parents:
         print_locations(
             args.tracking_uri, parents, board, not args.no_figures, predictions=args.save_predictions

@@ -88,6 +88,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         from benchmark.execution.vcc2026 import print_vcc2026, score_vcc2026
 
         print_vcc2026(score_vcc2026(dataset, kind, args.seed, predictions.groups, result))
-    board = update_board(args)
+    board = update_board(args, dataset.name)
     print_locations(args.tracking_uri, [result.parent_run_id], board, not args.no_figures, predictions=None)
     return 0

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.core.errors import PertbenchError
@@ -239,6 +240,7 @@ def write_leaderboard(
     figures: bool = True,
     readme: Path | None = None,
     force: bool = False,
+    report: Callable[[list[Board]], None] | None = None,
 ) -> Path:
     """Regenerate the leaderboard file and its figures from the store; optionally the README's results block.
 
@@ -274,6 +276,8 @@ def write_leaderboard(
             links = _copy_figures(boards, figures_dir, relative_to=path.parent)
             comparisons = _comparison_figures(boards, figures_dir, relative_to=path.parent)
         atomic_write(path, render(boards, links, board_stamp(), comparisons))
+        if report is not None:  # e.g. the CLI's verdict lines, from the boards just written
+            report(boards)
         if figures and figures_dir.is_dir():
             written = [Path(v).name for vs in links.values() for v in vs] + [
                 Path(v).name for v in comparisons.values()
