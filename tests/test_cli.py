@@ -285,3 +285,41 @@ def test_run_and_leaderboard_print_the_verdict_once_two_predictors_are_complete(
     )
     assert main(["leaderboard", "--no-figures"]) == 0
     assert "verdict on u · holdout_context" in capsys.readouterr().out
+
+
+def test_reproduce_lines_run_as_written_with_relative_paths_and_a_plugins_pythonpath(workdir, capsys):
+    """A file under the working directory is named relative to it; a module:Class plug-in that no installed
+    distribution provides carries the PYTHONPATH it was found through."""
+    import shlex
+    import subprocess
+    import sys
+
+    path = user_file(workdir / "u.h5ad")
+    plugin = "helpers_predictors:SpyPredictor"
+    assert main(["run", "--predictor", plugin, *data_args(path), "--no-figures"]) == 0
+    board = (workdir / ".pertbench" / "LEADERBOARD.md").read_text()
+    line = next(x for x in board.splitlines() if "helpers_predictors" in x and "`" in x)
+    command = line.split("`")[1]
+    tests_dir = Path(__file__).resolve().parent
+    assert command.startswith(f"PYTHONPATH={tests_dir} bench run --predictor {plugin} --data u.h5ad ")
+    env_part, *argv = shlex.split(command)
+    argv = [a for a in argv[1:] if a != "--seed"][:-1] + [
+        "--no-figures",
+        "--no-leaderboard",
+        "--max-splits",
+        "1",
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from benchmark.cli import main; sys.exit(main(sys.argv[1:]))",
+            *argv,
+        ],
+        cwd=workdir,
+        env={**__import__("os").environ, "PYTHONPATH": env_part.split("=", 1)[1]},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-500:]

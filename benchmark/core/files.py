@@ -55,3 +55,32 @@ def replace_block(path: Path | str, start: str, end: str, body: str) -> Path:
     _, tail = rest.split(end, 1)
     atomic_write(path, f"{head}{start}\n{body}\n{end}{tail}")
     return path
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as a command line should show it: relative to the working directory when the file lies under it (so a
+    Reproduce line runs from the project folder on any machine), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
+def plugin_pythonpath(predictor: str) -> str:
+    """The PYTHONPATH a `module:Class` predictor needs when its module belongs to no installed distribution but is
+    found through the working directory or PYTHONPATH (e.g. "."), shown as `shown_path` shows it; "" otherwise."""
+    import importlib.metadata
+    import importlib.util
+
+    if ":" not in predictor:
+        return ""
+    top = predictor.split(":", 1)[0].split(".")[0]
+    if top in importlib.metadata.packages_distributions():  # installed (editable installs too)
+        return ""
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return ""
+    origin = Path(spec.origin).resolve()
+    root = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+    return shown_path(root) or "."

@@ -16,6 +16,7 @@ import pandas as pd
 
 import benchmark
 from benchmark.core.errors import PertbenchError
+from benchmark.core.files import plugin_pythonpath, shown_path
 from benchmark.core.protocol import Predictor
 from benchmark.data.datasets import SYNTHETIC, Dataset, get_card
 from benchmark.data.splits import Split
@@ -120,7 +121,7 @@ def _configuration(
     split_set = split_set_digest(splits_by_seed)
     args = ["--predictor", predictor_name, *dataset_cli_args(dataset), "--split", split_kind]
     if options.config is not None:
-        args += ["--config", options.config_source]
+        args += ["--config", shown_path(options.config_source)]
     seeds = ",".join(map(str, options.seeds))
     args += ["--seeds", seeds] if len(options.seeds) > 1 else ["--seed", seeds]
     overrides = changed if options.config is None else options.params  # a config brings its own params
@@ -130,10 +131,12 @@ def _configuration(
         args += ["--perturbation", pert]
     if options.max_splits is not None:
         args += ["--max-splits", str(options.max_splits)]
+    pythonpath = plugin_pythonpath(predictor_name)
     return {
         schema.PARAM_SPLIT_SET: split_set,
         schema.PARAM_CLI: shlex.join(args),
         schema.PARAM_CLI_PARAMS: ", ".join(f"{k}={param_text(v)}" for k, v in changed.items()),
+        **({schema.PARAM_CLI_ENV: f"PYTHONPATH={shlex.quote(pythonpath)}"} if pythonpath else {}),
     }
 
 
@@ -207,7 +210,7 @@ def dataset_cli_args(dataset: Dataset) -> list[str]:
         return ["--dataset", dataset.name]
     task = dataset.task
     source = Path(dataset.source)
-    args = ["--data", str(source.resolve()) if source.exists() else str(source)]
+    args = ["--data", shown_path(source) if source.exists() else str(source)]
     args += ["--perturbation-key", task.perturbation_key, "--control", task.control_label]
     if task.context_key is not None:
         args += ["--context-key", task.context_key]

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from benchmark.core.errors import NotApplicable, PertbenchError
+from benchmark.core.files import shown_path
 from benchmark.core.task import dense, take
 from benchmark.data.datasets import Dataset, read_h5ad, sha256_file
 from benchmark.data.splits import Split, Target, make_splits
@@ -335,7 +336,7 @@ def _configuration(
     predictions: Predictions, name: str, dataset: Dataset, split_kind: str, seed: int, splits: list[Split]
 ) -> dict[str, str]:
     """Parent params: the split set, no changed hyperparameters, and the `bench score` arguments that reproduce it."""
-    args = ["--predictions", str(predictions.path.resolve()), *dataset_cli_args(dataset), "--name", name]
+    args = ["--predictions", shown_path(predictions.path), *dataset_cli_args(dataset), "--name", name]
     args += ["--split", split_kind, "--seed", str(seed)]
     if predictions.perturbation_key != PERTURBATION_KEY:
         args += ["--prediction-perturbation-key", predictions.perturbation_key]

@@ -197,7 +197,8 @@ def reproduce_command(parent: RunRecord, board: Board) -> str:
     params = parent.params
     if schema.PARAM_CLI in params:
         command = "score" if parent.tags.get(schema.TAG_SOURCE) == schema.SOURCE_SCORE else "run"
-        return f"bench {command} {runs.param_value(parent, schema.PARAM_CLI)}"
+        env = params.get(schema.PARAM_CLI_ENV, "")
+        return f"{env + ' ' if env else ''}bench {command} {runs.param_value(parent, schema.PARAM_CLI)}"
     seeds = params.get(schema.PARAM_SEEDS, "0")
     seed_flag = f"--seeds {seeds}" if "," in seeds else f"--seed {seeds}"
     predictor = parent.tags[schema.TAG_PREDICTOR]
