@@ -53,12 +53,8 @@ setting one of them here (a test's monkeypatch) sets it in each part that reads 
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
 from scipy.spatial.distance import cdist
 
-from benchmark.scoring import de_scores, distribution_scores, evaldata, mean_scores, registry
 from benchmark.scoring.de_scores import DE_ALPHA, de_direction, de_overlap, significant_top
 from benchmark.scoring.distribution_scores import (
     VAR_EPS,
@@ -139,24 +135,3 @@ __all__ = [
 ]
 _PRIVATE = (_CONSTANT_RTOL, _embed, _offdiag_mean, _rows)
 """Private helpers of the one-module layout, still importable from it."""
-
-_PARTS = (evaldata, registry, de_scores, mean_scores, distribution_scores)
-"""The modules this one re-exports, each reading its own globals."""
-
-_UNSET = object()
-
-
-class _Facade(ModuleType):
-    """This module, with a write of a re-exported name (a setting such as MAX_DISTANCE_CELLS, or `cdist`) also made
-    in every part that holds the same object under that name, so it takes effect where the name is read."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        old = self.__dict__.get(name, _UNSET)
-        if old is not _UNSET:
-            for part in _PARTS:
-                if part.__dict__.get(name, _UNSET) is old:
-                    setattr(part, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Facade
