@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import benchmark.scoring.evaldata as evaldata
 import benchmark.scoring.metrics as metrics_module
 from benchmark.scoring.ceiling import (
     _CellCeiling,
@@ -289,7 +290,7 @@ def test_kang_subsampled_distances_stay_near_the_exact_values(kang_cd8t, monkeyp
     control, real, pred = kang_cd8t["cd4"]
     names = ["energy_distance", "energy_distance_shape", "mmd_rbf", "crps_deg100", "de_overlap_100"]
     exact = score(EvalData(control, real, pred, kang_cd8t["embed"]), names)
-    monkeypatch.setattr(metrics_module, "MAX_DISTANCE_CELLS", 200)
+    monkeypatch.setattr(evaldata, "MAX_DISTANCE_CELLS", 200)
     sub = EvalData(control, real, pred, kang_cd8t["embed"])
     assert sub.real_z.shape[0] == 200 and sub.pred_z.shape[0] == 200
     approx = score(sub, names)

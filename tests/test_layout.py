@@ -13,7 +13,6 @@ MAX_LINES = 500
 MLFLOW_ALLOWED = ("benchmark/tracking/",)
 """Where MLflow may be imported: the tracking layer only (the CLI and the Python API read runs through it)."""
 OVERSIZED = {
-    "scoring/metrics.py": 700,  # the metric registry and the metric functions, still to be split by kind
     "selection/tuning.py": 555,  # the tuning study and the config files, still to be split apart
 }
 """Modules still over MAX_LINES, each held to about its present size so none grows while it waits its split."""

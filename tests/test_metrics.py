@@ -10,8 +10,9 @@ import scipy.sparse as sp
 from scipy.stats import energy_distance as scipy_energy_distance
 from scipy.stats import false_discovery_control, mannwhitneyu, pearsonr
 
+import benchmark.scoring.distribution_scores as distribution_scores
 import benchmark.scoring.embedding as embedding_module
-import benchmark.scoring.metrics as metrics_module
+import benchmark.scoring.evaldata as evaldata
 from benchmark.core.errors import PertbenchError
 from benchmark.scoring.embedding import fit_embedding
 from benchmark.scoring.metrics import METRICS, EvalData, score, subsample_index, top_k_genes
@@ -468,15 +469,16 @@ def test_discrimination_counts_farther_others_with_half_ties():
 def test_cell_level_scores_use_at_most_k_cells_per_side(monkeypatch):
     rng = np.random.default_rng(20)
     control, real, pred = rng.normal(size=(300, 20)), rng.normal(size=(500, 20)), rng.normal(size=(400, 20))
-    monkeypatch.setattr(metrics_module, "MAX_DISTANCE_CELLS", 50)
+    monkeypatch.setattr(evaldata, "MAX_DISTANCE_CELLS", 50)
     seen = []
-    real_cdist = metrics_module.cdist
+    real_cdist = distribution_scores.cdist
 
     def spy(a, b, *args, **kwargs):
         seen.append((a.shape[0], b.shape[0]))
         return real_cdist(a, b, *args, **kwargs)
 
-    monkeypatch.setattr(metrics_module, "cdist", spy)
+    monkeypatch.setattr(distribution_scores, "cdist", spy)
+    monkeypatch.setattr(evaldata, "cdist", spy)
     first = score(EvalData(control, real, pred))
     again = score(EvalData(control, real, pred))
     assert seen and max(max(s) for s in seen) <= 50
@@ -550,7 +552,7 @@ def test_k_cell_subsample_is_close_to_the_exact_distances_on_kang2018(shared_dat
     names = list(SUBSAMPLE_TOLERANCE)
 
     def distances(k: int) -> dict[str, float]:
-        monkeypatch.setattr(metrics_module, "MAX_DISTANCE_CELLS", k)
+        monkeypatch.setattr(evaldata, "MAX_DISTANCE_CELLS", k)
         data = EvalData(control=pred, real=real, pred=pred, embed=embed)
         assert data.real_z.shape[0] == min(k, real.shape[0])  # what was computed: a K x K problem at most
         return score(data, names)

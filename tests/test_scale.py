@@ -11,7 +11,7 @@ import benchmark.data.splits as splits_module
 import benchmark.execution.scorer as scorer_module
 import benchmark.scoring.embedding as embedding_module
 import benchmark.scoring.evaluate as evaluate_module
-import benchmark.scoring.metrics as metrics_module
+import benchmark.scoring.mean_scores as mean_scores
 from benchmark.core.pseudobulk import group_profiles
 from benchmark.core.task import Positions, Task, lognorm_batches
 from benchmark.data.datasets import Dataset, load_h5ad
@@ -166,7 +166,7 @@ def test_a_large_comparison_pool_is_a_seeded_sample_of_the_others_the_same_for_e
 
 def test_l1_distances_chunk_by_chunk_are_numpys_row_sums(monkeypatch):
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(metrics_module, "L1_CHUNK_VALUES", 50)  # several chunks, a short last one
+    monkeypatch.setattr(mean_scores, "L1_CHUNK_VALUES", 50)  # several chunks, a short last one
     for rows, genes in [(1, 3), (7, 20), (33, 16)]:
         others, v = rng.normal(size=(rows, genes)), rng.normal(size=genes)
         np.testing.assert_array_equal(l1_distances(others, v), np.abs(others - v).sum(axis=1))
