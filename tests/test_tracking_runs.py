@@ -54,3 +54,29 @@ def test_a_child_run_logs_to_its_parent_and_ends_failed_when_its_block_raises(ex
     record = runs.get_run(child)
     assert record.status == "FAILED" and record.tags["mlflow.parentRunId"] == parent
     assert runs.active_run_id() is None
+
+
+def test_dataset_logged_by_two_processes_at_once_is_retried_not_an_error(monkeypatch):
+    """Two sweep workers inserting the same dataset row race on MLflow's UNIQUE constraint: the loser retries and
+    links the row the winner wrote; any other error is raised at once."""
+    import mlflow
+
+    from benchmark.tracking import store
+
+    calls = []
+
+    def racing(dataset, context=None):
+        calls.append(context)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+
+    monkeypatch.setattr(mlflow, "log_input", racing)
+    store.log_dataset("d", "ab" * 32, "/data/d.h5ad")
+    assert len(calls) == 2
+
+    def broken(dataset, context=None):
+        raise RuntimeError("disk I/O error")
+
+    monkeypatch.setattr(mlflow, "log_input", broken)
+    with pytest.raises(RuntimeError, match="disk I/O"):
+        store.log_dataset("d", "ab" * 32, "/data/d.h5ad")

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 import urllib.parse
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -231,7 +232,14 @@ def log_dataset(name: str, checksum: str, source: str) -> None:
     scheme = urllib.parse.urlparse(source).scheme.lower()
     where = HTTPDatasetSource(source) if scheme in ("http", "https") else LocalArtifactDatasetSource(source)
     dataset = MetaDataset(where, name=name, digest=digest[: schema.DATASET_DIGEST_CHARS])
-    mlflow.log_input(dataset, context=schema.DATASET_CONTEXT)
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=schema.DATASET_CONTEXT)
+            return
+        except Exception as exc:  # noqa: BLE001 - two processes inserting the same dataset row at once
+            if "UNIQUE constraint failed: datasets" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # the other writer's row now exists: the retry only links it
 
 
 def git_commit() -> str:
