@@ -18,6 +18,8 @@ from benchmark.execution.options import RunOptions
 from benchmark.execution.runner import run_split
 from benchmark.scoring.metrics import METRICS
 from benchmark.selection import tuning
+from benchmark.selection.blocks import _subset
+from benchmark.selection.study import _open_study
 from benchmark.tracking import schema
 from benchmark.tracking import store as tracking
 
@@ -231,7 +233,7 @@ def test_validation_scores_are_the_scores_of_bench_run(shallow, workdir, predict
     names = list(METRICS)
     tuned = tuning.validation_scores(predictor, {}, shallow, block.tuning_cells, [split], names, seed=0)
 
-    cells = tuning._subset(shallow, block.tuning_cells)  # bench run on a dataset of the tuning cells alone
+    cells = _subset(shallow, block.tuning_cells)  # bench run on a dataset of the tuning cells alone
     sub = Dataset("tuning-cells", cells, shallow.task, "sub", "test_tuning", "holdout_context")
     tracking.use_store()
     tracking.experiment_for(sub.name)
@@ -249,7 +251,8 @@ def test_validation_scores_are_the_scores_of_bench_run(shallow, workdir, predict
 
 
 def _interrupt_on_call(monkeypatch, call: int, exc: BaseException) -> None:
-    """validation_score raises `exc` on its `call`-th call (1-based) and scores normally otherwise."""
+    """validation_score, as `tune` reads it (from tuning), raises `exc` on its `call`-th call (1-based) and scores
+    normally otherwise."""
     real, calls = tuning.validation_score, []
 
     def flaky(*args, **kwargs):
@@ -292,7 +295,7 @@ def test_trial_of_a_killed_process_is_reaped(combos, workdir):
     )
     block = tuning.outer_blocks(combos, "random")[0]
     name = tuning.study_name(SPY, combos.name, "random", 0, "r", block.name)
-    study = tuning._open_study(optuna, name, tuning.storage_uri(), "maximize", combos.checksum)
+    study = _open_study(optuna, name, tuning.storage_uri(), "maximize", combos.checksum)
     ghost = study.ask()
     ghost.set_user_attr(
         tuning.PROCESS_ATTR, {**tracking.process_tags(), tracking.PID_TAG: dead.stdout.strip()}
@@ -315,3 +318,23 @@ def test_ctrl_c_in_tune_prints_one_line(combos, workdir, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 130 and err[-1] == "bench: interrupted"
     assert not any("Traceback" in line or "Trial" in line for line in err), err
+
+
+def test_tuning_re_exports_every_name_of_its_parts():
+    """Every name defined in blocks, objective, study and config is importable from tuning as the same object,
+    and the public ones are in tuning.__all__."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    for part in ("blocks", "objective", "study", "config"):
+        module = importlib.import_module(f"benchmark.selection.{part}")
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        names += [
+            t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+        ]
+        assert names, part
+        for name in names:
+            assert getattr(tuning, name) is getattr(module, name), f"{part}.{name}"
+            assert name.startswith("_") or name in tuning.__all__, f"{part}.{name}"

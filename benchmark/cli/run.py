@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = dict(args.param)
     config = None
     if args.config is not None:
-        from benchmark.selection.tuning import load_config
+        from benchmark.selection.config import load_config
 
         config = load_config(args.config, args.predictor)
     _build_predictor(args.predictor, {**(config or {}).get("params", {}), **params})

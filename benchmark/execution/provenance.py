@@ -26,7 +26,8 @@ from benchmark.scoring.evaluate import (
     TargetResult,
 )
 from benchmark.scoring.metrics import METRICS
-from benchmark.selection.tuning import CHOOSE_DEFAULTS_PROTOCOL, config_digest
+from benchmark.selection.config import config_digest
+from benchmark.selection.tuning import CHOOSE_DEFAULTS_PROTOCOL
 from benchmark.tracking import runs, schema
 from benchmark.tracking import store as tracking
 from predictors.registry import CHOSEN_DEFAULTS, available_predictors, leave_out_choice, make_predictor

@@ -43,7 +43,7 @@ from benchmark.scoring.embedding import PCAEmbedding
 from benchmark.scoring.evaluate import (
     TargetResult,
 )
-from benchmark.selection.tuning import dump_toml, split_params
+from benchmark.selection.config import dump_toml, split_params
 from benchmark.tracking import runs, schema
 from benchmark.tracking import store as tracking
 from predictors.registry import make_predictor

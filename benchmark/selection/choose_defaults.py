@@ -37,14 +37,13 @@ import numpy as np
 
 from benchmark.core.errors import PertbenchError
 from benchmark.scoring.metrics import METRICS
-from benchmark.selection.tuning import (
+from benchmark.selection.blocks import outer_blocks, validation_splits
+from benchmark.selection.objective import (
     DEFAULT_OBJECTIVE,
     direction,
-    outer_blocks,
     search_space,
     suggest,
     validation_scores,
-    validation_splits,
 )
 from predictors.registry import available_predictors, load_class
 
