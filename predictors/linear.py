@@ -13,8 +13,9 @@ from anndata import AnnData
 
 from benchmark.core.errors import NotApplicable
 from benchmark.core.task import Task
-from predictors.baselines import _ProfileShiftBaseline, multi_hot_design
+from predictors.baselines import _ProfileShiftBaseline
 from predictors.params import ValidatedParams, check_positive_grid
+from predictors.ridge import multi_hot_design
 
 PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0)
 """The default grid: decades around 1, in the units each ridge below states; infinity is always added."""

@@ -13,18 +13,10 @@ import scipy.sparse as sp
 
 from benchmark.core.errors import NotApplicable
 from benchmark.core.task import Task
-from predictors.baselines import (
-    MULTI_HOT_DEFAULT,
-    Additive,
-    Candidate,
-    LinearCV,
-    MeanShift,
-    NoChange,
-    pca_basis,
-    transfer_shift,
-)
+from predictors.baselines import Additive, LinearCV, MeanShift, NoChange
 from predictors.linear import Linear, ridge_multi_hot, ridge_transfer
 from predictors.registry import make_predictor
+from predictors.ridge import MULTI_HOT_DEFAULT, Candidate, pca_basis, transfer_shift
 
 TASK = Task(perturbation_key="condition", control_label="control", context_key="cell_type")
 GENES = ["g0", "g1", "g2"]
