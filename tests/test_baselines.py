@@ -444,3 +444,21 @@ def test_linear_cv_records_its_selection():
     assert json.loads(json.dumps(linear.selection_)) == linear.selection_
     assert record["chosen"] == str(linear.transfer_model_) and len(record["cv_error"]) == 41
     assert ["t0", "P"] not in record["folds"] and len(record["folds"]) == 9
+
+
+def test_baselines_re_exports_every_name_of_ridge():
+    """Every name defined in predictors.ridge is importable from predictors.baselines as the same object."""
+    import ast
+    from pathlib import Path
+
+    from predictors import baselines, ridge
+
+    tree = ast.parse(Path(ridge.__file__).read_text(encoding="utf-8"))
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    names += [
+        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+    ]
+    assert "TwoWayRidge" in names and "Group" in names
+    for name in names:
+        assert getattr(baselines, name) is getattr(ridge, name), name
+        assert name in baselines.__all__, name
